@@ -1,0 +1,46 @@
+"""Registered custom layers (no `Lambda`), so saved models load with `safe_mode=True`."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class ZeroPadShortcut(keras.layers.Layer):
+    """Option A shortcut: parameter-free identity where the shape changes.
+
+    Subsamples spatially by `strides` (keeping the top-left pixel of every window, the same
+    pixels a strided 1x1 convolution would see) and appends zero channels up to `filters`.
+
+    Args:
+        filters: output channels; must be >= the input channels.
+        strides: spatial subsampling factor.
+    """
+
+    def __init__(self, filters: int, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.strides = int(strides)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        if height is not None:
+            height = -(-height // self.strides)
+        if width is not None:
+            width = -(-width // self.strides)
+        return (batch, height, width, self.filters)
+
+    def build(self, input_shape):
+        if input_shape[-1] > self.filters:
+            raise ValueError(f"ZeroPadShortcut cannot shrink {input_shape[-1]} channels to {self.filters}.")
+
+    def call(self, inputs):
+        x = inputs[:, :: self.strides, :: self.strides, :] if self.strides > 1 else inputs
+        extra = self.filters - x.shape[-1]
+        if extra:
+            x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides}

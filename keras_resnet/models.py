@@ -1,0 +1,154 @@
+"""Functional-API builder for every network of the paper, residual or plain.
+
+Layer names follow Keras Applications and the paper's Table 1: `conv1` is the stem, stages are
+`conv2` .. `conv5` (CIFAR: `conv2` .. `conv4`), e.g. `conv4_block6_2_bn` is the second BN of the
+sixth block of the third stage; `_0_` marks the shortcut branch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import keras
+
+from keras_resnet import specs
+from keras_resnet.layers import ZeroPadShortcut
+
+BN_MOMENTUM = 0.9  # PyTorch's 0.1 in Keras' convention; Caffe-era implementations use the same.
+BN_EPSILON = 1e-5
+
+
+class _Factory:
+    """The layer choices shared by every block: He init, no conv bias before BN, L2 on kernels."""
+
+    def __init__(self, weight_decay: float):
+        # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
+        # l * ||w||^2, hence the half.
+        self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+        # He et al. 2015 ("Delving deep into rectifiers"): zero-mean Gaussian, std sqrt(2/fan_in).
+        self.initializer = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+
+    def conv(self, x, filters: int, kernel: int, strides: int, name: str):
+        return keras.layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=self.initializer,
+            kernel_regularizer=self.regularizer,
+            name=name,
+        )(x)
+
+    def conv_bn(self, x, filters: int, kernel: int, strides: int, name: str, relu: bool = True):
+        x = self.conv(x, filters, kernel, strides, name + "_conv")
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + "_bn")(x)
+        return keras.layers.Activation("relu", name=name + "_relu")(x) if relu else x
+
+    def shortcut(self, x, filters: int, strides: int, option: str, name: str):
+        """Options A/B/C of section 3.3 for a block whose output has `filters` channels."""
+        same_shape = strides == 1 and x.shape[-1] == filters
+        if option == "C" or (option == "B" and not same_shape):
+            return self.conv_bn(x, filters, 1, strides, name + "_0", relu=False)
+        if same_shape:
+            return x
+        return ZeroPadShortcut(filters, strides, name=name + "_0_pad")(x)
+
+    def block(
+        self,
+        x,
+        block: str,
+        filters: int,
+        strides: int,
+        residual: bool,
+        shortcut: str,
+        bottleneck_stride: str,
+        name: str,
+    ):
+        """One residual (or plain) block: basic (two 3x3) or bottleneck (1x1, 3x3, 1x1)."""
+        if block == specs.BASIC:
+            out_filters = filters
+            y = self.conv_bn(x, filters, 3, strides, name + "_1")
+            y = self.conv_bn(y, filters, 3, 1, name + "_2", relu=False)
+        else:
+            out_filters = filters * specs.BOTTLENECK_EXPANSION
+            s1, s3 = (strides, 1) if bottleneck_stride == "1x1" else (1, strides)
+            y = self.conv_bn(x, filters, 1, s1, name + "_1")
+            y = self.conv_bn(y, filters, 3, s3, name + "_2")
+            y = self.conv_bn(y, out_filters, 1, 1, name + "_3", relu=False)
+        if residual:
+            y = keras.layers.Add(name=name + "_add")(
+                [self.shortcut(x, out_filters, strides, shortcut, name), y]
+            )
+        return keras.layers.Activation("relu", name=name + "_out")(y)
+
+
+def build_model(
+    name: str,
+    *,
+    shortcut: str | None = None,
+    num_classes: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    weight_decay: float = 1e-4,
+    family: str | None = None,
+    bottleneck_stride: Literal["1x1", "3x3"] = "1x1",
+    classifier_activation: str | None = "softmax",
+) -> keras.Model:
+    """Builds a residual or plain network of He et al. (2015).
+
+    Args:
+        name: `resnet<depth>` or `plain<depth>`; see `list_models()`. Depths 18/34/50/101/152 are
+            the ImageNet nets of Table 1, any other 6n+2 depth a CIFAR net of section 4.2.
+        shortcut: "A" (identity, zero-padded channels), "B" (projection where the shape changes)
+            or "C" (projection everywhere); default A for CIFAR, B for ImageNet. Ignored by plain nets.
+        num_classes: classifier width; default 10 (CIFAR) or 1000 (ImageNet).
+        input_shape: (height, width, channels); default 32x32x3 or 224x224x3.
+        weight_decay: SGD weight decay applied as an L2 penalty on kernels; 0 disables it.
+        family: "cifar" or "imagenet" to override the family implied by the depth.
+        bottleneck_stride: "1x1" puts a bottleneck's stride on its first 1x1 convolution as the
+            paper does; "3x3" moves it to the 3x3 convolution ("ResNet v1.5" of other frameworks).
+        classifier_activation: "softmax" (the paper) or None for logits.
+
+    Returns:
+        A `keras.Model` named after the network.
+    """
+    spec = specs.get_spec(name, family)
+    option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
+    if bottleneck_stride not in ("1x1", "3x3"):
+        raise ValueError(f"bottleneck_stride must be '1x1' or '3x3', got {bottleneck_stride!r}.")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+    num_classes = spec.default_num_classes if num_classes is None else num_classes
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    input_shape = tuple(input_shape or spec.default_input_shape)
+
+    f = _Factory(weight_decay)
+    inputs = keras.Input(shape=input_shape, name="image")
+    if spec.family == specs.CIFAR:
+        x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")
+    else:
+        x = f.conv_bn(inputs, 64, 7, 2, "conv1")
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+    for stage, (block, filters, repeats) in enumerate(spec.stages):
+        for b in range(repeats):
+            # The first stage keeps the resolution (the ImageNet stem already pooled).
+            strides = 2 if (b == 0 and stage > 0) else 1
+            x = f.block(
+                x,
+                block,
+                filters,
+                strides,
+                spec.residual,
+                option,
+                bottleneck_stride,
+                f"conv{stage + 2}_block{b + 1}",
+            )
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dense(num_classes, kernel_regularizer=f.regularizer, name="fc")(x)
+    if classifier_activation:
+        # float32 so that mixed-precision training still computes the loss on float32 probabilities.
+        x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+    # A CIFAR net whose depth is also in Table 1 (50, 152) must not share the ImageNet net's name.
+    clash = spec.family == specs.CIFAR and spec.depth in specs.IMAGENET_SPECS
+    return keras.Model(inputs, x, name=f"cifar_{spec.name}" if clash else spec.name)
