@@ -7,6 +7,7 @@ sixth block of the third stage; `_0_` marks the shortcut branch.
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import keras
@@ -122,6 +123,11 @@ def build_model(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     input_shape = tuple(input_shape or spec.default_input_shape)
+
+    # Keras walks a functional graph recursively (building, calling, loading): ResNet-1202 is
+    # about 2,000 nodes deep, beyond Python's default limit of 1,000 frames.
+    blocks = sum(repeats for _, _, repeats in spec.stages)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 12 * blocks))
 
     f = _Factory(weight_decay)
     inputs = keras.Input(shape=input_shape, name="image")

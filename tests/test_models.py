@@ -1,0 +1,200 @@
+"""The model zoo against the paper's tables and the reference counts."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_resnet as kr
+from keras_resnet import specs
+
+# Trainable parameters as the paper and torchvision count them (CIFAR: 10 classes, ImageNet: 1000).
+REFERENCE_PARAMS = {
+    ("resnet20", "A"): 269_722,
+    ("resnet56", "A"): 853_018,
+    ("resnet110", "A"): 1_727_962,
+    ("resnet18", "B"): 11_689_512,
+    ("resnet34", "B"): 21_797_672,
+    ("resnet50", "B"): 25_557_032,
+    ("resnet101", "B"): 44_549_160,
+    ("resnet152", "B"): 60_192_808,
+}
+# Table 1, multiply-adds at 224x224 ("FLOPs" in the paper).
+TABLE1_MACS = {
+    "resnet18": 1.8e9,
+    "resnet34": 3.6e9,
+    "resnet50": 3.8e9,
+    "resnet101": 7.6e9,
+    "resnet152": 11.3e9,
+}
+
+
+def trainable(model: keras.Model) -> int:
+    return sum(math.prod(w.shape) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize(("name", "shortcut"), sorted(REFERENCE_PARAMS))
+def test_reference_parameter_counts(name, shortcut):
+    model = kr.build_model(name, shortcut=shortcut)
+    assert trainable(model) == REFERENCE_PARAMS[(name, shortcut)]
+    assert kr.count(model).params == REFERENCE_PARAMS[(name, shortcut)]
+
+
+@pytest.mark.parametrize("name", sorted(TABLE1_MACS))
+def test_multiply_adds_match_table1(name):
+    macs = kr.count(kr.build_model(name)).macs
+    assert macs == pytest.approx(TABLE1_MACS[name], rel=0.05)
+
+
+def test_cifar_resnet20_multiply_adds():
+    # 41 M: the usual figure for ResNet-20 on 32x32.
+    assert kr.count(kr.build_model("resnet20")).macs == pytest.approx(41e6, rel=0.03)
+
+
+def test_count_table_lists_layers_and_total():
+    report = kr.count(kr.build_model("resnet20"))
+    table = report.table()
+    assert "conv4_block3_2_conv" in table and table.splitlines()[-1].startswith("total")
+    assert f"{report.params:,}" in table.splitlines()[-1]
+    # Per-layer rows add up to the total, and the stem conv is 3*3*3*16 weights.
+    assert sum(r.params for r in report.layers) == report.params
+    stem = next(r for r in report.layers if r.name == "conv1_conv")
+    assert stem.params == 3 * 3 * 3 * 16 and stem.macs == 32 * 32 * 3 * 3 * 3 * 16
+
+
+@pytest.mark.parametrize("depth", [20, 34, 50])
+def test_plain_twin_and_shortcut_ordering(depth):
+    counts = {s: trainable(kr.build_model(f"resnet{depth}", shortcut=s)) for s in "ABC"}
+    assert trainable(kr.build_model(f"plain{depth}")) == counts["A"]
+    assert counts["A"] < counts["B"] < counts["C"]
+
+
+def test_plain_net_has_no_shortcuts_and_same_layers():
+    plain, res = kr.build_model("plain20"), kr.build_model("resnet20")
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    assert sum(isinstance(layer, keras.layers.Add) for layer in res.layers) == 9
+    convs = lambda m: [la.name for la in m.layers if isinstance(la, keras.layers.Conv2D)]  # noqa: E731
+    assert convs(plain) == convs(res)  # option A adds no convolution
+
+
+def test_zero_pad_shortcut_exact_tensor():
+    x = np.arange(2 * 4 * 4 * 3, dtype="float32").reshape(2, 4, 4, 3)
+    y = keras.ops.convert_to_numpy(kr.ZeroPadShortcut(filters=5, strides=2)(x))
+    assert y.shape == (2, 2, 2, 5)
+    np.testing.assert_array_equal(y[..., :3], x[:, ::2, ::2, :])
+    np.testing.assert_array_equal(y[..., 3:], 0.0)
+
+
+def test_option_a_block_uses_zero_padding_where_shape_changes():
+    model = kr.build_model("resnet20", shortcut="A")
+    pads = [la for la in model.layers if isinstance(la, kr.ZeroPadShortcut)]
+    assert [la.name for la in pads] == ["conv3_block1_0_pad", "conv4_block1_0_pad"]
+    assert [(la.filters, la.strides) for la in pads] == [(32, 2), (64, 2)]
+
+
+def test_option_b_and_c_projection_placement():
+    b = {la.name for la in kr.build_model("resnet20", shortcut="B").layers}
+    c = {la.name for la in kr.build_model("resnet20", shortcut="C").layers}
+    assert {n for n in b if n.endswith("_0_conv")} == {"conv3_block1_0_conv", "conv4_block1_0_conv"}
+    assert len({n for n in c if n.endswith("_0_conv")}) == 9
+    # Bottleneck nets change width in the first block of conv2, so B projects there too.
+    r50 = {la.name for la in kr.build_model("resnet50", shortcut="B").layers}
+    assert {n for n in r50 if n.endswith("_0_conv")} == {f"conv{s}_block1_0_conv" for s in range(2, 6)}
+
+
+def test_paper_details_bn_after_every_conv_no_bias_he_init_and_decay():
+    model = kr.build_model("resnet50", weight_decay=1e-4)
+    names = {la.name for la in model.layers}
+    convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
+    for conv in convs:
+        assert not conv.use_bias
+        assert conv.name.replace("_conv", "_bn") in names
+        # L2(wd/2): its gradient is SGD's weight decay wd * w.
+        assert conv.kernel_regularizer.l2 == pytest.approx(5e-5)
+    # He initialisation: std sqrt(2 / fan_in) on the largest kernel (2.4 M samples).
+    kernel = model.get_layer("conv5_block1_2_conv").kernel.numpy()
+    assert kernel.std() == pytest.approx(math.sqrt(2 / (3 * 3 * 512)), rel=0.01)
+    assert not kr.build_model("resnet20", weight_decay=0).losses
+
+
+def test_bottleneck_stride_placement():
+    v1 = kr.build_model("resnet50")
+    v15 = kr.build_model("resnet50", bottleneck_stride="3x3")
+    assert v1.get_layer("conv3_block1_1_conv").strides == (2, 2)
+    assert v1.get_layer("conv3_block1_2_conv").strides == (1, 1)
+    assert v15.get_layer("conv3_block1_1_conv").strides == (1, 1)
+    assert v15.get_layer("conv3_block1_2_conv").strides == (2, 2)
+    assert trainable(v1) == trainable(v15)
+    assert kr.count(v15).macs > kr.count(v1).macs
+
+
+@pytest.mark.parametrize("name", [n for n in specs.list_models() if n != "resnet1202"])
+def test_forward_shapes_for_every_named_model(name):
+    spec = specs.get_spec(name)
+    # ImageNet nets run at 64x64 here to stay fast: the shapes follow the same strides.
+    size = 32 if spec.family == specs.CIFAR else 64
+    model = kr.build_model(name, num_classes=7, input_shape=(size, size, 3))
+    feature = model.get_layer("avg_pool").input
+    expected_width = spec.stages[-1][1] * (4 if spec.stages[-1][0] == specs.BOTTLENECK else 1)
+    assert tuple(feature.shape[1:]) == ((8, 8) if spec.family == specs.CIFAR else (2, 2)) + (expected_width,)
+    probs = model(np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32"))
+    assert probs.shape == (2, 7)
+    np.testing.assert_allclose(keras.ops.sum(probs, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_any_cifar_depth_and_family_override():
+    assert trainable(kr.build_model("resnet8")) < trainable(kr.build_model("resnet14"))
+    cifar50 = kr.build_model("resnet50", family="cifar")
+    assert cifar50.name == "cifar_resnet50" and cifar50.input_shape == (None, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "resnet21"}, r"6n\+2"),
+        ({"name": "resnet21"}, "resnet20"),
+        ({"name": "vgg16"}, "Available: resnet18"),
+        ({"name": "resnet18", "family": "imagenet", "shortcut": "D"}, "expected one of A, B, C"),
+        ({"name": "resnet20", "family": "imagenet"}, "ImageNet depth must be one of"),
+        ({"name": "resnet20", "family": "svhn"}, "Unknown family"),
+        ({"name": "resnet20", "bottleneck_stride": "2x2"}, "bottleneck_stride"),
+        ({"name": "resnet20", "num_classes": 0}, "num_classes"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kr.build_model(**kwargs)
+
+
+def test_save_load_safe_mode_round_trip(tmp_path):
+    model = kr.build_model("resnet8", shortcut="A", num_classes=3)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert [la.name for la in loaded.layers] == [la.name for la in model.layers]
+
+
+def test_builds_under_mirrored_strategy():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = kr.build_model("resnet8", shortcut="B")
+    assert strategy.num_replicas_in_sync == 2
+    assert all(
+        isinstance(v.value, tf.distribute.DistributedValues) or "Mirrored" in type(v.value).__name__
+        for v in model.trainable_weights[:3]
+    )
+
+
+def test_resnet1202_builds_counts_and_runs():
+    # Deeper than Python's default recursion limit for Keras' graph walks: the builder raises it.
+    model = kr.build_model("resnet1202")
+    # 200 blocks per stage; the paper quotes 19.4 M parameters.
+    assert trainable(model) == pytest.approx(19.4e6, rel=0.01)
+    assert sum(isinstance(la, keras.layers.Conv2D) for la in model.layers) == 1201
+    assert model(np.zeros((1, 32, 32, 3), "float32")).shape == (1, 10)
