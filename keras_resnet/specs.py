@@ -114,5 +114,7 @@ def get_spec(name: str, family: str | None = None) -> ModelSpec:
         try:
             stages = cifar_stages(depth)
         except ValueError as err:
-            raise ValueError(f"{err} (model {name!r}). Available: {', '.join(list_models())}.") from None
+            raise ValueError(
+                f"Unknown model {name!r}: {err} Available: {', '.join(list_models())}."
+            ) from None
     return ModelSpec(f"{kind}{depth}", family, depth, kind == "resnet", tuple(stages))
