@@ -1,0 +1,104 @@
+"""Trains a ResNet of He et al. (2015).
+
+    python train.py --flagfile=configs/cifar10_resnet20.cfg --model_dir=/tmp/runs/resnet20
+
+
+Every flag is a field of `keras_resnet.training.TrainConfig`; the defaults are the paper's CIFAR-10
+procedure (batch 128, lr 0.1 divided by 10 at 50% and 75% of the run, momentum 0.9, weight decay
+1e-4). Run the same command again to resume from the last checkpoint in --model_dir.
+
+Exit status: 0 done, 1 bad flags or --model_dir (one line on stderr), 3 the loss diverged,
+130 interrupted (checkpoint written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from keras_resnet.training import TrainConfig  # noqa: E402  (imports TensorFlow; no op runs yet)
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """One absl flag per TrainConfig field, so the config class is the single list of flags."""
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text, choices = f.metadata["help"], f.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(f.name, default, list(choices), help_text)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(f.name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(f.name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(f.name, default, help_text)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(f.name, [str(v) for v in default], help_text)
+        else:
+            flags.DEFINE_string(f.name, default, help_text)
+    flags.DEFINE_bool("tune", False, "Search hyperparameters with keras-tuner instead of one run.")
+    flags.DEFINE_enum(
+        "tuner", "grid", ["grid", "random", "bayesian", "hyperband"], "--tune: search algorithm."
+    )
+    flags.DEFINE_integer("max_trials", 10, "--tune: most trials to run.")
+    flags.DEFINE_string("tune_dir", "", "--tune: search state and trials; default <model_dir>/tuning.")
+    flags.DEFINE_list(
+        "search",
+        ["shortcut"],
+        "--tune: hyperparameters to search (shortcut, depth, plain, learning_rate, weight_decay).",
+    )
+
+
+_define_flags()
+
+
+def config_from_flags() -> TrainConfig:
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        value = FLAGS[f.name].value
+        if f.name == "lr_milestones":
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                sys.exit(f"train.py: error: --lr_milestones must be integers, got {','.join(value)}.")
+        values[f.name] = value
+    return TrainConfig(**values)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        sys.exit(f"train.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.")
+    # Imported here so that a flag-parsing error exits before TensorFlow starts any work.
+    from keras_resnet import training
+
+    cfg = config_from_flags()
+    try:
+        if FLAGS.tune:
+            from keras_resnet import tuning
+
+            training.check_config(cfg)
+            tuning.search(
+                cfg,
+                tuner=FLAGS.tuner,
+                max_trials=FLAGS.max_trials,
+                tune_dir=FLAGS.tune_dir or os.path.join(cfg.model_dir, "tuning"),
+                search=FLAGS.search,
+            )
+        else:
+            training.run(cfg)
+    except training.ConfigError as err:
+        sys.exit(f"train.py: error: {err}")
+    except training.TrainingStopped as err:
+        print(f"train.py: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    app.run(main)
