@@ -1,0 +1,760 @@
+"""Hyperparameter searches with keras-tuner: the paper's shortcut comparison (Table 3) and wider ones.
+
+Every trial is a normal training run of `keras_resnet.training` (same data pipeline, strategy,
+schedule and callbacks) with a few flags replaced by the trial's values; the search tunes on the
+validation split (45k/5k on CIFAR-10) and only the best model sees the test set.
+
+`search(cfg, ...)` (what `train.py --tune` calls) writes under `tune_dir`:
+- `search/`: keras-tuner's project (one `trial_<id>/` per trial, with its TensorBoard logs);
+- `results.csv`, `results.md`, `results.png`: one row / bar per trial;
+- `best.flags`: the best configuration, for `train.py --flagfile`;
+- `best/model.keras` + `best/data_info.json`, the best trial's weights (a normal run layout, so
+  `serving.export_run` takes it), and a TF Serving export when `cfg.export_dir` is set.
+
+Running the same command again continues an interrupted search: completed trials are kept, the
+trial that was running is re-run from its start.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import keras_tuner
+from keras_tuner.src.tuners import gridsearch
+
+from keras_resnet import distribute, specs, training
+from keras_resnet.counting import count
+
+SEARCHABLE = ("plain", "shortcut", "depth", "learning_rate", "weight_decay")
+TUNERS = ("grid", "random", "bayesian", "hyperband")
+OBJECTIVE = "val_error"
+
+# Values tried when `--search` names a hyperparameter without values. The configured value (the
+# paper's by default) is always tried first: GridSearch starts from the defaults.
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # Table 6 without 1202, which takes weeks on one GPU
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+LEARNING_RATES = (0.1, 0.05, 0.2)  # the paper's 0.1, halved and doubled
+WEIGHT_DECAYS = (1e-4, 5e-5, 5e-4)  # the paper's 1e-4, and the 5e-4 of later CIFAR work
+
+
+# ----------------------------------------------------------------------------- search space
+
+
+def parse_search(items: Sequence[str] | str) -> dict[str, tuple | None]:
+    """Parses `--search` entries: `name` (default values) or `name=v1/v2/...` (those values).
+
+    Returns:
+        {name: values or None}, in the order given.
+
+    Raises:
+        ValueError: no entry, an unknown or repeated name, or an unparsable value.
+    """
+    if isinstance(items, str):
+        items = items.split(",")
+    parsed: dict[str, tuple | None] = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        name, _, raw = item.partition("=")
+        name = name.strip()
+        if name not in SEARCHABLE:
+            raise ValueError(
+                f"--search: unknown hyperparameter {name!r}; searchable: {', '.join(SEARCHABLE)} "
+                "(e.g. --search=shortcut,depth=20/56)."
+            )
+        if name in parsed:
+            raise ValueError(f"--search names {name!r} twice.")
+        if not _:
+            parsed[name] = None
+            continue
+        if name == "plain":
+            raise ValueError("--search: `plain` takes no values (it always compares plain and residual).")
+        values = tuple(v.strip() for v in raw.split("/") if v.strip())
+        if not values:
+            raise ValueError(f"--search: {name}= lists no values; write e.g. {name}=a/b or just {name}.")
+        try:
+            parsed[name] = tuple(_parse_value(name, v) for v in values)
+        except ValueError as err:
+            raise ValueError(f"--search: bad value in {item!r}: {err}") from None
+    if not parsed:
+        raise ValueError(
+            "The search space is empty: --search must name at least one of "
+            f"{', '.join(SEARCHABLE)} (e.g. --search=shortcut)."
+        )
+    return parsed
+
+
+def _parse_value(name: str, raw: str) -> Any:
+    if name == "shortcut":
+        return specs.check_shortcut(raw)
+    if name == "depth":
+        return int(raw)
+    value = float(raw)
+    if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if name == 'learning_rate' else '>= 0'}, got {raw}")
+    return value
+
+
+def base_values(cfg: training.TrainConfig) -> dict[str, Any]:
+    """The configured value of every searchable hyperparameter."""
+    return {
+        "plain": not cfg.spec.residual,
+        "shortcut": specs.check_shortcut(cfg.resolved_shortcut),
+        "depth": cfg.spec.depth,
+        "learning_rate": float(cfg.learning_rate),
+        "weight_decay": float(cfg.weight_decay),
+    }
+
+
+def apply_values(cfg: training.TrainConfig, values: dict[str, Any]) -> training.TrainConfig:
+    """`cfg` with the searchable hyperparameters in `values` replaced (same model family)."""
+    merged = {**base_values(cfg), **values}
+    model = f"{'plain' if merged['plain'] else 'resnet'}{merged['depth']}"
+    family = cfg.spec.family
+    # A CIFAR depth that is also a Table 1 depth (50, 152) needs the family spelled out.
+    implied = specs.get_spec(model).family if merged["depth"] in specs.IMAGENET_SPECS else specs.CIFAR
+    return dataclasses.replace(
+        cfg,
+        model=model,
+        family=cfg.family or ("" if implied == family else family),
+        shortcut=merged["shortcut"],
+        learning_rate=merged["learning_rate"],
+        weight_decay=merged["weight_decay"],
+    )
+
+
+def make_space(cfg: training.TrainConfig, search: Sequence[str] | str) -> dict[str, tuple]:
+    """The search space: {name: values}, the configured value first, in `SEARCHABLE` order.
+
+    Raises:
+        ValueError: an empty space, a depth the model family lacks, a shortcut search on a plain
+            net, or a space with a single configuration.
+    """
+    parsed = parse_search(search)
+    base = base_values(cfg)
+    family = cfg.spec.family
+    defaults = {
+        "plain": (False, True),
+        "shortcut": specs.SHORTCUTS,
+        "depth": CIFAR_DEPTHS if family == specs.CIFAR else IMAGENET_DEPTHS,
+        "learning_rate": LEARNING_RATES,
+        "weight_decay": WEIGHT_DECAYS,
+    }
+    space = {}
+    for name in SEARCHABLE:
+        if name not in parsed:
+            continue
+        values = parsed[name] or defaults[name]
+        if parsed[name] is None or name == "plain":
+            values = (base[name], *values)  # the configured value first, even when not a paper value
+        space[name] = tuple(dict.fromkeys(values))
+    for depth in space.get("depth", ()):
+        try:
+            specs.get_spec(f"resnet{depth}", family)
+        except ValueError as err:
+            raise ValueError(f"--search: depth={depth}: {err}") from None
+    if "shortcut" in space and base["plain"] and "plain" not in space:
+        raise ValueError(
+            f"--search=shortcut compares shortcuts of a residual net, but --model={cfg.model} is plain: "
+            f"use --model=resnet{base['depth']}, or add `plain` to --search to compare both."
+        )
+    if space_size(space) < 2:
+        raise ValueError(
+            f"The search space {space} holds a single configuration: nothing to compare. Give a "
+            "hyperparameter two values or more (e.g. --search=shortcut or depth=20/56)."
+        )
+    return space
+
+
+def space_size(space: dict[str, tuple]) -> int:
+    """Configurations in `space` (shortcuts only count for residual nets)."""
+    others = math.prod(len(v) for k, v in space.items() if k not in ("plain", "shortcut"))
+    shortcuts = len(space.get("shortcut", (None,)))
+    plain = space.get("plain", (False,))
+    return others * sum(1 if p else shortcuts for p in plain)
+
+
+# ----------------------------------------------------------------------------- hypermodel
+
+
+class ResNetHyperModel(keras_tuner.HyperModel):
+    """A residual (or plain) net of the paper whose flags come from keras-tuner's hyperparameters.
+
+    `build` and `fit` are `training`'s model building, compilation and callbacks, and the
+    `model.fit` call of `training.run`, with the trial's values applied to `cfg` and the trial's
+    directory as `--model_dir` (history.csv, TensorBoard logs, checkpoints). `fit` reports the best
+    epoch's metrics (`val_error` is the objective), the net's parameters and multiply-adds, and
+    the time the trial took.
+
+    Args:
+        cfg: the training configuration every trial starts from (`validation_split=True`).
+        datasets: `training.load_data(cfg, strategy)`.
+        space: {hyperparameter: values} from `make_space`; the first value is the default.
+    """
+
+    def __init__(self, cfg: training.TrainConfig, datasets, space: dict[str, tuple]):
+        super().__init__(name="resnet")
+        self.cfg, self.data, self.space = cfg, datasets, space
+        # As `training.run` splits the run: Keras epochs of --checkpoint_steps (default one pass).
+        self.total_steps = cfg.train_steps or cfg.epochs * datasets.steps_per_epoch
+        self.steps_per_epoch = cfg.checkpoint_steps or datasets.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def values(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+        """Declares the space in `hp` and returns the trial's active values."""
+        values = {}
+        if "plain" in self.space:
+            values["plain"] = hp.Boolean("plain", default=self.space["plain"][0])
+        for name, choices in self.space.items():
+            if name == "plain":
+                continue
+            if name == "shortcut" and "plain" in self.space:
+                # Plain nets have no shortcut: the grid must not train the same plain net 3 times.
+                with hp.conditional_scope("plain", [False]):
+                    value = hp.Choice(name, list(choices), default=choices[0])
+                if values["plain"]:
+                    continue
+            else:
+                value = hp.Choice(name, list(choices), default=choices[0])
+            values[name] = value
+        return values
+
+    def config(self, hp: keras_tuner.HyperParameters) -> training.TrainConfig:
+        return apply_values(self.cfg, self.values(hp))
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        cfg = self.config(hp)
+        # Every trial starts from the same seed: A/B/C differ by their shortcuts, not their luck.
+        keras.utils.set_random_seed(cfg.seed)
+        model = training.build_model(cfg, self.data.info)
+        return training.compile_model(model, cfg, self.data.steps_per_epoch, self.total_steps)
+
+    def fit(
+        self,
+        hp,
+        model,
+        *args,
+        trial_dir: str,
+        callbacks=(),
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        verbose: int | str = "auto",
+        **kwargs,
+    ) -> dict[str, float]:
+        cfg = dataclasses.replace(self.config(hp), model_dir=str(trial_dir))
+        if verbose == "auto":
+            verbose = 1 if sys.stdout.isatty() else 0
+        # A trial re-run after an interruption starts over: drop what the killed attempt wrote.
+        for stale in ("checkpoints", "logs"):
+            shutil.rmtree(pathlib.Path(trial_dir) / stale, ignore_errors=True)
+        (pathlib.Path(trial_dir) / "history.csv").unlink(missing_ok=True)
+        own = training.make_callbacks(
+            cfg, model, self.data, self.total_steps, verbose=bool(verbose), intra_epoch_log=not verbose
+        )
+        # The test set only scores the winner (in `search`), never the trials.
+        own = [cb for cb in own if not isinstance(cb, training.TestEvaluation)]
+        start = time.perf_counter()
+        history = model.fit(
+            self.data.train,
+            epochs=epochs or self.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            validation_data=self.data.validation,
+            callbacks=[*own, *callbacks],
+            verbose=verbose,
+        )
+        seconds = time.perf_counter() - start
+        checkpointer = next(cb for cb in own if isinstance(cb, training.Checkpointer))
+        if checkpointer.nan_step is not None:
+            raise keras_tuner.errors.FailedTrialError(
+                f"the loss became NaN at step {checkpointer.nan_step} (learning_rate={cfg.learning_rate})."
+            )
+        errors = history.history.get(OBJECTIVE)
+        if not errors:
+            raise keras_tuner.errors.FatalError(
+                f"The trial ran no validation: no {OBJECTIVE} in {sorted(history.history)}."
+            )
+        best = min(range(len(errors)), key=errors.__getitem__)
+        counted = count(model)
+        progress = next(cb for cb in own if isinstance(cb, training.Progress))
+        return {
+            **{k: float(v[best]) for k, v in history.history.items() if len(v) == len(errors)},
+            "best_epoch": initial_epoch + best + 1,
+            "epochs": initial_epoch + len(errors),
+            "train_time_s": seconds,
+            "train_images_per_sec": progress.images_per_sec(),
+            "params": counted.params,
+            "macs": counted.macs,
+        }
+
+
+# ----------------------------------------------------------------------------- tuners
+
+
+class _ResumableGridOracle(gridsearch.GridSearchOracle):
+    """keras-tuner's grid oracle, able to continue a reloaded search.
+
+    keras-tuner 1.4.8 does not save the grid's ordered trial list and its queue of trials to
+    expand (keras-team/keras-tuner#1055): a reloaded grid search stops at once, or dies with a
+    KeyError after re-running the interrupted trial. Both are rebuilt here from the saved trials.
+    """
+
+    def set_state(self, state):
+        super().set_state(state)
+        values = {tid: t.hyperparameters.values for tid, t in self.trials.items()}
+        order = sorted(values, key=functools.cmp_to_key(lambda a, b: self._compare(values[a], values[b])))
+        self._ordered_ids = gridsearch.LinkedList()
+        for trial_id in order:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = list(self.start_order)
+
+
+class _TrialMixin:
+    """Hands each trial its own directory (the trial's `model_dir`) and prints progress + ETA."""
+
+    total_trials: int | None = None
+
+    def run_trial(self, trial, *args, **kwargs):
+        return super().run_trial(trial, *args, trial_dir=self.get_trial_dir(trial.trial_id), **kwargs)
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        done = [t for t in self.oracle.trials.values() if t.status == "COMPLETED"]
+        times = [t.metrics.get_last_value("train_time_s") for t in done if t.metrics.exists("train_time_s")]
+        line = f"[tune] trial {trial.trial_id}: {len(done)} done"
+        if self.total_trials:
+            left = max(self.total_trials - len(done), 0)
+            line += f" of {self.total_trials}"
+            if times:
+                line += f", ETA {_duration(left * sum(times) / len(times))}"
+        print(line, flush=True)
+
+
+class _Tuner(_TrialMixin, keras_tuner.Tuner):
+    pass
+
+
+class _Hyperband(_TrialMixin, keras_tuner.Hyperband):
+    pass
+
+
+def make_tuner(
+    hypermodel: ResNetHyperModel,
+    tuner: str,
+    *,
+    max_trials: int | None,
+    directory: str | os.PathLike,
+    strategy=None,
+    max_epochs: int = 1,
+    seed: int = 0,
+) -> keras_tuner.Tuner:
+    """A keras-tuner tuner over `hypermodel`'s space minimizing the validation error.
+
+    The project lives in `<directory>/search` and is reloaded when it exists (never overwritten).
+    """
+    check_tuner(tuner, max_trials)
+    objective = keras_tuner.Objective(OBJECTIVE, "min")
+    common = dict(
+        hypermodel=hypermodel,
+        directory=str(directory),
+        project_name="search",
+        distribution_strategy=strategy,
+        overwrite=False,
+    )
+    # keras-tuner's seed=None draws one at random; 0 would too (`seed or random...`).
+    seed = seed or 1
+    if tuner == "hyperband":
+        result = _Hyperband(objective=objective, max_epochs=max_epochs, factor=3, seed=seed, **common)
+        result.oracle.max_trials = max_trials  # Hyperband sizes itself; --max_trials caps it
+        return result
+    oracle_class = {
+        "grid": _ResumableGridOracle,
+        "random": keras_tuner.oracles.RandomSearchOracle,
+        "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
+    }[tuner]
+    return _Tuner(oracle=oracle_class(objective=objective, max_trials=max_trials, seed=seed), **common)
+
+
+def check_tuner(tuner: str, max_trials: int | None) -> None:
+    if tuner not in TUNERS:
+        raise ValueError(f"Unknown --tuner {tuner!r}: expected one of {', '.join(TUNERS)}.")
+    if max_trials is not None and (
+        isinstance(max_trials, bool) or int(max_trials) != max_trials or max_trials < 1
+    ):
+        raise ValueError(f"--max_trials must be an integer >= 1, got {max_trials!r}.")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def trial_rows(tuner: keras_tuner.Tuner, space: dict[str, tuple]) -> list[dict[str, Any]]:
+    """One row per trial, in trial order: its values, status and metrics."""
+    rows = []
+    for trial_id in sorted(tuner.oracle.trials):
+        trial = tuner.oracle.trials[trial_id]
+        values = trial.hyperparameters.values
+
+        def metric(name, trial=trial):
+            return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+
+        row = {"trial": trial_id, "status": trial.status}
+        row.update({name: values.get(name, "") for name in space})
+        error = metric(OBJECTIVE)
+        row.update(
+            val_error=error,
+            best_epoch=metric("best_epoch"),
+            epochs=metric("epochs"),
+            params=metric("params"),
+            macs=metric("macs"),
+            train_time_s=metric("train_time_s"),
+        )
+        for key in ("best_epoch", "epochs", "params", "macs"):
+            row[key] = None if row[key] is None else int(row[key])
+        rows.append(row)
+    return rows
+
+
+def write_results(
+    rows: list[dict[str, Any]], directory: str | os.PathLike, title: str = ""
+) -> dict[str, pathlib.Path]:
+    """Writes `results.csv`, `results.md` and `results.png` (each atomically) and returns their paths."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {ext: directory / f"results.{ext}" for ext in ("csv", "md", "png")}
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    _write_atomic(paths["csv"], buffer.getvalue())
+    _write_atomic(paths["md"], markdown_table(rows, title))
+    _plot(rows, paths["png"], title)
+    return paths
+
+
+def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
+    """The trials as a Markdown table, best validation error in bold, with a one-line verdict."""
+    if not rows:
+        return f"{title}\n\nNo trial yet.\n" if title else "No trial yet.\n"
+    hp_names = [k for k in rows[0] if k in SEARCHABLE]
+    best = _best_row(rows)
+    header = ["trial", *hp_names, "val error", "best epoch", "params", "mult-adds", "time", "status"]
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for row in rows:
+        error = "" if row["val_error"] is None else f"{100 * row['val_error']:.2f}%"
+        if row is best:
+            error = f"**{error}**"
+        epoch = "" if row["best_epoch"] is None else f"{row['best_epoch']}/{row['epochs']}"
+        cells = [row["trial"], *(_format_value(row[n]) for n in hp_names), error, epoch]
+        cells += [
+            _millions(row["params"]),
+            _millions(row["macs"]),
+            _duration(row["train_time_s"]),
+            row["status"],
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if best is not None:
+        chosen = ", ".join(f"{n}={_format_value(best[n])}" for n in hp_names if best[n] != "")
+        lines += [
+            "",
+            f"Best: trial {best['trial']} ({chosen}), validation error {100 * best['val_error']:.2f}%.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _best_row(rows):
+    done = [r for r in rows if r["status"] == "COMPLETED" and r["val_error"] is not None]
+    return min(done, key=lambda r: r["val_error"]) if done else None
+
+
+def _label(row, hp_names) -> str:
+    return ", ".join(f"{n}={_format_value(row[n])}" for n in hp_names if row[n] != "") or row["trial"]
+
+
+def _plot(rows, path: pathlib.Path, title: str) -> None:
+    """A horizontal bar per completed trial: validation error, labelled with its values and size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "COMPLETED" and r["val_error"] is not None]
+    hp_names = [k for k in (rows[0] if rows else {}) if k in SEARCHABLE]
+    best = _best_row(rows)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(done), 1)))
+    labels = [_label(r, hp_names) for r in done]
+    errors = [100 * r["val_error"] for r in done]
+    colors = ["tab:green" if r is best else "tab:blue" for r in done]
+    bars = ax.barh(range(len(done)), errors, color=colors)
+    ax.set_yticks(range(len(done)), labels)
+    ax.invert_yaxis()
+    for bar, row in zip(bars, done, strict=True):
+        ax.annotate(
+            f" {bar.get_width():.2f}%  ({_count_text(row['params'])} params)",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlabel("best validation error (%)")
+    ax.set_xlim(0, max(errors + [1]) * 1.35)
+    ax.set_title(title or "keras-tuner search", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _count_text(n) -> str:
+    return "" if n is None else f"{n:,}"
+
+
+def _millions(n) -> str:
+    return "" if n is None else f"{n / 1e6:.1f}M"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """What `search` wrote, and the winner."""
+
+    rows: list[dict[str, Any]]
+    best_values: dict[str, Any]
+    best_trial: str
+    best_val_error: float
+    test_error: float | None
+    tune_dir: pathlib.Path
+    flagfile: pathlib.Path
+    model_path: pathlib.Path
+    tables: dict[str, pathlib.Path]
+    export_path: pathlib.Path | None = None
+
+
+def search(
+    cfg: training.TrainConfig,
+    *,
+    tuner: str = "grid",
+    max_trials: int | None = None,
+    tune_dir: str | os.PathLike | None = None,
+    search: Sequence[str] | str = ("shortcut",),
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> SearchResult:
+    """Runs (or continues) a keras-tuner search over `search`, each trial a training run of `cfg`.
+
+    Args:
+        cfg: the training configuration; each trial trains it with the trial's values on the
+            validation split (45k/5k), for its whole length (Hyperband: up to it).
+        tuner: grid (every configuration in order; the default), random, bayesian or hyperband.
+        max_trials: most trials to run; default and cap: the size of the space.
+        tune_dir: where the search lives (default `<cfg.model_dir>/tuning`); the same search
+            with the same `tune_dir` continues where it stopped.
+        search: hyperparameters to search, see `parse_search` (e.g. ["shortcut", "depth=20/56"]).
+        callbacks: extra Keras callbacks for every trial (keras-tuner deep-copies them per trial).
+
+    Returns:
+        A `SearchResult`; the files are described in the module docstring.
+
+    Raises:
+        training.ConfigError: an empty or single-point space, an unknown tuner, max_trials < 1,
+            bad training flags, or a `tune_dir` holding a search with other settings.
+        RuntimeError: no trial completed (each failure's error is printed).
+    """
+    try:
+        check_tuner(tuner, max_trials)
+        space = make_space(cfg, search)
+    except ValueError as err:
+        raise training.ConfigError(str(err)) from None
+    training.check_config(cfg)
+    # Tune on held-out training images; the test set only scores the winner.
+    tune_cfg = dataclasses.replace(cfg, validation_split=True)
+    tune_dir = pathlib.Path(tune_dir or pathlib.Path(cfg.model_dir) / "tuning")
+    size = space_size(space)
+    if max_trials is None or max_trials > size:
+        max_trials = size
+    elif tuner == "grid" and max_trials < size:
+        print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
+    strategy = training.make_strategy(tune_cfg)
+    if distribute.is_multi_worker(strategy):
+        raise training.ConfigError(
+            "--tune runs on one machine (keras-tuner supports single-worker strategies only): "
+            "unset TF_CONFIG or pass --distribution=mirrored."
+        )
+    _check_same_search(tune_dir, tune_cfg, tuner, space)
+
+    if cfg.precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        data = training.load_data(tune_cfg, strategy)
+        hypermodel = ResNetHyperModel(tune_cfg, data, space)
+        kt = make_tuner(
+            hypermodel,
+            tuner,
+            max_trials=max_trials,
+            directory=tune_dir,
+            strategy=strategy,
+            max_epochs=hypermodel.epochs,
+            seed=cfg.seed,
+        )
+        kt.total_trials = max_trials if tuner != "hyperband" else None
+        print(
+            f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, at most "
+            f"{max_trials} trials of {hypermodel.total_steps} steps; {strategy.num_replicas_in_sync} "
+            f"replica(s); in {tune_dir}",
+            flush=True,
+        )
+        kt.search(callbacks=list(callbacks), verbose=1)
+        return _finish(kt, cfg, hypermodel, tuner, tune_dir)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: str, tune_dir: pathlib.Path):
+    """Results table, best flags, best model (scored on the test set) and its export."""
+    space, info = hypermodel.space, hypermodel.data.info
+    title = f"{cfg.model} on {info.name}: {tuner} search over {', '.join(space)}"
+    rows = trial_rows(kt, space)
+    tables = write_results(rows, tune_dir, title)
+    _report_failures(kt)
+    best_trials = kt.oracle.get_best_trials(1)
+    if not best_trials or best_trials[0].status != "COMPLETED":
+        raise RuntimeError(f"No trial of the search in {tune_dir} completed; the errors are printed above.")
+    best = best_trials[0]
+    best_values = hypermodel.values(best.hyperparameters.copy())
+    flagfile = tune_dir / "best.flags"
+    _write_atomic(flagfile, _flagfile_text(apply_values(cfg, best_values), best_values, best))
+
+    # The winner's best-epoch weights, saved as a training run saves its model.
+    model = kt.get_best_models(1)[0]
+    test = model.evaluate(hypermodel.data.test, verbose=0, return_dict=True)
+    best_dir = tune_dir / "best"
+    best_dir.mkdir(parents=True, exist_ok=True)
+    model_path = best_dir / "model.keras"
+    tmp = best_dir / "model.partial.keras"
+    model.save(tmp)
+    tmp.replace(model_path)
+    info.save(best_dir)
+    summary = {
+        "trial": best.trial_id,
+        "values": best_values,
+        "val_error": float(best.score),
+        "test_error": float(test["error"]),
+        "test_loss": float(test["loss"]),
+        "flagfile": str(flagfile),
+    }
+    _write_atomic(best_dir / "summary.json", json.dumps(summary, indent=1))
+    export_path = None
+    if cfg.export_dir:
+        from keras_resnet import serving  # the TF Serving code is only needed here
+
+        export_path = serving.export(model, info, cfg.export_dir)
+        print(f"[tune] exported the best model for TF Serving: {export_path}", flush=True)
+
+    print(tables["md"].read_text(), flush=True)
+    print(
+        f"[tune] best: trial {best.trial_id} ({_values_text(best_values)}): validation error "
+        f"{best.score:.2%}, test error {summary['test_error']:.2%}\n"
+        f"[tune] results: {tables['md']} (also .csv, .png)\n"
+        f"[tune] train it: python train.py --flagfile={flagfile}\n"
+        f"[tune] best model: {model_path}"
+        + (f"\n[tune] exported for TF Serving: {export_path}" if export_path else ""),
+        flush=True,
+    )
+    return SearchResult(
+        rows=rows,
+        best_values=best_values,
+        best_trial=best.trial_id,
+        best_val_error=float(best.score),
+        test_error=summary["test_error"],
+        tune_dir=tune_dir,
+        flagfile=flagfile,
+        model_path=model_path,
+        tables=tables,
+        export_path=export_path,
+    )
+
+
+def _space_text(space: dict[str, tuple]) -> str:
+    return ", ".join(f"{k}={'/'.join(_format_value(v) for v in vs)}" for k, vs in space.items())
+
+
+def _values_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_format_value(v)}" for k, v in values.items())
+
+
+def _flagfile_text(cfg: training.TrainConfig, values: dict[str, Any], trial) -> str:
+    header = (
+        f"# The best of a keras-tuner search: trial {trial.trial_id} ({_values_text(values)}), "
+        f"validation error {trial.score:.2%}.\n# python train.py --flagfile=THIS_FILE [--model_dir=...]\n"
+    )
+    return header + cfg.to_flags()
+
+
+def _check_same_search(tune_dir: pathlib.Path, cfg: training.TrainConfig, tuner: str, space) -> None:
+    """Refuses to continue a search in `tune_dir` that was started with other settings."""
+    settings = json.loads(
+        json.dumps(
+            {"tuner": tuner, "space": {k: list(v) for k, v in space.items()}, "config": cfg.training_fields()}
+        )
+    )
+    path = tune_dir / "search.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            changed = [f"{k}" for k in settings if saved.get(k) != settings[k]]
+            if saved.get("config") != settings["config"]:
+                old, new = saved.get("config", {}), settings["config"]
+                changed += [f"--{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            raise training.ConfigError(
+                f"--tune_dir={tune_dir} holds a search with other settings ({'; '.join(changed)}). "
+                "Run it again with its own flags to continue it, or pass a new --tune_dir."
+            )
+        return
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(settings, indent=1))
+
+
+def _report_failures(kt: keras_tuner.Tuner) -> None:
+    for trial in kt.oracle.trials.values():
+        if trial.status in ("FAILED", "INVALID") and trial.message:
+            tail = "\n".join(trial.message.strip().splitlines()[-6:])
+            print(f"[tune] trial {trial.trial_id} failed:\n{tail}", flush=True)
