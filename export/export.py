@@ -1,0 +1,56 @@
+"""Exports a training run as a TF Serving SavedModel version.
+
+    python export/export.py --model_dir runs/resnet20 --export_base /models/resnet20
+
+writes `/models/resnet20/<next free version>/` atomically (see export/README.md for serving it).
+`train.py --export_dir` runs the same code at the end of training.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from keras_resnet import serving  # noqa: E402
+
+flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
+flags.DEFINE_string(
+    "export_base", None, "TF Serving base path of the model; versions are its subdirectories."
+)
+flags.DEFINE_integer("version", None, "Version to write (positive integer); default: the next free one.")
+flags.DEFINE_integer("top_k", 5, "Number of labels in the `classes` and `class_names` outputs.")
+flags.DEFINE_integer(
+    "max_pixels",
+    serving.DEFAULT_MAX_PIXELS,
+    "Encoded images declaring more pixels (height x width) are refused before decoding.",
+)
+flags.mark_flags_as_required(["model_dir", "export_base"])
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        path = serving.export_run(
+            FLAGS.model_dir,
+            FLAGS.export_base,
+            version=FLAGS.version,
+            top_k=FLAGS.top_k,
+            max_pixels=FLAGS.max_pixels,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"export.py: error: {err}")
+    base, name = path.parent.resolve(), path.parent.resolve().name
+    print(f"Exported {path}")
+    print(f"  signatures: {', '.join(serving.SIGNATURES)} (inputs and outputs: export/README.md)")
+    print(f"  serve it:   docker run --rm -p 8500:8500 -p 8501:8501 -v {base}:/models/{name} \\")
+    print(f"                -e MODEL_NAME={name} tensorflow/serving")
+
+
+if __name__ == "__main__":
+    app.run(main)

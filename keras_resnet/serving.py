@@ -1,0 +1,253 @@
+"""SavedModel export for TensorFlow Serving (TensorFlow-specific).
+
+The export is self-contained: decoding, the evaluation view and the training mean are ops and
+constants in the graph, so `tensorflow/serving` (or `tf.saved_model.load` without Keras) serves it.
+
+Layout: `<export_base>/<version>/{saved_model.pb, variables/, assets/, assets.extra/}`, where
+`assets.extra/` holds `tf_serving_warmup_requests` (replayed by the model server on load) and a
+copy of the run's `data_info.json`. Each version is built in a hidden temporary directory beside
+it and renamed into place, so a polling model server never sees half a version.
+
+Signatures (names are stable; see export/README.md):
+- `serving_default`: `images` tf.string [batch] of encoded JPEG or PNG, any size.
+- `predict_pixels`: `pixels` tf.float32 [batch, height, width, 3], RGB in 0..255.
+- `predict_pixels_uint8`: `pixels` tf.uint8 [batch, height, width, 3].
+Each returns `probabilities` float32 [batch, num_classes], `classes` int32 [batch, k] (top-k label
+indices, best first) and `class_names` tf.string [batch, k].
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+import keras_resnet.layers  # noqa: F401  (registers the custom layers that model.keras refers to)
+from keras_resnet.data import DataInfo, eval_preprocess
+
+IMAGES_SIGNATURE = "serving_default"
+PIXELS_SIGNATURE = "predict_pixels"
+PIXELS_UINT8_SIGNATURE = "predict_pixels_uint8"
+SIGNATURES = (IMAGES_SIGNATURE, PIXELS_SIGNATURE, PIXELS_UINT8_SIGNATURE)
+IMAGES = "images"
+PIXELS = "pixels"
+PROBABILITIES = "probabilities"
+CLASSES = "classes"
+CLASS_NAMES = "class_names"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+# A decoded image costs 3 bytes per pixel as uint8 and 12 as float32 before the resize: 4096^2
+# pixels is ~200 MB per in-flight image, enough for phone photos and far from a server's memory.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def next_version(export_base: str | pathlib.Path) -> int:
+    """The next free version under `export_base`: one above the highest existing, or 1."""
+    base = pathlib.Path(export_base)
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def export(
+    model: keras.Model,
+    info: DataInfo,
+    export_base: str | pathlib.Path,
+    *,
+    version: int | None = None,
+    top_k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> pathlib.Path:
+    """Writes `model` as version `version` (default: the next free one) of a servable.
+
+    Args:
+        model: a classifier taking [batch, S, S, 3] evaluation views (`eval_preprocess` output);
+            its output may be softmax probabilities or logits (softmax is then added).
+        info: the `DataInfo` the model was trained with (view size, mean, class names).
+        export_base: the model's base path for TF Serving; created if missing.
+        version: positive integer; an existing version is never overwritten.
+        top_k: how many labels `classes` / `class_names` return (capped at the class count).
+        max_pixels: encoded images whose header declares more pixels are refused before decoding.
+
+    Returns:
+        The version directory, e.g. `<export_base>/3`.
+
+    Raises:
+        FileExistsError: the version already exists.
+        ValueError: bad `version`, `top_k` or `max_pixels`, or a model that does not fit `info`.
+    """
+    _check_model(model, info)
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}.")
+    base = pathlib.Path(export_base)
+    if version is None:
+        version = next_version(base)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving's convention), got {version!r}.")
+    target = base / str(version)
+    if target.exists():
+        raise FileExistsError(
+            f"{target} already exists: versions are never overwritten. Pass another version, or "
+            f"none to take the next free one ({next_version(base)})."
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    # Hidden and non-numeric, so TF Serving's poller ignores it; beside the target so the rename
+    # stays on one filesystem and is atomic.
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+    try:
+        archive = _archive(model, info, min(top_k, info.num_classes), max_pixels)
+        archive.write_out(str(tmp), verbose=False)
+        (tmp / "assets").mkdir(exist_ok=True)  # TF Serving's documented layout has it, even empty.
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        _write_warmup(extra / WARMUP_FILE, info)
+        info.save(extra)
+        if target.exists():  # Another exporter took this version while we were writing.
+            raise FileExistsError(f"{target} appeared during the export; it was left untouched.")
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def export_run(
+    model_dir: str | pathlib.Path,
+    export_base: str | pathlib.Path,
+    *,
+    version: int | None = None,
+    top_k: int = 5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> pathlib.Path:
+    """Exports a training run: `<model_dir>/model.keras` with its `<model_dir>/data_info.json`.
+
+    See `export` for the other arguments.
+    """
+    model_dir = pathlib.Path(model_dir)
+    missing = [n for n in ("model.keras", "data_info.json") if not (model_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir} has no {' or '.join(missing)}: pass the directory of a training run "
+            f"(train.py --model_dir) as --model_dir."
+        )
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    info = DataInfo.load(model_dir)
+    return export(model, info, export_base, version=version, top_k=top_k, max_pixels=max_pixels)
+
+
+def _check_model(model: keras.Model, info: DataInfo) -> None:
+    want = (info.image_size, info.image_size, 3)
+    if tuple(model.input_shape[1:]) != want:
+        raise ValueError(
+            f"Model {model.name} takes inputs of shape {model.input_shape[1:]}, but data_info.json "
+            f"says the evaluation view is {want}: the model and the data info come from different runs."
+        )
+    if model.output_shape[-1] != info.num_classes:
+        raise ValueError(
+            f"Model {model.name} has {model.output_shape[-1]} outputs, but data_info.json lists "
+            f"{info.num_classes} classes: the model and the data info come from different runs."
+        )
+
+
+def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Tensor:
+    """Encoded JPEG/PNG strings [B] -> evaluation views float32 [B, S, S, 3], mean-subtracted."""
+
+    def one(image: tf.Tensor) -> tf.Tensor:
+        is_jpeg = tf.equal(tf.strings.substr(image, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
+        # A PNG's IHDR chunk stores width and height big-endian at bytes 16..24.
+        is_png = tf.logical_and(
+            tf.equal(tf.strings.substr(image, 0, len(_PNG_MAGIC)), _PNG_MAGIC),
+            tf.strings.length(image) >= 24,
+        )
+        known = tf.debugging.Assert(
+            tf.logical_or(is_jpeg, is_png), ["Image is neither JPEG nor PNG (bad or empty image bytes)."]
+        )
+        with tf.control_dependencies([known]):
+            # Read the size from the header so that an oversized image is refused before decoding.
+            height_width = tf.cond(
+                is_jpeg,
+                lambda: tf.cast(tf.io.extract_jpeg_shape(image)[:2], tf.int64),
+                lambda: tf.cast(
+                    tf.io.decode_raw(tf.strings.substr(image, 16, 8), tf.int32, little_endian=False)[::-1],
+                    tf.int64,
+                ),
+            )
+        small = tf.debugging.assert_less_equal(
+            height_width[0] * height_width[1],
+            tf.constant(max_pixels, tf.int64),
+            message=f"Image too large: this export accepts at most {max_pixels} pixels (height x width)",
+        )
+        with tf.control_dependencies([small]):
+            pixels = tf.io.decode_image(image, channels=3, dtype=tf.uint8, expand_animations=False)
+        return eval_preprocess(pixels[tf.newaxis], info)[0]
+
+    view = tf.TensorSpec([info.image_size, info.image_size, 3], tf.float32)
+    return tf.map_fn(one, images, fn_output_signature=view)
+
+
+def _archive(model: keras.Model, info: DataInfo, k: int, max_pixels: int) -> keras.export.ExportArchive:
+    names = tf.constant(list(info.class_names), tf.string)
+    last = model.layers[-1]
+    softmax_inside = getattr(last, "activation", None) is keras.activations.softmax
+
+    def predict(views: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = tf.cast(model(views, training=False), tf.float32)
+        probabilities = out if softmax_inside else tf.nn.softmax(out)
+        top = tf.math.top_k(probabilities, k=k).indices
+        return {PROBABILITIES: probabilities, CLASSES: top, CLASS_NAMES: tf.gather(names, top)}
+
+    def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return predict(_decode_images(images, info, max_pixels))
+
+    def serve_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return predict(eval_preprocess(pixels, info))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        IMAGES_SIGNATURE, serve_images, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES)]
+    )
+    for name, dtype in ((PIXELS_SIGNATURE, tf.float32), (PIXELS_UINT8_SIGNATURE, tf.uint8)):
+        archive.add_endpoint(
+            name, serve_pixels, input_signature=[tf.TensorSpec([None, None, None, 3], dtype, name=PIXELS)]
+        )
+    return archive
+
+
+def _warmup_images(info: DataInfo) -> list[np.ndarray]:
+    """Smooth synthetic RGB images: one at the view size, one larger and not square."""
+    s = info.image_size
+    images = []
+    for h, w in ((s, s), (2 * s + 7, 3 * s + 1)):
+        y, x = np.mgrid[0:h, 0:w]
+        images.append(np.stack([255 * y / h, 255 * x / w, 128 + 0 * x], -1).astype(np.uint8))
+    return images
+
+
+def _write_warmup(path: pathlib.Path, info: DataInfo) -> None:
+    """A few `PredictionLog`s for each signature, the requests a client would send."""
+    images = _warmup_images(info)
+    encoded = [tf.io.encode_jpeg(images[0]).numpy(), tf.io.encode_png(images[1]).numpy()]
+    requests = [
+        (IMAGES_SIGNATURE, IMAGES, tf.make_tensor_proto(encoded[:1])),
+        (IMAGES_SIGNATURE, IMAGES, tf.make_tensor_proto(encoded)),
+        (PIXELS_SIGNATURE, PIXELS, tf.make_tensor_proto(images[0][None].astype(np.float32))),
+        (PIXELS_UINT8_SIGNATURE, PIXELS, tf.make_tensor_proto(images[0][None])),
+    ]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, input_name, tensor in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature
+            request.inputs[input_name].CopyFrom(tensor)
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
