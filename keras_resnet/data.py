@@ -228,24 +228,30 @@ def cifar_augment(images: tf.Tensor, mean: tf.Tensor | np.ndarray, seed: tf.Tens
     return tf.gather(x, cols, axis=2, batch_dims=1)
 
 
-def imagenet_crop(image: tf.Tensor, size: int, scale: tuple[int, int], seed: tf.Tensor) -> tf.Tensor:
-    """Section 3.4 training crop of ONE 0-255 image [H, W, 3]: float32 [size, size, 3], not mean-subtracted.
+def imagenet_augment(images: tf.Tensor, size: int, scale: tuple[int, int], seed: tf.Tensor) -> tf.Tensor:
+    """Section 3.4 training crops of a 0-255 batch [B, H, W, 3]: float32 [B, size, size, 3], mean not removed.
 
     Resizing the shorter side to L ~ U[scale] and cropping size x size equals cropping a square of
-    side size * min(H, W) / L from the original and resizing only that: same view, far less work.
+    side size * min(H, W) / L from the original and resizing only that window: the same view for
+    a fraction of the work, and one `crop_and_resize` op for the whole batch. The window's corner
+    pixels map to the output's corner pixels (bilinear), so every sample lies inside the image.
+    A random horizontal flip is the same window read right to left.
     """
     s_scale, s_top, s_left, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    shape = tf.shape(image)
-    h, w = shape[0], shape[1]
+    shape = tf.shape(images)
+    batch = shape[0]
+    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     short = tf.minimum(h, w)
-    target = tf.random.stateless_uniform([], s_scale, float(scale[0]), float(scale[1]))
-    side = tf.cast(tf.round(size * tf.cast(short, tf.float32) / target), tf.int32)
-    side = tf.clip_by_value(side, 1, short)
-    top = tf.random.stateless_uniform([], s_top, 0, h - side + 1, tf.int32)
-    left = tf.random.stateless_uniform([], s_left, 0, w - side + 1, tf.int32)
-    crop = tf.image.resize(image[top : top + side, left : left + side], (size, size))
-    flip = tf.random.stateless_uniform([], s_flip, 0, 2, tf.int32) > 0
-    return tf.where(flip, crop[:, ::-1], crop)
+    target = tf.random.stateless_uniform([batch], s_scale, float(scale[0]), float(scale[1]))
+    side = tf.clip_by_value(tf.round(size * short / target), 1.0, short)
+    top = tf.floor(tf.random.stateless_uniform([batch], s_top) * (h - side + 1))
+    left = tf.floor(tf.random.stateless_uniform([batch], s_left) * (w - side + 1))
+    flip = tf.random.stateless_uniform([batch], s_flip) < 0.5
+    y1, y2 = top / (h - 1), (top + side - 1) / (h - 1)
+    x1, x2 = left / (w - 1), (left + side - 1) / (w - 1)
+    x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
+    boxes = tf.stack([y1, x1, y2, x2], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(batch), (size, size))
 
 
 def pca_lighting(images: tf.Tensor, seed: tf.Tensor, std: float = LIGHTING_STD) -> tf.Tensor:
@@ -434,30 +440,35 @@ def _train_dataset(
     split: _Split, info: DataInfo, batch_size: int, seed: int, color: bool, workers: int, index: int
 ):
     mean = tf.constant(info.mean, tf.float32)
-    if info.recipe == CIFAR_RECIPE:
-        images, labels = tf.constant(split.images), tf.constant(split.labels)
-        n = split.num_examples
-        idx = tf.data.Dataset.range(n).shard(workers, index)
-        idx = (
-            idx.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(batch_size, drop_remainder=True)
-        )
-
-        def augment(i, s):
-            return cifar_augment(tf.gather(images, i), mean, s), tf.gather(labels, i)
-
-        return tf.data.Dataset.zip(idx, _seeds(seed + 1)).map(augment, num_parallel_calls=AUTOTUNE)
-
     size, scale = info.image_size, scale_range(info.image_size)
 
-    def crop(image, label, s):
-        return imagenet_crop(image, size, scale, s), label
-
     def batch_ops(images, labels, s):
+        if info.recipe == CIFAR_RECIPE:
+            return cifar_augment(images, mean, s), labels
         if color:
             images = pca_lighting(images, s)
         return images - mean, labels
+
+    if split.uniform:  # in memory, one size: gather whole batches, crop them in one op
+        images, labels = tf.constant(split.images), tf.constant(split.labels)
+        n = split.num_examples
+        idx = tf.data.Dataset.range(n).shard(workers, index)
+        idx = idx.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+        idx = idx.batch(batch_size, drop_remainder=True)
+
+        def augment(i, s):
+            x = tf.gather(images, i)
+            if info.recipe == IMAGENET_RECIPE:
+                x = imagenet_augment(x, size, scale, tf.random.experimental.stateless_fold_in(s, 1))
+            return batch_ops(x, tf.gather(labels, i), s)
+
+        return tf.data.Dataset.zip(idx, _seeds(seed + 1)).map(augment, num_parallel_calls=AUTOTUNE)
+
+    if info.recipe == CIFAR_RECIPE:
+        raise ValueError(f"The cifar recipe needs images of one size; {info.name} has several.")
+
+    def crop(image, label, s):  # images of different sizes: one at a time until they are cropped
+        return imagenet_augment(image[None], size, scale, s)[0], label
 
     ds = _split_dataset(split, seed, workers, index)
     ds = tf.data.Dataset.zip(ds, _seeds(seed + 1)).map(lambda x, s: crop(*x, s), num_parallel_calls=AUTOTUNE)
@@ -696,11 +707,9 @@ def _fingerprint(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
-def _scan_folder_split(paths: tuple[str, ...], fingerprint: str, keep: bool, verbose: bool):
+def _scan_files(paths: tuple[str, ...], keep: bool, verbose: bool):
     """One parallel decode pass over the files: (images or None, per-image channel sums, pixel
-    counts, indices that failed to read or decode). `fingerprint` keys the per-process cache."""
-    del fingerprint
+    counts, indices that failed to read or decode)."""
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), list(paths)))
 
     def read(i, path):
@@ -762,7 +771,9 @@ def _folder_split(
     name: str, split: str, paths: list[str], labels: list[int], keep: bool, skip_corrupt: bool, verbose: bool
 ):
     """(split, per-image channel sums, pixel counts, skipped count) for one folder split."""
-    images, sums, pixels, bad = _scan_folder_split(tuple(paths), _fingerprint(paths), keep, verbose)
+    out, sums, pixels, bad = _decoded_folder_split(
+        tuple(paths), tuple(labels), _fingerprint(paths), keep, verbose
+    )
     if len(bad) and not skip_corrupt:
         listed = "\n  ".join(paths[i] for i in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -779,13 +790,21 @@ def _folder_split(
             split,
             paths[bad[0]],
         )
+    return out, sums, pixels, len(bad)
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded_folder_split(
+    paths: tuple[str, ...], labels: tuple[int, ...], fingerprint: str, keep: bool, verbose: bool
+):
+    """The readable files of a split, decoded into memory (`keep`) or as paths; cached per process
+    under `fingerprint` (paths, sizes, mtimes) so that an edited file is read again."""
+    del fingerprint
+    images, sums, pixels, bad = _scan_files(paths, keep, verbose)
     good = np.setdiff1d(np.arange(len(paths)), bad)
     labels = np.asarray(labels, np.int32)[good]
-    if keep:
-        out = _pack([images[i] for i in good], labels)
-    else:
-        out = _Split(labels, paths=np.asarray(paths)[good])
-    return out, sums[good], pixels[good], len(bad)
+    out = _pack([images[i] for i in good], labels) if keep else _Split(labels, paths=np.asarray(paths)[good])
+    return out, sums[good], pixels[good], bad
 
 
 # ----------------------------------------------------------------------------------------------
@@ -824,7 +843,8 @@ def load(
             is then computed on the remaining 90%.
         download: allow TFDS to download and prepare missing data (off: a clear error instead).
         seed: shuffling and augmentation seed.
-        deterministic: keep element order reproducible across runs (slower parallel maps).
+        deterministic: keep the training order reproducible across runs (parallel maps may then
+            wait for slow elements); evaluation order is always the split's.
         image_size: model input side (default 32 for cifar, 224 for imagenet2012, 128 otherwise).
         color_augmentation: PCA lighting noise (imagenet recipe).
         skip_corrupt: leave out corrupt/unreadable folder images (counted in `Datasets.skipped`)
@@ -971,14 +991,14 @@ def load(
             f"batch_size={batch_size} is larger than the {train.num_examples} training examples of {name}: "
             f"lower --batch_size."
         )
-    options = _options(deterministic)
     w, i = num_workers, worker_index
 
-    def finish(ds: tf.data.Dataset) -> tf.data.Dataset:
-        return ds.prefetch(AUTOTUNE).with_options(options)
+    def finish(ds: tf.data.Dataset, ordered: bool = True) -> tf.data.Dataset:
+        # Evaluation always keeps the split's order, so predictions line up with examples.
+        return ds.prefetch(AUTOTUNE).with_options(_options(ordered))
 
     return Datasets(
-        train=finish(_train_dataset(train, info, batch_size, seed, color_augmentation, w, i)),
+        train=finish(_train_dataset(train, info, batch_size, seed, color_augmentation, w, i), deterministic),
         validation=finish(_eval_dataset(validation, info, eval_batch_size, w, i)) if validation else None,
         test=finish(_eval_dataset(test, info, eval_batch_size, w, i)),
         info=info,

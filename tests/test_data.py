@@ -1,0 +1,374 @@
+"""The data pipelines: the paper's augmentations on hand-made images, image folders and their
+errors, the held-out split and cached mean, tf.distribute sharding, and the real data."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_resnet import data
+
+
+def _seed(i: int) -> tf.Tensor:
+    return tf.constant([i, 17], tf.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Augmentation and evaluation views on hand-made images
+
+
+def _window(image: np.ndarray, top: int, left: int, size: int, flip: bool) -> np.ndarray:
+    w = image[top : top + size, left : left + size]
+    return w[:, ::-1] if flip else w
+
+
+def test_cifar_augment_is_a_window_of_the_zero_padded_image_or_its_mirror():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    mean = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    out = data.cifar_augment(images, mean, _seed(1), pad=2).numpy()
+    assert out.shape == (64, 8, 8, 3) and out.dtype == np.float32
+    padded = np.pad(images.astype(np.float32) - mean, [(0, 0), (2, 2), (2, 2), (0, 0)])
+    seen = set()
+    for b in range(64):
+        matches = [
+            (top, left, flip)
+            for top in range(5)
+            for left in range(5)
+            for flip in (False, True)
+            if np.allclose(out[b], _window(padded[b], top, left, 8, flip))
+        ]
+        assert matches, f"image {b} is no window of the padded image nor its mirror"
+        seen.add(matches[0])
+    # 64 random draws of 5 x 5 x 2 choices: both flips and every offset row/column show up.
+    assert {f for _, _, f in seen} == {False, True}
+    assert {t for t, _, _ in seen} == set(range(5)) and {left for _, left, _ in seen} == set(range(5))
+    # Stateless: the same seed gives the same batch, another seed another one.
+    np.testing.assert_array_equal(out, data.cifar_augment(images, mean, _seed(1), pad=2).numpy())
+    assert not np.array_equal(out, data.cifar_augment(images, mean, _seed(2), pad=2).numpy())
+
+
+def test_imagenet_augment_crops_a_scaled_square_window_and_flips():
+    # A ramp image (red = column, green = row): bilinear resampling of a linear ramp is exact,
+    # so the output reveals the window it was cut from.
+    h, w, size = 96, 120, 32
+    ys, xs = np.mgrid[0:h, 0:w]
+    image = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.float32)
+    images = np.repeat(image[None], 64, axis=0)
+    scale = (40, 80)  # shorter side (96) resized to 40..80, then a 32 crop: window side 38..77
+    out = data.imagenet_augment(images, size, scale, _seed(3)).numpy()
+    assert out.shape == (64, size, size, 3)
+    flips = []
+    for b in range(64):
+        red, green = out[b, :, :, 0], out[b, :, :, 1]
+        np.testing.assert_allclose(red, red[:1].repeat(size, 0), atol=1e-3)  # red constant down a column
+        np.testing.assert_allclose(green, green[:, :1].repeat(size, 1), atol=1e-3)
+        top, bottom = green[0, 0], green[-1, 0]
+        left, right = min(red[0, 0], red[0, -1]), max(red[0, 0], red[0, -1])
+        side = bottom - top + 1
+        assert right - left + 1 == pytest.approx(side, abs=1e-3), "the window is square"
+        assert round(size * h / scale[1]) <= round(side) <= round(size * h / scale[0])
+        assert 0 <= top and bottom <= h - 1 and 0 <= left and right <= w - 1
+        assert top == pytest.approx(round(top), abs=1e-3) and left == pytest.approx(round(left), abs=1e-3)
+        flips.append(red[0, 0] > red[0, -1])
+    assert 0 < sum(flips) < 64, "both flipped and unflipped crops"
+    # One image at a time (images of mixed sizes) takes the same code path.
+    one = data.imagenet_augment(images[:1], size, scale, _seed(3)).numpy()
+    np.testing.assert_allclose(one[0], out[0], atol=1e-4)
+
+
+def test_imagenet_augment_without_scaling_is_the_image_or_its_mirror():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
+    out = data.imagenet_augment(images, 24, (24, 24), _seed(4)).numpy()
+    for b in range(16):
+        assert np.allclose(out[b], images[b], atol=1e-3) or np.allclose(out[b], images[b, :, ::-1], atol=1e-3)
+
+
+def test_pca_lighting_shifts_every_pixel_of_an_image_by_one_colour():
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 255, (32, 5, 5, 3)).astype(np.float32)
+    shift = (data.pca_lighting(tf.constant(images), _seed(5)) - images).numpy()
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[:, :1, :1], shift.shape), atol=1e-3)
+    # The shift is eigvec @ (alpha * eigval) * 255: solving for alpha gives N(0, 0.1) draws.
+    eigvec, eigval = np.array(data.PCA_EIGVEC), np.array(data.PCA_EIGVAL)
+    alpha = np.linalg.solve(eigvec, shift[:, 0, 0].T).T / (eigval * 255)
+    assert 0.03 < alpha.std() < 0.3
+    np.testing.assert_allclose(data.pca_lighting(tf.constant(images), _seed(5), std=0.0), images)
+
+
+def _info(recipe: str, size: int, resize: int, mean) -> data.DataInfo:
+    return data.DataInfo("hand", recipe, 2, ("a", "b"), size, resize, np.asarray(mean, np.float32), 10)
+
+
+def test_ten_crop_corners_center_and_mirrors():
+    rng = np.random.default_rng(3)
+    mean = np.array([10.0, 20.0, 30.0], np.float32)
+    images = rng.integers(0, 256, (2, 12, 16, 3)).astype(np.float32)
+    info = _info(data.IMAGENET_RECIPE, 8, 12, mean)  # shorter side already 12: no resampling
+    crops = data.ten_crop(images, info).numpy()
+    assert crops.shape == (2, 10, 8, 8, 3)
+    x = images - mean
+    expected = [x[:, :8, :8], x[:, :8, 8:], x[:, 4:, :8], x[:, 4:, 8:], x[:, 2:10, 4:12]]
+    for k, e in enumerate(expected):
+        np.testing.assert_allclose(crops[:, k], e, atol=1e-4)
+        np.testing.assert_allclose(crops[:, k + 5], e[:, :, ::-1], atol=1e-4)
+    np.testing.assert_allclose(crops[:, 4], data.eval_preprocess(images, info), atol=1e-4)
+
+
+def test_cifar_ten_crop_center_is_the_original_view():
+    rng = np.random.default_rng(4)
+    mean = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    images = rng.integers(0, 256, (3, 8, 8, 3)).astype(np.float32)
+    info = _info(data.CIFAR_RECIPE, 8, 8, mean)
+    crops = data.ten_crop(images, info).numpy()
+    np.testing.assert_allclose(crops[:, 4], images - mean, atol=1e-4)
+    np.testing.assert_allclose(crops[:, 4], data.eval_preprocess(images, info), atol=1e-4)
+    padded = np.pad(images - mean, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    np.testing.assert_allclose(crops[:, 0], padded[:, :8, :8], atol=1e-4)
+    np.testing.assert_allclose(crops[:, 7], padded[:, 8:, :8][:, :, ::-1], atol=1e-4)  # bottom-left, mirrored
+
+
+def test_scale_range_and_resize_scale_with_image_size():
+    assert data.scale_range(224) == (256, 480) and data.resize_size_for(224) == 256
+    assert data.scale_range(128) == (146, 274) and data.resize_size_for(128) == 146
+
+
+def test_held_out_split_is_disjoint_stratified_and_stable():
+    labels = np.repeat(np.arange(10), 5000)[np.random.default_rng(5).permutation(50_000)]
+    train, val = data.held_out_split(labels)
+    assert len(train) == 45_000 and len(val) == 5_000
+    assert not set(train) & set(val) and len(set(train) | set(val)) == 50_000
+    np.testing.assert_array_equal(np.bincount(labels[val]), [500] * 10)
+    train2, val2 = data.held_out_split(labels)
+    np.testing.assert_array_equal(val, val2)
+    np.testing.assert_array_equal(train, train2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Image folders
+
+
+def _write_image(path: pathlib.Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encode = tf.io.encode_png if path.suffix.lower() == ".png" else tf.io.encode_jpeg
+    path.write_bytes(encode(image).numpy())
+
+
+def _make_folder(
+    root: pathlib.Path, classes=("cat", "dog", "fox"), per_class=(8, 3), sizes=((20, 24), (24, 20))
+):
+    """ROOT/{train,val}/<class>/<i>.png of random images of a few sizes; returns {split: [images]}."""
+    rng = np.random.default_rng(6)
+    written = {"train": [], "val": []}
+    for split, count in zip(("train", "val"), per_class, strict=True):
+        for c in classes:
+            for i in range(count):
+                image = rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8)
+                _write_image(root / split / c / f"{i:03d}.png", image)
+                written[split].append(image)
+    return written
+
+
+def test_folder_dataset_shapes_classes_and_mean(tmp_path):
+    written = _make_folder(tmp_path / "pets")
+    ds = data.load(
+        f"folder:{tmp_path / 'pets'}",
+        batch_size=4,
+        eval_batch_size=5,
+        image_size=16,
+        cache_dir=tmp_path / "c",
+    )
+    assert ds.info.class_names == ("cat", "dog", "fox") and ds.info.recipe == data.IMAGENET_RECIPE
+    assert ds.info.train_examples == 24 and ds.test_examples == 9 and ds.steps_per_epoch == 6
+    x, y = next(iter(ds.train))
+    assert x.shape == (4, 16, 16, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
+    test_labels = np.concatenate([y.numpy() for _, y in ds.test])
+    np.testing.assert_array_equal(test_labels, np.repeat([0, 1, 2], 3))
+    pixels = np.concatenate([im.reshape(-1, 3) for im in written["train"]]).astype(np.float64)
+    np.testing.assert_allclose(ds.info.mean, pixels.mean(axis=0), rtol=1e-5)
+    views = next(iter(ds.ten_crop_test()))[0]
+    assert views.shape == (5, 10, 16, 16, 3)
+    # The evaluation pipeline is eval_preprocess, image by image.
+    first = next(iter(ds.test))[0][0]
+    np.testing.assert_allclose(first, data.eval_preprocess(written["val"][0][None], ds.info)[0], atol=1e-3)
+
+
+def test_folder_grayscale_jpeg_and_directory_name(tmp_path):
+    _make_folder(tmp_path, sizes=((16, 16),))
+    gray = np.random.default_rng(7).integers(0, 256, (16, 16, 1), dtype=np.uint8)
+    _write_image(tmp_path / "train" / "dog" / "gray.JPEG", gray)
+    ds = data.load(str(tmp_path), batch_size=5, image_size=8, cache_dir=tmp_path / "c", cache_images=False)
+    assert ds.info.train_examples == 25
+    x, _ = next(iter(ds.train))
+    assert x.shape == (5, 8, 8, 3)
+
+
+def test_folder_corrupt_file_is_named_or_skipped_and_counted(tmp_path):
+    _make_folder(tmp_path)
+    bad = tmp_path / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    with pytest.raises(ValueError, match="corrupt or unreadable") as e:
+        data.load(f"folder:{tmp_path}", batch_size=4, cache_dir=tmp_path / "c")
+    assert str(bad) in str(e.value) and "skip_corrupt" in str(e.value)
+    ds = data.load(f"folder:{tmp_path}", batch_size=4, cache_dir=tmp_path / "c", skip_corrupt=True)
+    assert ds.skipped == {"train": 1} and ds.info.train_examples == 24
+    assert next(iter(ds.train))[0].shape[0] == 4
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("empty_class", "Empty class folder"),
+        ("mismatched", "Classes differ between"),
+        ("no_val", "No evaluation split"),
+        ("no_train", "No 'train' split"),
+        ("loose_images", "must sit in a class folder"),
+        ("missing_root", "does not exist"),
+    ],
+)
+def test_folder_layout_errors(tmp_path, breakage, message):
+    root = tmp_path / "data"
+    _make_folder(root, per_class=(2, 1), sizes=((8, 8),))
+    if breakage == "empty_class":
+        (root / "train" / "emu").mkdir()
+        (root / "val" / "emu").mkdir()
+    elif breakage == "mismatched":
+        _write_image(root / "train" / "emu" / "0.png", np.zeros((8, 8, 3), np.uint8))
+    elif breakage == "no_val":
+        for p in sorted((root / "val").rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        (root / "val").rmdir()
+    elif breakage == "no_train":
+        root = root / "val"  # a split folder passed as the root
+    elif breakage == "loose_images":
+        _write_image(root / "train" / "stray.png", np.zeros((8, 8, 3), np.uint8))
+    elif breakage == "missing_root":
+        root = tmp_path / "nowhere"
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as e:
+        data.load(f"folder:{root}", batch_size=2, cache_dir=tmp_path / "c")
+    if breakage == "mismatched":
+        assert "emu" in str(e.value)
+    if breakage == "no_train":
+        assert "pass its parent" in str(e.value)
+
+
+def test_folder_sharding_per_worker_is_disjoint_and_complete(tmp_path):
+    _make_folder(tmp_path, per_class=(4, 5), sizes=((8, 8),))
+    kw = dict(batch_size=2, eval_batch_size=4, image_size=8, cache_dir=tmp_path / "c", num_workers=2)
+    shards = [data.load(str(tmp_path), worker_index=i, **kw) for i in range(2)]
+    seen = [np.concatenate([x.numpy() for x, _ in s.test]) for s in shards]
+    assert len(seen[0]) + len(seen[1]) == 15 and abs(len(seen[0]) - len(seen[1])) <= 1
+    full = np.concatenate([x.numpy() for x, _ in data.load(str(tmp_path), **{**kw, "num_workers": 1}).test])
+    key = lambda a: sorted(map(bytes, np.round(a, 3)))  # noqa: E731
+    assert key(np.concatenate(seen)) == key(full)
+    assert shards[0].steps_per_epoch == 12 // 2  # steps count global batches of the full split
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS names
+
+
+def test_unknown_name_and_missing_tfds_data_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar11'.*cifar10"):
+        data.load("cifar11")
+    with pytest.raises(FileNotFoundError) as e:
+        data.load("cifar100", data_dir=str(tmp_path))
+    assert "cifar100" in str(e.value) and str(tmp_path) in str(e.value) and "download=True" in str(e.value)
+    with pytest.raises(FileNotFoundError) as e:
+        data.load("imagenet2012", data_dir=str(tmp_path))
+    assert "ILSVRC2012_img_train.tar" in str(e.value) and str(tmp_path / "downloads" / "manual") in str(
+        e.value
+    )
+
+
+@pytest.fixture(scope="module")
+def cifar_cache(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("cifar_cache")
+
+
+def test_real_cifar10_sizes_shapes_and_mean(tfds_dir, cifar_cache):
+    import tensorflow_datasets as tfds
+
+    ds = data.load("cifar10", data_dir=str(tfds_dir), batch_size=128, cache_dir=cifar_cache)
+    assert (
+        ds.info.num_classes == 10 and len(ds.info.class_names) == 10 and ds.info.recipe == data.CIFAR_RECIPE
+    )
+    assert ds.info.train_examples == 50_000 and ds.test_examples == 10_000 and ds.validation is None
+    assert ds.steps_per_epoch == 50_000 // 128
+    x, y = next(iter(ds.train))
+    assert x.shape == (128, 32, 32, 3) and x.dtype == tf.float32 and y.shape == (128,) and y.dtype == tf.int32
+    assert (
+        ds.train.options().experimental_distribute.auto_shard_policy
+        == tf.data.experimental.AutoShardPolicy.OFF
+    )
+    images, labels = tfds.as_numpy(
+        tfds.load(
+            "cifar10",
+            split="train",
+            data_dir=str(tfds_dir),
+            batch_size=-1,
+            as_supervised=True,
+            download=False,
+        )
+    )
+    np.testing.assert_allclose(ds.info.mean, images.astype(np.float64).mean(axis=0), atol=1e-3)
+    test_labels = np.concatenate([y.numpy() for _, y in ds.test])
+    assert len(test_labels) == 10_000 and set(test_labels) == set(range(10))
+    # The 45k/5k split: disjoint, stratified, the mean from the 45k only, a separate cache entry.
+    split = data.load(
+        "cifar10", data_dir=str(tfds_dir), validation_split=True, eval_batch_size=1000, cache_dir=cifar_cache
+    )
+    assert split.info.train_examples == 45_000 and split.validation_examples == 5_000
+    train_idx, val_idx = data.held_out_split(labels.astype(np.int32))
+    np.testing.assert_allclose(split.info.mean, images[train_idx].astype(np.float64).mean(axis=0), atol=1e-3)
+    val_labels = np.concatenate([y.numpy() for _, y in split.validation])
+    np.testing.assert_array_equal(val_labels, labels[val_idx])
+    first_val = next(iter(split.validation))[0].numpy()
+    np.testing.assert_allclose(first_val, images[val_idx[:1000]] - split.info.mean, atol=1e-3)
+    assert len(list(cifar_cache.glob("mean-*.npy"))) == 2
+
+
+def test_cifar_mean_is_read_from_the_cache_and_order_is_seeded(tfds_dir, cifar_cache):
+    ds = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache)
+    # Overwrite the cached mean: a load that reads the cache (instead of recomputing) returns it.
+    (path,) = [p for p in cifar_cache.glob("mean-*.npy") if np.allclose(np.load(p), ds.info.mean)]
+    np.save(path, np.full((32, 32, 3), 7.0, np.float32))
+    again = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache, seed=0, deterministic=True)
+    np.testing.assert_array_equal(again.info.mean, 7.0)
+    same = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache, seed=0, deterministic=True)
+    other = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache, seed=1, deterministic=True)
+    a, b, c = (next(iter(d.train.skip(3))) for d in (again, same, other))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_cifar_under_mirrored_strategy_splits_global_batches_without_warnings(tfds_dir, cifar_cache, caplog):
+    strategy = tf.distribute.MirroredStrategy(tf.config.list_logical_devices("CPU")[:2])
+    assert strategy.num_replicas_in_sync == 2
+    ds = data.load("cifar10", data_dir=str(tfds_dir), batch_size=64, cache_dir=cifar_cache)
+    with caplog.at_level(logging.WARNING):
+        dist = iter(strategy.experimental_distribute_dataset(ds.train))
+        x, y = next(dist)
+        test_batch = next(iter(strategy.experimental_distribute_dataset(ds.test)))
+    shards = strategy.experimental_local_results(x)
+    assert [s.shape[0] for s in shards] == [32, 32]
+    assert [s.shape[0] for s in strategy.experimental_local_results(test_batch[0])] == [32, 32]
+    assert not [r for r in caplog.records if "shard" in r.getMessage().lower()]
+
+
+def test_real_imagenette_from_the_shared_folder(imagenette_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(imagenette_dir.parent))
+    ds = data.load("imagenette", batch_size=32, cache_dir=tmp_path, verbose=False)
+    assert ds.info.train_examples == 9469 and ds.test_examples == 3925 and ds.info.num_classes == 10
+    assert ds.info.class_names[0] == "tench" and ds.info.image_size == 128 and ds.info.resize_size == 146
+    assert ds.info.mean.shape == (3,)
+    x, y = next(iter(ds.train))
+    assert x.shape == (32, 128, 128, 3) and y.shape == (32,)
+    x, y = next(iter(ds.test))
+    assert x.shape == (32, 128, 128, 3) and set(y.numpy()) == {0}  # val is listed class by class
