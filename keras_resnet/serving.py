@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import tempfile
+import uuid
 
 import keras
 import numpy as np
@@ -102,8 +102,10 @@ def export(
         )
     base.mkdir(parents=True, exist_ok=True)
     # Hidden and non-numeric, so TF Serving's poller ignores it; beside the target so the rename
-    # stays on one filesystem and is atomic.
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
+    # stays on one filesystem and is atomic. Not mkdtemp: its 0700 mode would lock out a model server
+    # running as another user.
+    tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         archive = _archive(model, info, min(top_k, info.num_classes), max_pixels)
         archive.write_out(str(tmp), verbose=False)
@@ -162,7 +164,8 @@ def _check_model(model: keras.Model, info: DataInfo) -> None:
 def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Tensor:
     """Encoded JPEG/PNG strings [B] -> evaluation views float32 [B, S, S, 3], mean-subtracted."""
 
-    def one(image: tf.Tensor) -> tf.Tensor:
+    def one(indexed: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        index, image = indexed  # the index makes errors name the offending image of the request
         is_jpeg = tf.equal(tf.strings.substr(image, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
         # A PNG's IHDR chunk stores width and height big-endian at bytes 16..24.
         is_png = tf.logical_and(
@@ -170,7 +173,8 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
             tf.strings.length(image) >= 24,
         )
         known = tf.debugging.Assert(
-            tf.logical_or(is_jpeg, is_png), ["Image is neither JPEG nor PNG (bad or empty image bytes)."]
+            tf.logical_or(is_jpeg, is_png),
+            ["Image", index, "of the request is neither JPEG nor PNG (bad or empty image bytes)."],
         )
         with tf.control_dependencies([known]):
             # Read the size from the header so that an oversized image is refused before decoding.
@@ -182,17 +186,22 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
                     tf.int64,
                 ),
             )
-        small = tf.debugging.assert_less_equal(
-            height_width[0] * height_width[1],
-            tf.constant(max_pixels, tf.int64),
-            message=f"Image too large: this export accepts at most {max_pixels} pixels (height x width)",
+        small = tf.debugging.Assert(
+            height_width[0] * height_width[1] <= max_pixels,
+            [
+                "Image",
+                index,
+                "of the request is too large: its height and width",
+                height_width,
+                f"exceed the {max_pixels} pixels this export accepts (export.py --max_pixels).",
+            ],
         )
         with tf.control_dependencies([small]):
             pixels = tf.io.decode_image(image, channels=3, dtype=tf.uint8, expand_animations=False)
         return eval_preprocess(pixels[tf.newaxis], info)[0]
 
     view = tf.TensorSpec([info.image_size, info.image_size, 3], tf.float32)
-    return tf.map_fn(one, images, fn_output_signature=view)
+    return tf.map_fn(one, (tf.range(tf.size(images)), images), fn_output_signature=view)
 
 
 def _archive(model: keras.Model, info: DataInfo, k: int, max_pixels: int) -> keras.export.ExportArchive:

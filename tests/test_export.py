@@ -239,11 +239,14 @@ def test_saved_model_cli_lists_documented_signatures(imagenette):
         ], signature
 
 
-def test_layout_and_warmup_requests_fit_their_signatures(cifar):
+def test_layout_and_warmup_requests_fit_their_signatures(cifar, tmp_path):
     path = cifar.path
     assert path.name == "1"
     for required in ("saved_model.pb", "variables/variables.index", "assets", "assets.extra"):
         assert (path / required).exists(), required
+    # Readable by a model server running as another user: the mode of any directory made here.
+    (tmp_path / "plain").mkdir()
+    assert path.stat().st_mode == (tmp_path / "plain").stat().st_mode
     assert DataInfo.load(path / "assets.extra").class_names == cifar.info.class_names
     served = tf.saved_model.load(str(path))
     logs = [
@@ -342,12 +345,12 @@ def test_bad_images_give_invalid_argument(cifar):
     # A PNG header declaring 100000 x 100000 pixels: refused from the header, before any decoding.
     huge_png = good[:16] + np.array([100_000, 100_000], ">u4").tobytes() + good[24:]
     cases = {
-        b"not an image": "neither JPEG nor PNG",
+        b"not an image": r"\[Image\] \[1\] \[of the request is neither JPEG nor PNG",
         b"": "neither JPEG nor PNG",
         b"GIF89a" + good[6:]: "neither JPEG nor PNG",
         jpeg[: len(jpeg) // 2]: "JPEG",
         good[:40]: "PNG",
-        huge_png: "too large",
+        huge_png: r"\[Image\] \[1\] \[of the request is too large",
     }
     for data, message in cases.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
