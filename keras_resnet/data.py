@@ -340,7 +340,7 @@ class _Split:
     offsets: np.ndarray | None = None
     shapes: np.ndarray | None = None
     paths: np.ndarray | None = None
-    tfds_split: Callable[[int, int, int], tf.data.Dataset] | None = None  # (workers, index, seed)
+    tfds_split: Callable[[int, int, int | None], tf.data.Dataset] | None = None  # (workers, index, seed)
     num_examples: int = 0
 
     def __post_init__(self):
@@ -384,8 +384,8 @@ def _split_dataset(split: _Split, shuffle_seed: int | None, workers: int, index:
     """Unbatched (uint8 [H, W, 3], int32) examples of a non-uniform split, this worker's shard,
     optionally shuffled and repeated forever (training)."""
     if split.tfds_split is not None:
-        ds = split.tfds_split(workers, index, shuffle_seed or 0)
-        if shuffle_seed is not None:
+        ds = split.tfds_split(workers, index, shuffle_seed)
+        if shuffle_seed is not None:  # files are shuffled too; this mixes examples across files
             ds = ds.shuffle(10_000, seed=shuffle_seed).repeat()
         return ds
     n = split.num_examples
@@ -600,7 +600,7 @@ def _tfds_streamed(name: str, data_dir: str, split: str, download: bool) -> _Spl
     builder = _tfds_builder(name, data_dir, download)
     num = builder.info.splits[split].num_examples
 
-    def make(workers: int, index: int, seed: int) -> tf.data.Dataset:
+    def make(workers: int, index: int, seed: int | None) -> tf.data.Dataset:
         config = tfds.ReadConfig(
             shuffle_seed=seed,
             input_context=tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index),
@@ -608,7 +608,7 @@ def _tfds_streamed(name: str, data_dir: str, split: str, download: bool) -> _Spl
         ds = builder.as_dataset(
             split=split,
             as_supervised=True,
-            shuffle_files=True,
+            shuffle_files=seed is not None,
             read_config=config,
             decoders={"image": tfds.decode.SkipDecoding()},
         )
@@ -936,7 +936,12 @@ def load(
         if validation_split:
             train_idx, val_idx = held_out_split(full.labels)
             train, validation = full.subset(train_idx), full.subset(val_idx)
-        size = image_size or 32
+        size = image_size or train.images.shape[1]
+        if size != train.images.shape[1]:
+            raise ValueError(
+                f"image_size={size}: the cifar recipe trains on the original {train.images.shape[1]}x"
+                f"{train.images.shape[1]} view (section 4.2); leave image_size unset for {name}."
+            )
         builder_dir = pathlib.Path(_tfds_builder(name, tfds_dir, download).data_dir)
         key = {
             "dataset": name,
@@ -948,13 +953,12 @@ def load(
             "kind": "image",
         }
         mean = _cached_array(cache, key, lambda: _mean_image(train.images))
-        if size != mean.shape[0]:
-            mean = tf.image.resize(mean[None], (size, size))[0].numpy()
     else:  # imagenette or imagenet2012 through TFDS
         recipe = IMAGENET_RECIPE
         class_names = _tfds_class_names(name, tfds_dir, download)
         if name == "imagenet2012":
-            splits = ("train[:-10000]", "train[-10000:]") if validation_split else ("train", None)
+            held = IMAGENET2012_HELD_OUT  # TFDS shuffled the train files when preparing: the tail is random
+            splits = (f"train[:-{held}]", f"train[-{held}:]") if validation_split else ("train", None)
             train = _tfds_streamed(name, tfds_dir, splits[0], download)
             validation = _tfds_streamed(name, tfds_dir, splits[1], download) if splits[1] else None
             test = _tfds_streamed(name, tfds_dir, "validation", download)

@@ -372,3 +372,26 @@ def test_real_imagenette_from_the_shared_folder(imagenette_dir, tmp_path, monkey
     assert x.shape == (32, 128, 128, 3) and y.shape == (32,)
     x, y = next(iter(ds.test))
     assert x.shape == (32, 128, 128, 3) and set(y.numpy()) == {0}  # val is listed class by class
+
+
+def test_streamed_tfds_split_as_used_for_imagenet2012(tfds_dir, cifar_cache):
+    # imagenet2012 is too big for memory: its splits stream from TFDS with JPEG decoding in the
+    # pipeline. The same code runs here on real CIFAR-10 records, with the ImageNet recipe at 24.
+    import tensorflow_datasets as tfds
+
+    split = data._tfds_streamed("cifar10", str(tfds_dir), "test[:300]", download=False)
+    assert split.num_examples == 300
+    info = data.DataInfo(
+        "cifar10", data.IMAGENET_RECIPE, 10, tuple("abcdefghij"), 24, 27, np.array(data.IMAGENET_MEAN), 300
+    )
+    train = data._train_dataset(split, info, 64, seed=0, color=True, workers=1, index=0)
+    x, y = next(iter(train))
+    assert x.shape == (64, 24, 24, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
+    test = list(data._eval_dataset(split, info, 128, workers=1, index=0))
+    _, labels = tfds.as_numpy(
+        tfds.load("cifar10", split="test[:300]", data_dir=str(tfds_dir), batch_size=-1, as_supervised=True)
+    )
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in test]), labels)
+    assert test[0][0].shape == (128, 24, 24, 3)
+    with pytest.raises(ValueError, match="image_size=64.*original 32x32"):
+        data.load("cifar10", data_dir=str(tfds_dir), image_size=64, cache_dir=cifar_cache)
