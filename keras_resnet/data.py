@@ -254,12 +254,17 @@ def imagenet_augment(images: tf.Tensor, size: int, scale: tuple[int, int], seed:
     return tf.image.crop_and_resize(images, boxes, tf.range(batch), (size, size))
 
 
-def pca_lighting(images: tf.Tensor, seed: tf.Tensor, std: float = LIGHTING_STD) -> tf.Tensor:
-    """AlexNet's colour augmentation on a 0-255 batch: adds eigvec @ (alpha * eigval), alpha ~ N(0, std)."""
-    alpha = tf.random.stateless_normal([tf.shape(images)[0], 3], seed, stddev=std)
+def lighting_shift(batch: tf.Tensor, seed: tf.Tensor, std: float = LIGHTING_STD) -> tf.Tensor:
+    """AlexNet's colour augmentation: per image, the RGB shift eigvec @ (alpha * eigval) * 255,
+    alpha ~ N(0, std); float32 [batch, 3] for 0-255 pixels."""
+    alpha = tf.random.stateless_normal([batch, 3], seed, stddev=std)
     eigvec = tf.constant(PCA_EIGVEC, tf.float32)
-    rgb = tf.matmul(alpha * tf.constant(PCA_EIGVAL, tf.float32), eigvec, transpose_b=True) * 255.0
-    return images + rgb[:, None, None, :]
+    return tf.matmul(alpha * tf.constant(PCA_EIGVAL, tf.float32), eigvec, transpose_b=True) * 255.0
+
+
+def pca_lighting(images: tf.Tensor, seed: tf.Tensor, std: float = LIGHTING_STD) -> tf.Tensor:
+    """`lighting_shift` added to every pixel of a 0-255 batch [B, H, W, 3]."""
+    return images + lighting_shift(tf.shape(images)[0], seed, std)[:, None, None, :]
 
 
 def eval_preprocess(images: tf.Tensor, info: DataInfo) -> tf.Tensor:
@@ -445,8 +450,8 @@ def _train_dataset(
     def batch_ops(images, labels, s):
         if info.recipe == CIFAR_RECIPE:
             return cifar_augment(images, mean, s), labels
-        if color:
-            images = pca_lighting(images, s)
+        if color:  # one pass over the pixels: subtract (mean - shift)
+            return images - (mean - lighting_shift(tf.shape(images)[0], s))[:, None, None, :], labels
         return images - mean, labels
 
     if split.uniform:  # in memory, one size: gather whole batches, crop them in one op
@@ -512,26 +517,37 @@ def held_out_split(
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
-def _cached_array(cache_dir: pathlib.Path, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """`compute()` once per `key`, then read back from `cache_dir` (written atomically)."""
+def _cached(
+    cache_dir: pathlib.Path, kind: str, key: dict, compute: Callable[[], dict]
+) -> dict[str, np.ndarray]:
+    """`compute()` (named arrays) once per `key`, then read back from `cache_dir/<kind>-*.npz`.
+
+    Written to a temporary name and renamed, so a crash never leaves half a file; the key is
+    written beside it as JSON for humans.
+    """
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() else "_" for c in str(key.get("dataset", "data")))[-40:]
-    path = cache_dir / f"mean-{slug}-{digest}.npy"
+    path = cache_dir / f"{kind}-{slug}-{digest}.npz"
     if path.exists():
         try:
-            return np.load(path)
+            with np.load(path) as f:
+                return dict(f)
         except (OSError, ValueError) as e:  # a damaged cache is recomputed, not fatal
             log.warning("Ignoring unreadable cache %s (%s); recomputing.", path, e)
-    value = np.asarray(compute(), np.float32)
+    value = {k: np.asarray(v) for k, v in compute().items()}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy.tmp", delete=False) as f:
-            np.save(f, value)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npz.tmp", delete=False) as f:
+            np.savez(f, **value)
         os.replace(f.name, path)
         path.with_suffix(".json").write_text(json.dumps(key, sort_keys=True, indent=1))
     except OSError as e:
-        log.warning("Could not cache the mean in %s (%s): set cache_dir or $%s.", cache_dir, e, CACHE_ENV)
+        log.warning("Could not write the cache %s (%s): set cache_dir or $%s.", path, e, CACHE_ENV)
     return value
+
+
+def _cached_mean(cache_dir: pathlib.Path, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    return _cached(cache_dir, "mean", key, lambda: {"mean": np.asarray(compute(), np.float32)})["mean"]
 
 
 def _mean_image(images: np.ndarray) -> np.ndarray:
@@ -768,12 +784,35 @@ def _memory_budget() -> int:
 
 
 def _folder_split(
-    name: str, split: str, paths: list[str], labels: list[int], keep: bool, skip_corrupt: bool, verbose: bool
+    name: str,
+    split: str,
+    paths: list[str],
+    labels: list[int],
+    keep: bool,
+    skip_corrupt: bool,
+    verbose: bool,
+    cache_dir: pathlib.Path,
 ):
-    """(split, per-image channel sums, pixel counts, skipped count) for one folder split."""
-    out, sums, pixels, bad = _decoded_folder_split(
-        tuple(paths), tuple(labels), _fingerprint(paths), keep, verbose
-    )
+    """(split, per-image channel sums, pixel counts, skipped count) for one folder split.
+
+    Every file is decoded once to find the corrupt ones and the mean. In memory (`keep`) that
+    pass also fills the cache; streamed, its result is kept in `cache_dir` so that later runs
+    skip it until a file changes.
+    """
+    fingerprint = _fingerprint(paths)
+    if keep:
+        out, sums, pixels, bad = _decoded_folder_split(tuple(paths), tuple(labels), fingerprint, verbose)
+    else:
+
+        def scan():
+            _, sums, pixels, bad = _scan_files(tuple(paths), False, verbose)
+            return {"sums": sums, "pixels": pixels, "bad": bad}
+
+        found = _cached(cache_dir, "scan", {"dataset": name, "split": split, "files": fingerprint}, scan)
+        bad = found["bad"]
+        good = np.setdiff1d(np.arange(len(paths)), bad)
+        out = _Split(np.asarray(labels, np.int32)[good], paths=np.asarray(paths)[good])
+        sums, pixels = found["sums"][good], found["pixels"][good]
     if len(bad) and not skip_corrupt:
         listed = "\n  ".join(paths[i] for i in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
@@ -783,28 +822,18 @@ def _folder_split(
             f"Fix or delete them, or pass skip_corrupt=True (--skip_corrupt) to leave them out."
         )
     if len(bad):
-        log.warning(
-            "Skipping %d corrupt or unreadable image(s) in %s/%s, e.g. %s",
-            len(bad),
-            name,
-            split,
-            paths[bad[0]],
-        )
+        log.warning("Skipping %d unreadable image(s) in %s/%s, e.g. %s", len(bad), name, split, paths[bad[0]])
     return out, sums, pixels, len(bad)
 
 
 @functools.lru_cache(maxsize=4)
-def _decoded_folder_split(
-    paths: tuple[str, ...], labels: tuple[int, ...], fingerprint: str, keep: bool, verbose: bool
-):
-    """The readable files of a split, decoded into memory (`keep`) or as paths; cached per process
-    under `fingerprint` (paths, sizes, mtimes) so that an edited file is read again."""
+def _decoded_folder_split(paths: tuple[str, ...], labels: tuple[int, ...], fingerprint: str, verbose: bool):
+    """The readable files of a split decoded into memory, once per process and `fingerprint`
+    (paths, sizes, mtimes: an edited file is read again)."""
     del fingerprint
-    images, sums, pixels, bad = _scan_files(paths, keep, verbose)
+    images, sums, pixels, bad = _scan_files(paths, True, verbose)
     good = np.setdiff1d(np.arange(len(paths)), bad)
-    labels = np.asarray(labels, np.int32)[good]
-    out = _pack([images[i] for i in good], labels) if keep else _Split(labels, paths=np.asarray(paths)[good])
-    return out, sums[good], pixels[good], bad
+    return _pack([images[i] for i in good], np.asarray(labels, np.int32)[good]), sums[good], pixels[good], bad
 
 
 # ----------------------------------------------------------------------------------------------
@@ -901,10 +930,10 @@ def load(
             else _decoded_bytes_estimate(all_paths) <= _memory_budget()
         )
         train, sums, pixels, skipped["train"] = _folder_split(
-            display, "train", *files["train"], keep, skip_corrupt, verbose
+            display, "train", *files["train"], keep, skip_corrupt, verbose, cache
         )
         test, _, _, skipped[test_name] = _folder_split(
-            display, test_name, *files[test_name], keep, skip_corrupt, verbose
+            display, test_name, *files[test_name], keep, skip_corrupt, verbose, cache
         )
         if set(class_names) <= set(IMAGENETTE_NAMES):
             class_names = tuple(IMAGENETTE_NAMES[c] for c in class_names)
@@ -925,7 +954,7 @@ def load(
             "validation_split": validation_split,
             "kind": "channel",
         }
-        mean = _cached_array(cache, key, lambda: sums.sum(axis=0) / max(pixels.sum(), 1))
+        mean = _cached_mean(cache, key, lambda: sums.sum(axis=0) / max(pixels.sum(), 1))
         name = display
     elif name in ("cifar10", "cifar100"):
         recipe = CIFAR_RECIPE
@@ -952,7 +981,7 @@ def load(
             "validation_split": validation_split,
             "kind": "image",
         }
-        mean = _cached_array(cache, key, lambda: _mean_image(train.images))
+        mean = _cached_mean(cache, key, lambda: _mean_image(train.images))
     else:  # imagenette or imagenet2012 through TFDS
         recipe = IMAGENET_RECIPE
         class_names = _tfds_class_names(name, tfds_dir, download)
@@ -977,7 +1006,7 @@ def load(
                 "validation_split": validation_split,
                 "kind": "channel",
             }
-            mean = _cached_array(cache, key, lambda: _channel_mean(train))
+            mean = _cached_mean(cache, key, lambda: _channel_mean(train))
             size = image_size or 128
 
     info = DataInfo(
@@ -1003,11 +1032,13 @@ def load(
 
     return Datasets(
         train=finish(_train_dataset(train, info, batch_size, seed, color_augmentation, w, i), deterministic),
-        validation=finish(_eval_dataset(validation, info, eval_batch_size, w, i)) if validation else None,
+        validation=finish(_eval_dataset(validation, info, eval_batch_size, w, i))
+        if validation is not None
+        else None,
         test=finish(_eval_dataset(test, info, eval_batch_size, w, i)),
         info=info,
         steps_per_epoch=train.num_examples // batch_size,
-        validation_examples=validation.num_examples if validation else 0,
+        validation_examples=validation.num_examples if validation is not None else 0,
         test_examples=test.num_examples,
         skipped={k: v for k, v in skipped.items() if v},
         _ten_crop_test=lambda: finish(_eval_dataset(test, info, eval_batch_size, w, i, ten=True)),

@@ -206,6 +206,12 @@ def test_folder_grayscale_jpeg_and_directory_name(tmp_path):
     assert ds.info.train_examples == 25
     x, _ = next(iter(ds.train))
     assert x.shape == (5, 8, 8, 3)
+    # Streamed from disk, the one decode pass (corrupt files, mean) is cached per split...
+    assert len(list((tmp_path / "c").glob("scan-*.npz"))) == 2
+    # ... and redone when a file changes.
+    (tmp_path / "train" / "dog" / "gray.JPEG").write_bytes(b"\xff\xd8\xff truncated")
+    with pytest.raises(ValueError, match="gray.JPEG"):
+        data.load(str(tmp_path), batch_size=5, image_size=8, cache_dir=tmp_path / "c", cache_images=False)
 
 
 def test_folder_corrupt_file_is_named_or_skipped_and_counted(tmp_path):
@@ -330,14 +336,14 @@ def test_real_cifar10_sizes_shapes_and_mean(tfds_dir, cifar_cache):
     np.testing.assert_array_equal(val_labels, labels[val_idx])
     first_val = next(iter(split.validation))[0].numpy()
     np.testing.assert_allclose(first_val, images[val_idx[:1000]] - split.info.mean, atol=1e-3)
-    assert len(list(cifar_cache.glob("mean-*.npy"))) == 2
+    assert len(list(cifar_cache.glob("mean-*.npz"))) == 2
 
 
 def test_cifar_mean_is_read_from_the_cache_and_order_is_seeded(tfds_dir, cifar_cache):
     ds = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache)
     # Overwrite the cached mean: a load that reads the cache (instead of recomputing) returns it.
-    (path,) = [p for p in cifar_cache.glob("mean-*.npy") if np.allclose(np.load(p), ds.info.mean)]
-    np.save(path, np.full((32, 32, 3), 7.0, np.float32))
+    (path,) = [p for p in cifar_cache.glob("mean-*.npz") if np.allclose(np.load(p)["mean"], ds.info.mean)]
+    np.savez(path, mean=np.full((32, 32, 3), 7.0, np.float32))
     again = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache, seed=0, deterministic=True)
     np.testing.assert_array_equal(again.info.mean, 7.0)
     same = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=cifar_cache, seed=0, deterministic=True)
