@@ -836,6 +836,124 @@ def _decoded_folder_split(paths: tuple[str, ...], labels: tuple[int, ...], finge
     return _pack([images[i] for i in good], np.asarray(labels, np.int32)[good]), sums[good], pixels[good], bad
 
 
+@dataclasses.dataclass
+class _Source:
+    """What a dataset name resolves to, before the pipelines are built."""
+
+    name: str
+    recipe: str
+    class_names: tuple[str, ...]
+    train: _Split
+    validation: _Split | None
+    test: _Split
+    mean: np.ndarray
+    default_size: int
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _hold_out(train: _Split, validation_split: bool) -> tuple[_Split, _Split | None, np.ndarray]:
+    """(train, validation or None, indices of the train examples kept) for an in-memory split."""
+    if not validation_split:
+        return train, None, np.arange(train.num_examples)
+    train_idx, val_idx = held_out_split(train.labels)
+    return train.subset(train_idx), train.subset(val_idx), train_idx
+
+
+def _from_folder(
+    folder: pathlib.Path,
+    name: str,
+    validation_split: bool,
+    skip_corrupt: bool,
+    cache_images: bool | None,
+    verbose: bool,
+    cache: pathlib.Path,
+) -> _Source:
+    class_names, files = index_folder(folder)
+    test_name = next(s for s in files if s != "train")
+    display = "imagenette" if name == "imagenette" else f"{FOLDER_PREFIX}{folder}"
+    if cache_images is None:
+        cache_images = _decoded_bytes_estimate(files["train"][0] + files[test_name][0]) <= _memory_budget()
+    skipped = {}
+    train, sums, pixels, skipped["train"] = _folder_split(
+        display, "train", *files["train"], cache_images, skip_corrupt, verbose, cache
+    )
+    test, _, _, skipped[test_name] = _folder_split(
+        display, test_name, *files[test_name], cache_images, skip_corrupt, verbose, cache
+    )
+    if set(class_names) <= set(IMAGENETTE_NAMES):
+        class_names = tuple(IMAGENETTE_NAMES[c] for c in class_names)
+    train, validation, kept = _hold_out(train, validation_split)
+    key = {
+        "dataset": str(folder.resolve()),
+        "files": _fingerprint(files["train"][0]),
+        "examples": train.num_examples,
+        "validation_split": validation_split,
+        "kind": "channel",
+    }
+    mean = _cached_mean(cache, key, lambda: sums[kept].sum(axis=0) / max(pixels[kept].sum(), 1))
+    skipped = {k: v for k, v in skipped.items() if v}
+    return _Source(display, IMAGENET_RECIPE, class_names, train, validation, test, mean, 128, skipped)
+
+
+def _from_cifar(
+    name: str,
+    tfds_dir: str,
+    download: bool,
+    validation_split: bool,
+    image_size: int | None,
+    cache: pathlib.Path,
+) -> _Source:
+    full = _tfds_in_memory(name, tfds_dir, "train", download)
+    test = _tfds_in_memory(name, tfds_dir, "test", download)
+    train, validation, _ = _hold_out(full, validation_split)
+    native = train.images.shape[1]
+    if image_size and image_size != native:
+        raise ValueError(
+            f"image_size={image_size}: the cifar recipe trains on the original {native}x{native} view "
+            f"(section 4.2); leave image_size unset for {name}."
+        )
+    builder_dir = pathlib.Path(_tfds_builder(name, tfds_dir, download).data_dir)
+    key = {
+        "dataset": name,
+        "version": builder_dir.name,
+        "data": str(builder_dir.resolve()),
+        "files": sorted((p.name, p.stat().st_size) for p in builder_dir.iterdir()),
+        "examples": train.num_examples,
+        "validation_split": validation_split,
+        "kind": "image",
+    }
+    mean = _cached_mean(cache, key, lambda: _mean_image(train.images))
+    class_names = _tfds_class_names(name, tfds_dir, download)
+    return _Source(name, CIFAR_RECIPE, class_names, train, validation, test, mean, native)
+
+
+def _from_tfds_imagenet(
+    name: str, tfds_dir: str, download: bool, validation_split: bool, cache: pathlib.Path
+) -> _Source:
+    class_names = _tfds_class_names(name, tfds_dir, download)
+    if name == "imagenet2012":
+        held = IMAGENET2012_HELD_OUT  # TFDS shuffled the train files when preparing: the tail is random
+        train_split, val_split = (
+            (f"train[:-{held}]", f"train[-{held}:]") if validation_split else ("train", None)
+        )
+        train = _tfds_streamed(name, tfds_dir, train_split, download)
+        validation = _tfds_streamed(name, tfds_dir, val_split, download) if val_split else None
+        test = _tfds_streamed(name, tfds_dir, "validation", download)
+        mean = np.array(IMAGENET_MEAN, np.float32)
+        return _Source(name, IMAGENET_RECIPE, class_names, train, validation, test, mean, IMAGENET_CROP)
+    train, validation, _ = _hold_out(_tfds_in_memory(name, tfds_dir, "train", download), validation_split)
+    test = _tfds_in_memory(name, tfds_dir, "validation", download)
+    key = {
+        "dataset": name,
+        "data": tfds_dir,
+        "examples": train.num_examples,
+        "validation_split": validation_split,
+        "kind": "channel",
+    }
+    mean = _cached_mean(cache, key, lambda: _channel_mean(train))
+    return _Source(name, IMAGENET_RECIPE, class_names, train, validation, test, mean, 128)
+
+
 # ----------------------------------------------------------------------------------------------
 # load
 
@@ -895,7 +1013,6 @@ def load(
     cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
     data_root = default_data_root()
     tfds_dir = str(data_dir or data_root / "tensorflow_datasets")
-    skipped: dict[str, int] = {}
 
     folder = None
     if name.startswith(FOLDER_PREFIX):
@@ -919,110 +1036,27 @@ def load(
             folder = fallback
 
     if folder is not None:
-        recipe = IMAGENET_RECIPE
-        class_names, files = index_folder(folder)
-        test_name = next(s for s in files if s != "train")
-        display = "imagenette" if name == "imagenette" else f"{FOLDER_PREFIX}{folder}"
-        all_paths = files["train"][0] + files[test_name][0]
-        keep = (
-            cache_images
-            if cache_images is not None
-            else _decoded_bytes_estimate(all_paths) <= _memory_budget()
-        )
-        train, sums, pixels, skipped["train"] = _folder_split(
-            display, "train", *files["train"], keep, skip_corrupt, verbose, cache
-        )
-        test, _, _, skipped[test_name] = _folder_split(
-            display, test_name, *files[test_name], keep, skip_corrupt, verbose, cache
-        )
-        if set(class_names) <= set(IMAGENETTE_NAMES):
-            class_names = tuple(IMAGENETTE_NAMES[c] for c in class_names)
-        validation = None
-        if validation_split:
-            train_idx, val_idx = held_out_split(train.labels)
-            train, validation, sums, pixels = (
-                train.subset(train_idx),
-                train.subset(val_idx),
-                sums[train_idx],
-                pixels[train_idx],
-            )
-        size = image_size or 128
-        key = {
-            "dataset": str(folder.resolve()),
-            "files": _fingerprint(files["train"][0]),
-            "examples": train.num_examples,
-            "validation_split": validation_split,
-            "kind": "channel",
-        }
-        mean = _cached_mean(cache, key, lambda: sums.sum(axis=0) / max(pixels.sum(), 1))
-        name = display
+        src = _from_folder(folder, name, validation_split, skip_corrupt, cache_images, verbose, cache)
     elif name in ("cifar10", "cifar100"):
-        recipe = CIFAR_RECIPE
-        full = _tfds_in_memory(name, tfds_dir, "train", download)
-        test = _tfds_in_memory(name, tfds_dir, "test", download)
-        class_names = _tfds_class_names(name, tfds_dir, download)
-        train, validation = full, None
-        if validation_split:
-            train_idx, val_idx = held_out_split(full.labels)
-            train, validation = full.subset(train_idx), full.subset(val_idx)
-        size = image_size or train.images.shape[1]
-        if size != train.images.shape[1]:
-            raise ValueError(
-                f"image_size={size}: the cifar recipe trains on the original {train.images.shape[1]}x"
-                f"{train.images.shape[1]} view (section 4.2); leave image_size unset for {name}."
-            )
-        builder_dir = pathlib.Path(_tfds_builder(name, tfds_dir, download).data_dir)
-        key = {
-            "dataset": name,
-            "version": builder_dir.name,
-            "data": str(builder_dir.resolve()),
-            "files": sorted((p.name, p.stat().st_size) for p in builder_dir.iterdir()),
-            "examples": train.num_examples,
-            "validation_split": validation_split,
-            "kind": "image",
-        }
-        mean = _cached_mean(cache, key, lambda: _mean_image(train.images))
-    else:  # imagenette or imagenet2012 through TFDS
-        recipe = IMAGENET_RECIPE
-        class_names = _tfds_class_names(name, tfds_dir, download)
-        if name == "imagenet2012":
-            held = IMAGENET2012_HELD_OUT  # TFDS shuffled the train files when preparing: the tail is random
-            splits = (f"train[:-{held}]", f"train[-{held}:]") if validation_split else ("train", None)
-            train = _tfds_streamed(name, tfds_dir, splits[0], download)
-            validation = _tfds_streamed(name, tfds_dir, splits[1], download) if splits[1] else None
-            test = _tfds_streamed(name, tfds_dir, "validation", download)
-            mean = np.array(IMAGENET_MEAN, np.float32)
-            size = image_size or IMAGENET_CROP
-        else:
-            train, validation = _tfds_in_memory(name, tfds_dir, "train", download), None
-            test = _tfds_in_memory(name, tfds_dir, "validation", download)
-            if validation_split:
-                train_idx, val_idx = held_out_split(train.labels)
-                train, validation = train.subset(train_idx), train.subset(val_idx)
-            key = {
-                "dataset": name,
-                "data": tfds_dir,
-                "examples": train.num_examples,
-                "validation_split": validation_split,
-                "kind": "channel",
-            }
-            mean = _cached_mean(cache, key, lambda: _channel_mean(train))
-            size = image_size or 128
-
+        src = _from_cifar(name, tfds_dir, download, validation_split, image_size, cache)
+    else:
+        src = _from_tfds_imagenet(name, tfds_dir, download, validation_split, cache)
+    size = image_size or src.default_size
+    train, validation, test = src.train, src.validation, src.test
     info = DataInfo(
-        name=name,
-        recipe=recipe,
-        num_classes=len(class_names),
-        class_names=tuple(class_names),
+        name=src.name,
+        recipe=src.recipe,
+        num_classes=len(src.class_names),
+        class_names=tuple(src.class_names),
         image_size=size,
-        resize_size=size if recipe == CIFAR_RECIPE else resize_size_for(size),
-        mean=np.asarray(mean, np.float32),
+        resize_size=size if src.recipe == CIFAR_RECIPE else resize_size_for(size),
+        mean=np.asarray(src.mean, np.float32),
         train_examples=train.num_examples,
     )
     if train.num_examples < batch_size:
         raise ValueError(
-            f"batch_size={batch_size} is larger than the {train.num_examples} training examples of {name}: "
-            f"lower --batch_size."
+            f"batch_size={batch_size} is larger than the {train.num_examples} training examples of "
+            f"{src.name}: lower --batch_size."
         )
     w, i = num_workers, worker_index
 
@@ -1030,16 +1064,17 @@ def load(
         # Evaluation always keeps the split's order, so predictions line up with examples.
         return ds.prefetch(AUTOTUNE).with_options(_options(ordered))
 
+    def evaluation(split: _Split | None, ten: bool = False) -> tf.data.Dataset | None:
+        return None if split is None else finish(_eval_dataset(split, info, eval_batch_size, w, i, ten))
+
     return Datasets(
         train=finish(_train_dataset(train, info, batch_size, seed, color_augmentation, w, i), deterministic),
-        validation=finish(_eval_dataset(validation, info, eval_batch_size, w, i))
-        if validation is not None
-        else None,
-        test=finish(_eval_dataset(test, info, eval_batch_size, w, i)),
+        validation=evaluation(validation),
+        test=evaluation(test),
         info=info,
         steps_per_epoch=train.num_examples // batch_size,
         validation_examples=validation.num_examples if validation is not None else 0,
         test_examples=test.num_examples,
-        skipped={k: v for k, v in skipped.items() if v},
-        _ten_crop_test=lambda: finish(_eval_dataset(test, info, eval_batch_size, w, i, ten=True)),
+        skipped=src.skipped,
+        _ten_crop_test=lambda: evaluation(test, ten=True),
     )
