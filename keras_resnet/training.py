@@ -68,7 +68,11 @@ class TrainConfig:
     bottleneck_stride: str = _field("1x1", "Where a bottleneck block strides.", ("1x1", "3x3"))
     sync_bn: bool = _field(False, "Synchronized batch norm: statistics over the global batch.")
     dataset: str = _field("cifar10", "cifar10, imagenette or folder:<root>.")
-    data_dir: str = _field("", "Data root; default $KERAS_RESNET_DATA or ../shared/data.", operational=True)
+    data_dir: str = _field(
+        "",
+        "TFDS data dir; default $KERAS_RESNET_DATA/tensorflow_datasets (../shared/data).",
+        operational=True,
+    )
     validation_split: bool = _field(False, "Hold out 5k of CIFAR's 50k training images (45k/5k).")
     image_size: int = _field(0, "Model input side; 0: the dataset's default.")
     color_augmentation: bool = _field(False, "Colour augmentation (imagenet recipe).")
@@ -93,6 +97,9 @@ class TrainConfig:
     precision: str = _field("float32", "float32, or bfloat16 mixed precision.", PRECISIONS)
     seed: int = _field(0, "Random seed (weights, shuffling, augmentation).")
     deterministic: bool = _field(False, "Deterministic ops and input order (slower).")
+    eval_test: bool = _field(
+        True, "Evaluate the test set at every checkpoint (the paper's curves).", operational=True
+    )
     export_dir: str = _field("", "Also export the final model for TF Serving here.", operational=True)
     allow_config_change: bool = _field(
         False, "Continue a --model_dir whose saved configuration differs.", operational=True
@@ -236,7 +243,7 @@ def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
 
 
 def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy) -> data.Datasets:
-    """The dataset of --dataset: infinite, globally batched training data, validation, test."""
+    """The datasets of --dataset, sharded for this worker: infinite global batches, validation, test."""
     try:
         ds = data.load(
             cfg.dataset,
@@ -248,22 +255,15 @@ def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy) -> data.Datase
             deterministic=cfg.deterministic,
             image_size=cfg.image_size or None,
             color_augmentation=cfg.color_augmentation,
+            # Each worker reads its own shard; batches stay global (tf.distribute splits them).
+            num_workers=distribute.num_workers(strategy),
+            worker_index=distribute.worker_index(strategy),
+            verbose=distribute.is_chief(strategy),
         )
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(
             f"--dataset={cfg.dataset} --data_dir={cfg.data_dir or '(default)'}: {err}"
         ) from None
-    if distribute.is_multi_worker(strategy):
-        # Each worker keeps its share of every global batch; tf.data files do not split evenly
-        # across workers, element-wise sharding always does.
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = dataclasses.replace(
-            ds,
-            train=ds.train.with_options(options),
-            validation=ds.validation.with_options(options) if ds.validation is not None else None,
-            test=ds.test.with_options(options),
-        )
     return ds
 
 
@@ -338,6 +338,11 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def global_step(model: keras.Model) -> int:
+    """Iterations the model's optimizer has run (a strategy-wrapped variable)."""
+    return int(ops.convert_to_numpy(model.optimizer.iterations))
+
+
 def milestones(cfg: TrainConfig, total_steps: int) -> tuple[int, ...]:
     """--lr_milestones, or the paper's 32k/48k of 64k scaled to the run: 50% and 75%."""
     return cfg.lr_milestones or (total_steps // 2, total_steps * 3 // 4)
@@ -399,7 +404,7 @@ class LearningRateControl(keras.callbacks.Callback):
         self.schedule.scale.assign(self.plateau_scale * (self.warmup_scale if self.warming else 1.0))
 
     def on_train_begin(self, logs=None):
-        self.step = int(self.model.optimizer.iterations)
+        self.step = global_step(self.model)
         if self.warming and self.step >= self.warmup_max_steps:
             self.warming = False
         self._apply()
@@ -433,7 +438,7 @@ class LearningRateControl(keras.callbacks.Callback):
                         self._apply()
                         if self.verbose:
                             print(f"\nplateau: learning rate x{self.decay} at step {self.step}", flush=True)
-        logs["lr"] = float(self.model.optimizer.learning_rate)
+        logs["lr"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 class TestEvaluation(keras.callbacks.Callback):
@@ -465,7 +470,7 @@ class Progress(keras.callbacks.Callback):
         self.steady_steps, self.steady_time = 0, 0.0  # excluding the first steps (tracing)
 
     def on_train_begin(self, logs=None):
-        self.step = self.start_step = int(self.model.optimizer.iterations)
+        self.step = self.start_step = global_step(self.model)
         self.last_print = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -537,7 +542,7 @@ class HistoryCSV(keras.callbacks.Callback):
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs=None):
-        step = int(self.model.optimizer.iterations)
+        step = global_step(self.model)
         if self.path.exists():
             with self.path.open() as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
@@ -570,10 +575,10 @@ class Checkpointer(keras.callbacks.Callback):
     involve collectives every worker must join) and restore from the chief's.
     """
 
-    def __init__(self, directory: pathlib.Path, *, write: bool, stateful=()):
+    def __init__(self, directory: pathlib.Path, write_dir: pathlib.Path | None = None, stateful=()):
         super().__init__()
         self.read_dir = pathlib.Path(directory)
-        self.write_dir = self.read_dir if write else pathlib.Path(tempfile.mkdtemp(prefix="ckpt_worker_"))
+        self.write_dir = pathlib.Path(write_dir or directory)
         self.stateful = list(stateful)
         self.epoch = self.step = 0
         self.restored_step = 0
@@ -595,7 +600,7 @@ class Checkpointer(keras.callbacks.Callback):
         model.load_weights(self.read_dir / state["weights"])
         for cb in self.stateful:
             cb.set_state(state.get("callbacks", {}).get(type(cb).__name__, {}))
-        self.restored_step = self.last_saved_step = int(model.optimizer.iterations)
+        self.restored_step = self.last_saved_step = global_step(model)
         if self.restored_step != state["step"]:
             raise RuntimeError(
                 f"{self.read_dir}: checkpoint of step {state['step']} holds step {self.restored_step}."
@@ -604,7 +609,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def save(self, epoch: int) -> None:
         self.write_dir.mkdir(parents=True, exist_ok=True)
-        step = int(self.model.optimizer.iterations)
+        step = global_step(self.model)
         name = f"ckpt-{step}.weights.h5"
         self.model.save_weights(self.write_dir / name)
         state = {
@@ -626,7 +631,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
-            self.nan_step = int(self.model.optimizer.iterations)
+            self.nan_step = global_step(self.model)
             self.model.stop_training = True
             return
         if self.interrupted:
@@ -638,10 +643,6 @@ class Checkpointer(keras.callbacks.Callback):
         if self.nan_step is None and not self.interrupted:
             self.save(epoch + 1)
 
-    def on_train_end(self, logs=None):
-        if self.write_dir != self.read_dir:
-            shutil.rmtree(self.write_dir, ignore_errors=True)
-
 
 class StopAtStep(keras.callbacks.Callback):
     """Ends training at exactly `total_steps` global iterations, whatever the epoch boundaries."""
@@ -651,7 +652,7 @@ class StopAtStep(keras.callbacks.Callback):
         self.total_steps = total_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.total_steps:
+        if global_step(self.model) >= self.total_steps:
             self.model.stop_training = True
 
 
@@ -661,40 +662,37 @@ def make_callbacks(
     datasets: data.Datasets,
     total_steps: int,
     *,
-    chief: bool = True,
+    scratch_dir: pathlib.Path | None = None,
     verbose: bool = True,
     intra_epoch_log: bool = False,
 ) -> list[keras.callbacks.Callback]:
     """The training callbacks in the order they must run; the `Checkpointer` is the last one.
 
     Order matters: the learning-rate control and test evaluation fill the logs that history,
-    TensorBoard and the progress line record; the checkpoint is written after them.
+    TensorBoard and the progress line record; the checkpoint is written after them. Workers
+    other than the chief pass a `scratch_dir` to write into (they still restore from --model_dir).
     """
     model_dir = pathlib.Path(cfg.model_dir)
+    out = pathlib.Path(scratch_dir or model_dir)
     lr = LearningRateControl(cfg, model.optimizer._learning_rate, verbose=verbose)
-    log_dir = model_dir / "logs" if chief else pathlib.Path(tempfile.mkdtemp(prefix="tb_worker_"))
     return [
         lr,
         StopAtStep(total_steps),
-        TestEvaluation(datasets.test),
+        *([TestEvaluation(datasets.test)] if cfg.eval_test else []),
         Progress(total_steps, cfg.batch_size, intra_epoch=intra_epoch_log),
-        HistoryCSV(model_dir / "history.csv", write=chief),
-        keras.callbacks.TensorBoard(str(log_dir), write_graph=False, profile_batch=0),
-        Checkpointer(model_dir / "checkpoints", write=chief, stateful=[lr]),
+        HistoryCSV(out / "history.csv"),
+        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
+        Checkpointer(model_dir / "checkpoints", out / "checkpoints", stateful=[lr]),
     ]
 
 
 # ----------------------------------------------------------------------------- run
 
 
-def _save_model(model: keras.Model, path: pathlib.Path, chief: bool) -> None:
-    """Saves `model` atomically to `path` on the chief; other workers save to a scratch file."""
-    target = path if chief else pathlib.Path(tempfile.mkdtemp(prefix="model_worker_")) / path.name
-    tmp = target.with_name(target.stem + ".partial.keras")
+def _save_model(model: keras.Model, path: pathlib.Path) -> None:
+    tmp = path.with_name(path.stem + ".partial.keras")
     model.save(tmp)
-    tmp.replace(target)
-    if not chief:
-        shutil.rmtree(target.parent, ignore_errors=True)
+    tmp.replace(path)
 
 
 def _install_interrupt_handler(checkpointer: Checkpointer):
@@ -743,6 +741,9 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
     start = time.time()
     strategy = make_strategy(cfg)
     chief = distribute.is_chief(strategy)
+    # Saving may involve collectives every worker must join, so the other workers write too: into
+    # a scratch directory that goes away at the end.
+    scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_resnet_worker_"))
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 0
     if cfg.precision == "bfloat16":
@@ -764,10 +765,14 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
             model = compile_model(build_model(cfg, info), cfg, datasets.steps_per_epoch, total_steps)
         counts = counting.count(model)
         callbacks = make_callbacks(
-            cfg, model, datasets, total_steps, chief=chief, verbose=bool(chief), intra_epoch_log=not verbose
+            cfg, model, datasets, total_steps, scratch_dir=scratch, verbose=chief, intra_epoch_log=not verbose
         )
-        checkpointer, progress = callbacks[-1], callbacks[3]
-        initial_epoch = checkpointer.restore(model)
+        checkpointer, progress, history_csv = (
+            next(cb for cb in callbacks if isinstance(cb, kind))
+            for kind in (Checkpointer, Progress, HistoryCSV)
+        )
+        with strategy.scope():  # restoring may build the optimizer's variables
+            initial_epoch = checkpointer.restore(model)
         if chief:
             resumed = (
                 f"resuming at step {checkpointer.restored_step}" if checkpointer.restored_step else "starting"
@@ -786,12 +791,13 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps_per_epoch,
                 validation_data=datasets.validation,
+                shuffle=False,  # the dataset shuffles itself
                 callbacks=callbacks,
                 verbose=verbose if chief else 0,
             )
         finally:
             restore_signals()
-        step = int(model.optimizer.iterations)
+        step = global_step(model)
         if checkpointer.nan_step is not None:
             raise TrainingStopped(
                 f"loss became NaN at step {checkpointer.nan_step}; the last good checkpoint (step "
@@ -806,7 +812,7 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
                 exit_code=130,
             )
         test = model.evaluate(datasets.test, verbose=0, return_dict=True)
-        history = callbacks[4].rows
+        history = history_csv.rows
         last = history[-1] if history else {}
         summary = {
             "model": model.name,
@@ -833,7 +839,7 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         }
-        _save_model(model, model_dir / "model.keras", chief)
+        _save_model(model, (scratch or model_dir) / "model.keras")
         if chief:
             _atomic_write(model_dir / "summary.json", json.dumps(summary, indent=1))
             print(
@@ -849,6 +855,8 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
         return summary
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 __all__ = [

@@ -1,0 +1,376 @@
+"""train.py and keras_resnet.training on real CIFAR-10 with ResNet-8 and a few steps.
+
+In-process runs use the two logical CPUs of conftest (MirroredStrategy, 2 replicas); a separate
+process is used only where it is the point: kill -9 and Ctrl-C, the 2-worker cluster, exit codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_resnet import training
+from keras_resnet.training import ConfigError, TrainConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Small and fast: 32 images a step, 10 steps an "epoch", test set evaluated in big batches.
+TINY = dict(model="resnet8", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+
+
+def _history(model_dir: pathlib.Path) -> list[dict]:
+    with (model_dir / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    env.pop("TF_CONFIG", None)
+    return env | extra
+
+
+@pytest.fixture(scope="module")
+def finished_run(tfds_dir, tmp_path_factory) -> tuple[TrainConfig, dict]:
+    """One full in-process run: 40 steps with the 45k/5k split, on 2 replicas."""
+    model_dir = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        **{**TINY, "checkpoint_steps": 20},
+        data_dir=str(tfds_dir),
+        model_dir=str(model_dir),
+        train_steps=40,
+        validation_split=True,
+        lr_schedule="constant",  # 40 steps are too few for the step schedule to show anything
+        learning_rate=0.05,
+    )
+    summary = training.run(cfg, verbose=0)
+    return cfg, summary
+
+
+def test_run_writes_every_output(finished_run):
+    cfg, summary = finished_run
+    model_dir = pathlib.Path(cfg.model_dir)
+    for name in ("config.json", "flags.cfg", "data_info.json", "history.csv", "summary.json", "model.keras"):
+        assert (model_dir / name).is_file(), name
+    assert list((model_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    state = json.loads((model_dir / "checkpoints" / "state.json").read_text())
+    assert state["step"] == 40 and (model_dir / "checkpoints" / state["weights"]).is_file()
+    assert not list(model_dir.rglob("*.tmp")) and not list(model_dir.rglob("*.partial.keras"))
+
+    rows = _history(model_dir)
+    assert [int(r["step"]) for r in rows] == [20, 40]
+    for key in ("loss", "error", "val_loss", "val_error", "test_loss", "test_error", "lr", "images_per_sec"):
+        assert all(math.isfinite(float(r[key])) for r in rows), key
+    assert float(rows[-1]["test_error"]) == pytest.approx(summary["test_error"], abs=1e-6)
+
+    on_disk = json.loads((model_dir / "summary.json").read_text())
+    assert on_disk == summary
+    model = keras.models.load_model(model_dir / "model.keras")
+    counts = keras_resnet_count(model)
+    assert (summary["params"], summary["macs"]) == (counts.params, counts.macs)
+    assert summary["steps"] == summary["total_steps"] == 40
+    assert summary["replicas"] == 2 and summary["workers"] == 1  # conftest's 2 logical CPUs
+    assert summary["images_per_sec"] > 0 and summary["wall_time_s"] > 0
+    assert 0 < summary["test_error"] < 1 and summary["val_error"] is not None
+
+
+def keras_resnet_count(model):
+    from keras_resnet import counting
+
+    return counting.count(model)
+
+
+def test_loss_goes_down(finished_run):
+    rows = _history(pathlib.Path(finished_run[0].model_dir))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # ln(10) is the loss of a uniform guess over 10 classes; training must get below it.
+    assert float(rows[-1]["loss"]) < math.log(10)
+
+
+def test_same_command_on_finished_run_does_nothing(finished_run, capsys):
+    cfg, summary = finished_run
+    before = (pathlib.Path(cfg.model_dir) / "summary.json").stat().st_mtime_ns
+    assert training.run(cfg, verbose=0) == summary
+    assert (pathlib.Path(cfg.model_dir) / "summary.json").stat().st_mtime_ns == before
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_model_dir_with_other_configuration_is_refused(finished_run):
+    cfg, _ = finished_run
+    other = TrainConfig(**{**cfg.to_json(), "learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="--learning_rate: 0.05 -> 0.1.*--allow_config_change"):
+        training.run(other)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished_run, tmp_path):
+    cfg, _ = finished_run
+    model_dir = tmp_path / "run"
+    shutil.copytree(cfg.model_dir, model_dir)
+    # Continue the finished 40-step run with an absurd learning rate: it must diverge.
+    diverging = TrainConfig(
+        **{
+            **cfg.to_json(),
+            "model_dir": str(model_dir),
+            "train_steps": 80,
+            "learning_rate": 1e12,
+            "eval_test": False,
+            "allow_config_change": True,
+        }
+    )
+    with pytest.raises(training.TrainingStopped, match="NaN") as err:
+        training.run(diverging, verbose=0)
+    assert err.value.exit_code == 3
+    state = json.loads((model_dir / "checkpoints" / "state.json").read_text())
+    assert state["step"] == 40
+    model = keras.models.load_model(model_dir / "model.keras")  # untouched: the 40-step model
+    model.load_weights(model_dir / "checkpoints" / state["weights"])
+    assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+def test_step_schedule_changes_lr_at_the_milestones():
+    total, milestones = 64000, (32000, 48000)
+    schedule = training.LearningRate("step", 0.1, total, milestones, 0.1)
+    steps = np.array([0, 1, 31999, 32000, 32001, 47999, 48000, 63999])
+    got = np.array([float(schedule(s)) for s in steps])
+    # lr = 0.1 * 0.1^(number of milestones reached)
+    want = 0.1 * 0.1 ** np.array([sum(s >= m for m in milestones) for s in steps])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert training.milestones(TrainConfig(), 64000) == milestones  # the paper's 32k/48k of 64k
+    cosine = training.LearningRate("cosine", 0.1, 100)
+    np.testing.assert_allclose(
+        [float(cosine(s)) for s in (0, 50, 100, 200)], [0.1, 0.05, 0.0, 0.0], atol=1e-7
+    )
+
+
+def test_lr_applied_per_step_with_warmup(tfds_dir):
+    """The learning rate each real training step used: warmup at 0.01, then the step schedule."""
+    from keras_resnet import data
+
+    cfg = TrainConfig(
+        model="resnet8", train_steps=12, lr_milestones=(8, 10), warmup=True, warmup_max_steps=4, model_dir="x"
+    )
+    ds = data.load("cifar10", data_dir=str(tfds_dir), batch_size=16)
+    model = training.compile_model(training.build_model(cfg, ds.info), cfg, ds.steps_per_epoch)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(float(logs["error"]))
+
+    control = training.LearningRateControl(cfg, model.optimizer._learning_rate, verbose=False)
+    model.fit(ds.train, steps_per_epoch=12, epochs=1, callbacks=[control, Record()], verbose=0)
+    lrs, errors = seen[0::2], seen[1::2]
+    # Rule: 0.01 while warming; warming ends after the step whose running error < 0.8, or step 4.
+    expected, warming = [], True
+    for step in range(12):
+        base = 0.1 * 0.1 ** sum(step >= m for m in (8, 10))
+        expected.append(0.01 if warming else base)
+        if warming and (errors[step] < 0.8 or step + 1 >= 4):
+            warming = False
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_mirrored_strategy_has_two_replicas():
+    strategy = training.make_strategy(TrainConfig(model_dir="x", train_steps=1))
+    assert strategy.num_replicas_in_sync == 2
+    one = training.make_strategy(TrainConfig(model_dir="x", train_steps=1, distribution="one_device"))
+    assert one.num_replicas_in_sync == 1
+
+
+@pytest.mark.parametrize(
+    "changes, flag",
+    [
+        ({"model": "resnet7"}, "--model"),
+        ({"model": "densenet121"}, "--model"),
+        ({"shortcut": "D"}, "--shortcut"),
+        ({"batch_size": 0}, "--batch_size"),
+        ({"batch_size": -8}, "--batch_size"),
+        ({"batch_size": 33}, "--batch_size=33 does not divide across 2 replicas"),
+        ({"train_steps": 0}, "--train_steps"),
+        ({"model_dir": ""}, "--model_dir"),
+        ({"lr_milestones": (300, 200)}, "--lr_milestones"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(changes, flag, tmp_path):
+    cfg = TrainConfig(**{**TINY, "model_dir": str(tmp_path / "run"), "train_steps": 10, **changes})
+    with pytest.raises(ConfigError) as err:
+        training.run(cfg)
+    assert flag in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_configs_parse_and_match_the_paper():
+    sys.path.insert(0, str(REPO))
+    import train
+
+    train.FLAGS.unparse_flags()
+    seen = {}
+    for path in sorted((REPO / "configs").glob("*.cfg")):
+        train.FLAGS(["train.py", f"--flagfile={path}", "--model_dir=/tmp/x"])
+        cfg = train.config_from_flags()
+        training.check_config(cfg)
+        seen[path.stem] = cfg
+        train.FLAGS.unparse_flags()
+    for depth in (20, 32, 44, 56, 110):
+        cfg = seen[f"cifar10_resnet{depth}"]
+        assert (cfg.batch_size, cfg.train_steps, cfg.lr_milestones) == (128, 64000, (32000, 48000))
+        assert (cfg.learning_rate, cfg.weight_decay, cfg.momentum, cfg.warmup) == (
+            0.1,
+            1e-4,
+            0.9,
+            depth == 110,
+        )
+    assert {f"cifar10_plain{d}" for d in (20, 32, 44, 56)} <= set(seen)
+    assert {seen[f"imagenet_resnet34_{s}"].shortcut for s in "abc"} == {"A", "B", "C"}
+    for depth in (18, 50, 101, 152):
+        cfg = seen[f"imagenet_resnet{depth}"]
+        assert (cfg.batch_size, cfg.train_steps, cfg.lr_schedule) == (256, 600000, "plateau")
+    # A flag file written by the config reads back as the same config.
+    cfg = seen["cifar10_cpu_recipe"]
+    flagfile = REPO / ".pytest_flags.cfg"
+    try:
+        flagfile.write_text(cfg.to_flags())
+        train.FLAGS(["train.py", f"--flagfile={flagfile}"])
+        assert train.config_from_flags() == cfg
+    finally:
+        train.FLAGS.unparse_flags()
+        flagfile.unlink()
+
+
+def _train_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *args]
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--model=resnet7"], "--model"),
+        (["--shortcut=Z"], "--shortcut"),
+        (["--batch_size=0"], "--batch_size"),
+    ],
+)
+def test_train_py_bad_flag_exits_with_one_line(args, flag, tmp_path):
+    proc = subprocess.run(
+        _train_cmd(f"--model_dir={tmp_path}/run", "--train_steps=10", *args),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train.py: error: {flag}")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def _wait_for_step(model_dir: pathlib.Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    state = model_dir / "checkpoints" / "state.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        if state.exists():
+            saved = json.loads(state.read_text())["step"]
+            if saved >= step:
+                return saved
+        time.sleep(0.2)
+    raise TimeoutError(f"no checkpoint of step {step} in {model_dir}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tfds_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    cfg = TrainConfig(
+        **TINY, data_dir=str(tfds_dir), model_dir=str(model_dir), train_steps=50, eval_test=False, seed=3
+    )
+    flagfile = tmp_path / "run.cfg"
+    flagfile.write_text(cfg.to_flags())
+    cmd = _train_cmd(f"--flagfile={flagfile}")
+    run_kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+
+    # Ctrl-C after the first checkpoint: a checkpoint of the current step, exit 130.
+    proc = subprocess.Popen(cmd, **run_kw)
+    _wait_for_step(model_dir, 10, proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Run the same command again to resume" in out
+    interrupted = json.loads((model_dir / "checkpoints" / "state.json").read_text())["step"]
+    assert interrupted >= 10
+
+    # The same command resumes; kill -9 after a later checkpoint.
+    proc = subprocess.Popen(cmd, **run_kw)
+    killed_at = _wait_for_step(model_dir, interrupted + 1, proc)
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    assert f"resuming at step {interrupted}" in out
+
+    # Once more: resumes from the last checkpoint and stops at exactly 50 steps.
+    proc = subprocess.run(cmd, **run_kw, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= killed_at
+    assert summary["steps"] == summary["total_steps"] == 50
+    steps = [int(r["step"]) for r in _history(model_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 50
+    assert interrupted in steps and killed_at in steps
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_worker_cluster_trains_and_only_the_chief_writes(tfds_dir, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    dirs = [tmp_path / "chief", tmp_path / "worker1"]
+    procs = []
+    for index, model_dir in enumerate(dirs):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        cmd = _train_cmd(
+            "--model=resnet8",
+            f"--data_dir={tfds_dir}",
+            f"--model_dir={model_dir}",
+            "--batch_size=32",
+            "--eval_batch_size=1000",
+            "--train_steps=6",
+            "--checkpoint_steps=3",
+            "--cpu_devices=2",  # 2 replicas per worker: 4 in sync
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_env(TF_CONFIG=tf_config),
+            )
+        )
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    for proc, out in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((dirs[0] / "summary.json").read_text())
+    assert (summary["workers"], summary["replicas"], summary["steps"]) == (2, 4, 6)
+    assert [int(r["step"]) for r in _history(dirs[0])] == [3, 6]
+    assert (dirs[0] / "model.keras").is_file()
+    assert not dirs[1].exists(), sorted(p.name for p in dirs[1].rglob("*"))
