@@ -383,3 +383,16 @@ def test_example_models_config_parses():
     for model in config.model_config_list.config:
         assert model.base_path == f"/models/{model.name}"  # the mount point export/README.md uses
         assert model.model_platform == "tensorflow"
+
+
+def test_model_built_under_mirrored_strategy_exports(cifar, tmp_path):
+    # train.py builds its model in a MirroredStrategy scope (two CPU replicas here) and exports from it.
+    strategy = tf.distribute.MirroredStrategy()
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = build_model("resnet8")
+        model.set_weights(cifar.model.get_weights())
+        path = serving.export(model, cifar.info, tmp_path)
+    out = tf.saved_model.load(str(path)).signatures["predict_pixels_uint8"](pixels=tf.constant(cifar.pixels))
+    want = cifar.model(eval_preprocess(cifar.pixels, cifar.info), training=False).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=ATOL)
