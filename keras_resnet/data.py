@@ -48,6 +48,8 @@ CACHE_ENV = "KERAS_RESNET_CACHE"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TFDS_NAMES = ("cifar10", "cifar100", "imagenette", "imagenet2012")
+# TFDS's 160px imagenette: the size of the shared folder copy and enough for the default 128 crops.
+IMAGENETTE_TFDS = "imagenette/160px-v2"
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TEST_SPLIT_NAMES = ("val", "validation", "test")
@@ -637,7 +639,7 @@ def _tfds_streamed(name: str, data_dir: str, split: str, download: bool) -> _Spl
 
 def _tfds_class_names(name: str, data_dir: str, download: bool) -> tuple[str, ...]:
     names = _tfds_builder(name, data_dir, download).info.features["label"].names
-    return tuple(IMAGENETTE_NAMES.get(n, n) for n in names) if name == "imagenette" else tuple(names)
+    return tuple(IMAGENETTE_NAMES.get(n, n) for n in names) if name.startswith("imagenette") else tuple(names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -930,7 +932,7 @@ def _from_cifar(
 def _from_tfds_imagenet(
     name: str, tfds_dir: str, download: bool, validation_split: bool, cache: pathlib.Path
 ) -> _Source:
-    class_names = _tfds_class_names(name, tfds_dir, download)
+    class_names = _tfds_class_names(IMAGENETTE_TFDS if name == "imagenette" else name, tfds_dir, download)
     if name == "imagenet2012":
         held = IMAGENET2012_HELD_OUT  # TFDS shuffled the train files when preparing: the tail is random
         train_split, val_split = (
@@ -941,11 +943,13 @@ def _from_tfds_imagenet(
         test = _tfds_streamed(name, tfds_dir, "validation", download)
         mean = np.array(IMAGENET_MEAN, np.float32)
         return _Source(name, IMAGENET_RECIPE, class_names, train, validation, test, mean, IMAGENET_CROP)
-    train, validation, _ = _hold_out(_tfds_in_memory(name, tfds_dir, "train", download), validation_split)
-    test = _tfds_in_memory(name, tfds_dir, "validation", download)
+    train, validation, _ = _hold_out(
+        _tfds_in_memory(IMAGENETTE_TFDS, tfds_dir, "train", download), validation_split
+    )
+    test = _tfds_in_memory(IMAGENETTE_TFDS, tfds_dir, "validation", download)
     key = {
-        "dataset": name,
-        "data": tfds_dir,
+        "dataset": IMAGENETTE_TFDS,
+        "data": str(pathlib.Path(tfds_dir).resolve()),
         "examples": train.num_examples,
         "validation_split": validation_split,
         "kind": "channel",
@@ -1024,7 +1028,7 @@ def load(
             f"Unknown dataset {name!r}: expected one of {', '.join(TFDS_NAMES)}, or folder:<root> / an "
             f"existing directory laid out as ROOT/<split>/<class>/<image>."
         )
-    elif name == "imagenette" and not (pathlib.Path(tfds_dir) / "imagenette").is_dir():
+    elif name == "imagenette" and not (pathlib.Path(tfds_dir) / IMAGENETTE_TFDS).is_dir():
         fallback = pathlib.Path(data_dir).parent / "imagenette" if data_dir else data_root / "imagenette"
         if fallback.is_dir() or not download:
             if not fallback.is_dir():

@@ -287,9 +287,11 @@ def test_unknown_name_and_missing_tfds_data_give_clear_errors(tmp_path):
     assert "cifar100" in str(e.value) and str(tmp_path) in str(e.value) and "download=True" in str(e.value)
     with pytest.raises(FileNotFoundError) as e:
         data.load("imagenet2012", data_dir=str(tmp_path))
-    assert "ILSVRC2012_img_train.tar" in str(e.value) and str(tmp_path / "downloads" / "manual") in str(
-        e.value
-    )
+    assert "ILSVRC2012_img_train.tar" in str(e.value)
+    assert str(tmp_path / "downloads" / "manual") in str(e.value)
+    with pytest.raises(FileNotFoundError, match="imagenette not found") as e:
+        data.load("imagenette", data_dir=str(tmp_path / "tensorflow_datasets"))
+    assert str(tmp_path / "imagenette") in str(e.value) and "download=True" in str(e.value)
 
 
 @pytest.fixture(scope="module")
