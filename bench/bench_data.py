@@ -39,6 +39,31 @@ def throughput(ds: tf.data.Dataset, batches: int, warmup: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def save_preview(ds: data.Datasets, path: pathlib.Path, rows: int = 4, cols: int = 8) -> None:
+    """A grid of training views (mean added back) to eyeball the augmentation; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, labels = next(iter(ds.train))
+    images = (images.numpy() + ds.info.mean).clip(0, 255).astype("uint8")
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows))
+    for ax, image, label in zip(axes.flat, images, labels.numpy(), strict=False):
+        ax.imshow(image)
+        ax.set_title(ds.info.class_names[label], fontsize=7)
+        ax.axis("off")
+    fig.suptitle(
+        f"{ds.info.name} training views ({ds.info.recipe} recipe, {ds.info.image_size}px)", fontsize=9
+    )
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    print(f"  wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,6 +76,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed batches (default: one CIFAR epoch)")
     parser.add_argument("--skip_imagenette", action="store_true")
     parser.add_argument("--json", default=None, help="write the rows here as JSON")
+    parser.add_argument("--preview", default=None, help="write PNG grids of training views into this folder")
     args = parser.parse_args()
     if args.data_dir:
         os.environ[data.DATA_ENV] = args.data_dir
@@ -87,6 +113,10 @@ def main() -> None:
             cifar_warmup,
         )
         run("cifar10 test (eval view)", lambda: data.load("cifar10", batch_size=b).test, 10_000 // b, 5)
+        if args.preview:
+            save_preview(
+                data.load("cifar10", batch_size=32), pathlib.Path(args.preview) / "cifar10_train.png"
+            )
     else:
         print(f"CIFAR-10 not found under {root / 'tensorflow_datasets'}: skipped (set --data_dir)")
 
@@ -113,6 +143,9 @@ def main() -> None:
             5,
         )
         run("imagenette val (eval view)", lambda: data.load("imagenette", batch_size=b).test, 3925 // b, 3)
+        if args.preview:
+            preview = data.load("imagenette", batch_size=32, color_augmentation=True)
+            save_preview(preview, pathlib.Path(args.preview) / "imagenette_train.png")
     elif not args.skip_imagenette:
         print(f"imagenette not found under {root}: skipped")
 
