@@ -22,7 +22,10 @@ Recipes:
 
 Data is decoded once and held in memory as uint8 when it fits (`cache_images`), and every random
 choice comes from stateless ops seeded from `seed`, so an augmented example only depends on the
-seed and its position in the stream.
+seed and its position in the stream. The mean (and, for streamed folders, the one pass that finds
+corrupt files) is cached under `cache_dir`, keyed by the files and the split actually used.
+`validation_split` holds out a fixed, stratified 10% of train (CIFAR's 45k/5k). Each worker reads
+its own shard (`num_workers`/`worker_index`) and tf.distribute's auto-sharding is off.
 """
 
 from __future__ import annotations
@@ -347,7 +350,8 @@ class _Split:
     offsets: np.ndarray | None = None
     shapes: np.ndarray | None = None
     paths: np.ndarray | None = None
-    tfds_split: Callable[[int, int, int | None], tf.data.Dataset] | None = None  # (workers, index, seed)
+    # (workers, index, seed or None) -> (encoded image, label) examples of a streamed TFDS split
+    tfds_split: Callable[[int, int, int | None], tf.data.Dataset] | None = None
     num_examples: int = 0
 
     def __post_init__(self):
@@ -388,13 +392,14 @@ def _pack(images: list[np.ndarray], labels: np.ndarray) -> _Split:
 
 
 def _split_dataset(split: _Split, shuffle_seed: int | None, workers: int, index: int) -> tf.data.Dataset:
-    """Unbatched (uint8 [H, W, 3], int32) examples of a non-uniform split, this worker's shard,
-    optionally shuffled and repeated forever (training)."""
+    """Unbatched (uint8 [H, W, 3], int32) examples of a split, this worker's shard, optionally
+    shuffled and repeated forever (training)."""
     if split.tfds_split is not None:
         ds = split.tfds_split(workers, index, shuffle_seed)
         if shuffle_seed is not None:  # files are shuffled too; this mixes examples across files
             ds = ds.shuffle(10_000, seed=shuffle_seed).repeat()
-        return ds
+        # Decoded after the shuffle buffer, which then holds JPEG bytes, not 10x bigger pixels.
+        return ds.map(lambda data, label: (_decode(data), label), num_parallel_calls=AUTOTUNE)
     n = split.num_examples
     ds = tf.data.Dataset.range(n).shard(workers, index)
     if shuffle_seed is not None:
@@ -630,9 +635,7 @@ def _tfds_streamed(name: str, data_dir: str, split: str, download: bool) -> _Spl
             read_config=config,
             decoders={"image": tfds.decode.SkipDecoding()},
         )
-        return ds.map(
-            lambda data, label: (_decode(data), tf.cast(label, tf.int32)), num_parallel_calls=AUTOTUNE
-        )
+        return ds.map(lambda data, label: (data, tf.cast(label, tf.int32)))
 
     return _Split(np.zeros(0, np.int32), tfds_split=make, num_examples=num)
 
