@@ -461,8 +461,16 @@ class Progress(keras.callbacks.Callback):
     Prints one line per epoch; without a terminal (no progress bar) also every `every_s`.
     """
 
-    def __init__(self, total_steps: int, batch_size: int, every_s: float = 60.0, intra_epoch: bool = False):
+    def __init__(
+        self,
+        total_steps: int,
+        batch_size: int,
+        every_s: float = 60.0,
+        intra_epoch: bool = False,
+        quiet: bool = False,
+    ):
         super().__init__()
+        self.quiet = quiet
         self.total, self.batch_size = total_steps, batch_size
         self.every_s, self.intra_epoch = every_s, intra_epoch
         self.step = 0
@@ -489,7 +497,7 @@ class Progress(keras.callbacks.Callback):
             self.steady_steps += 1
             self.steady_time += dt
         now = time.perf_counter()
-        if self.intra_epoch and now - self.last_print >= self.every_s:
+        if self.intra_epoch and not self.quiet and now - self.last_print >= self.every_s:
             self.last_print = now
             loss = float(logs["loss"]) if logs and "loss" in logs else float("nan")
             print(
@@ -529,7 +537,8 @@ class Progress(keras.callbacks.Callback):
         if "lr" in logs:
             parts.append(f"lr {logs['lr']:.4g}")
         parts.append(f"{logs['images_per_sec']:.0f} img/s ETA {self._eta()}")
-        print("  ".join(parts), flush=True)
+        if not self.quiet:
+            print("  ".join(parts), flush=True)
         self.last_print = time.perf_counter()
 
 
@@ -679,7 +688,7 @@ def make_callbacks(
         lr,
         StopAtStep(total_steps),
         *([TestEvaluation(datasets.test)] if cfg.eval_test else []),
-        Progress(total_steps, cfg.batch_size, intra_epoch=intra_epoch_log),
+        Progress(total_steps, cfg.batch_size, intra_epoch=intra_epoch_log, quiet=not verbose),
         HistoryCSV(out / "history.csv"),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         Checkpointer(model_dir / "checkpoints", out / "checkpoints", stateful=[lr]),
@@ -693,6 +702,32 @@ def _save_model(model: keras.Model, path: pathlib.Path) -> None:
     tmp = path.with_name(path.stem + ".partial.keras")
     model.save(tmp)
     tmp.replace(path)
+
+
+def _work_around_keras_multi_worker(model: keras.Model, dataset: tf.data.Dataset) -> None:
+    """Makes Keras 3 `fit`/`evaluate` work under MultiWorkerMirroredStrategy (Keras 3.15, TF 2.21).
+
+    Two bugs (tensorflow/tensorflow#72388): every fit/evaluate first builds the compiled metrics
+    from a batch it averages across replicas with `strategy.reduce`, which fails on a PerReplica
+    batch; then each step averages the scalar logs with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails on scalars ("Invalid reduction dimension 0"). Build once from a local batch (same
+    shapes), and average the logs across workers with axis=None.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    model._symbolic_build(data_batch=next(iter(dataset.take(1))))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_keras_resnet_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._keras_resnet_patch = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def _install_interrupt_handler(checkpointer: Checkpointer):
@@ -773,6 +808,8 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
         )
         with strategy.scope():  # restoring may build the optimizer's variables
             initial_epoch = checkpointer.restore(model)
+            if distribute.is_multi_worker(strategy):
+                _work_around_keras_multi_worker(model, datasets.test)
         if chief:
             resumed = (
                 f"resuming at step {checkpointer.restored_step}" if checkpointer.restored_step else "starting"
