@@ -28,11 +28,13 @@ import pathlib
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import keras_tuner
+import tensorflow as tf
 from keras_tuner.src.tuners import gridsearch
 
 from keras_resnet import distribute, specs, training
@@ -462,7 +464,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
         epoch = "" if row["best_epoch"] is None else f"{row['best_epoch']}/{row['epochs']}"
         cells = [row["trial"], *(_format_value(row[n]) for n in hp_names), error, epoch]
         cells += [
-            _millions(row["params"]),
+            _count_text(row["params"]),
             _millions(row["macs"]),
             _duration(row["train_time_s"]),
             row["status"],
@@ -613,7 +615,7 @@ def search(
         max_trials = size
     elif tuner == "grid" and max_trials < size:
         print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
-    strategy = training.make_strategy(tune_cfg)
+    strategy = _strategy(tune_cfg)
     if distribute.is_multi_worker(strategy):
         raise training.ConfigError(
             "--tune runs on one machine (keras-tuner supports single-worker strategies only): "
@@ -648,6 +650,18 @@ def search(
         keras.mixed_precision.set_global_policy("float32")
 
 
+def _strategy(cfg: training.TrainConfig):
+    """`training.make_strategy`, with collective keys no earlier MirroredStrategy of this process used.
+
+    Every MirroredStrategy numbers its all-reduces from the same keys, and TensorFlow aborts when
+    a key already seen comes with other shapes (tensorflow/tensorflow#62790): a search after any
+    other run or search in the same process would fail every trial. TensorFlow's own tests move
+    the base the same way.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+    return training.make_strategy(cfg)
+
+
 def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: str, tune_dir: pathlib.Path):
     """Results table, best flags, best model (scored on the test set) and its export."""
     space, info = hypermodel.space, hypermodel.data.info
@@ -664,7 +678,10 @@ def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: 
     _write_atomic(flagfile, _flagfile_text(apply_values(cfg, best_values), best_values, best))
 
     # The winner's best-epoch weights, saved as a training run saves its model.
-    model = kt.get_best_models(1)[0]
+    with warnings.catch_warnings():
+        # keras-tuner restores weights only; the optimizer's slots are not needed for inference.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model = kt.get_best_models(1)[0]
     test = model.evaluate(hypermodel.data.test, verbose=0, return_dict=True)
     best_dir = tune_dir / "best"
     best_dir.mkdir(parents=True, exist_ok=True)

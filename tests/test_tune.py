@@ -1,0 +1,221 @@
+"""keras-tuner searches over shortcuts A/B/C: real CIFAR-10, a ResNet-8 trained for a few steps per trial."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from keras_resnet import build_model, count, training, tuning
+from keras_resnet.layers import ZeroPadShortcut
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(model_dir, tfds_dir, **overrides) -> training.TrainConfig:
+    """ResNet-8 (the smallest 6n+2 net), one Keras epoch of 2 steps of 32 images per trial."""
+    fields = dict(
+        model="resnet8",
+        model_dir=str(model_dir),
+        data_dir=str(tfds_dir),
+        batch_size=32,
+        eval_batch_size=2500,
+        train_steps=2,
+        distribution="one_device",
+    )
+    return training.TrainConfig(**{**fields, **overrides})
+
+
+def shortcut_of(model: keras.Model) -> str:
+    """Which option a residual net was built with, read off its layers (section 3.3)."""
+    if any(isinstance(layer, ZeroPadShortcut) for layer in model.layers):
+        return "A"  # zero-padding identity where the shape changes
+    # B projects only where the shape changes; C also on the first, shape-keeping block.
+    return "C" if "conv2_block1_0_conv" in {layer.name for layer in model.layers} else "B"
+
+
+class Recorder(keras.callbacks.Callback):
+    """Appends `<shortcut> <replicas>` to `path` when a trial starts training; can die mid-trial.
+
+    keras-tuner deep-copies callbacks for every trial, so the state lives in the file.
+    """
+
+    def __init__(self, path, interrupt_fit: int | None = None):
+        super().__init__()
+        self.path, self.interrupt_fit = str(path), interrupt_fit
+
+    def fits(self) -> list[str]:
+        return pathlib.Path(self.path).read_text().split("\n")[:-1] if os.path.exists(self.path) else []
+
+    def on_train_begin(self, logs=None):
+        replicas = self.model.distribute_strategy.num_replicas_in_sync
+        with open(self.path, "a") as f:
+            f.write(f"{shortcut_of(self.model)} {replicas}\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.interrupt_fit is not None and len(self.fits()) == self.interrupt_fit:
+            raise KeyboardInterrupt  # what Ctrl-C raises; not an Exception, so keras-tuner lets it through
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- bad input (no training)
+
+
+@pytest.mark.parametrize(
+    "search, match",
+    [
+        ([], "search space is empty"),
+        (["", " "], "search space is empty"),
+        (["width"], "unknown hyperparameter 'width'"),
+        (["shortcut", "shortcut"], "twice"),
+        (["shortcut=D"], "Unknown shortcut option 'D'"),
+        (["depth=21"], "6n\\+2"),
+        (["learning_rate=-1"], "learning_rate must be > 0"),
+        (["shortcut=A"], "single configuration"),
+    ],
+)
+def test_bad_search_space_is_refused_before_any_work(tmp_path, search, match):
+    cfg = training.TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    with pytest.raises(training.ConfigError, match=match):
+        tuning.search(cfg, search=search)
+    assert not (tmp_path / "tuning").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tuner="annealing"), "Unknown --tuner 'annealing'.*grid, random, bayesian, hyperband"),
+        (dict(max_trials=0), "--max_trials must be an integer >= 1"),
+        (dict(max_trials=-3), "--max_trials must be an integer >= 1"),
+    ],
+)
+def test_bad_tuner_or_max_trials_is_refused(tmp_path, kwargs, match):
+    cfg = training.TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    with pytest.raises(training.ConfigError, match=match):
+        tuning.search(cfg, **kwargs)
+
+
+def test_shortcut_search_on_a_plain_net_says_what_to_do():
+    cfg = training.TrainConfig(model="plain20", model_dir="unused", train_steps=2)
+    with pytest.raises(ValueError, match="--model=resnet20, or add `plain`"):
+        tuning.make_space(cfg, ["shortcut"])
+
+
+def test_space_puts_the_configured_value_first_and_counts_plain_nets_once():
+    cfg = training.TrainConfig(model="resnet32", learning_rate=0.3, model_dir="unused", train_steps=2)
+    space = tuning.make_space(cfg, ["plain", "shortcut", "depth", "learning_rate", "weight_decay=1e-4/0"])
+    assert space["depth"][0] == 32 and set(space["depth"]) == {20, 32, 44, 56, 110}
+    assert space["learning_rate"][0] == 0.3
+    assert space["shortcut"] == ("A", "B", "C")  # CIFAR's default A first
+    assert space["plain"] == (False, True)
+    # A plain net has no shortcut: 3 residual + 1 plain per depth, learning rate, weight decay.
+    assert tuning.space_size(space) == (3 + 1) * 5 * 4 * 2
+
+
+# ----------------------------------------------------------------------------- searches on CIFAR-10
+
+
+@pytest.fixture(scope="module")
+def abc_search(tmp_path_factory, tfds_dir):
+    root = tmp_path_factory.mktemp("abc")
+    recorder = Recorder(root / "fits.txt")
+    result = tuning.search(tiny_config(root / "run", tfds_dir), callbacks=[recorder])
+    return result, recorder
+
+
+@pytest.mark.slow
+def test_grid_search_trains_each_shortcut_once_and_tabulates_them(abc_search):
+    result, recorder = abc_search
+    # The default tuner is the grid: one trial per option, the paper's default A first.
+    assert recorder.fits() == ["A 1", "B 1", "C 1"]
+    rows = read_csv(result.tables["csv"])
+    assert [r["shortcut"] for r in rows] == ["A", "B", "C"]
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    for row in rows:
+        assert 0.0 <= float(row["val_error"]) <= 1.0
+        assert float(row["train_time_s"]) > 0
+        # Sizes are those of the net the trial names, counted afresh.
+        counted = count(build_model("resnet8", shortcut=row["shortcut"]))
+        assert (int(row["params"]), int(row["macs"])) == (counted.params, counted.macs)
+    # Projections cost parameters: A has none, B only where the shape changes, C everywhere.
+    params = [int(r["params"]) for r in rows]
+    assert params[0] < params[1] < params[2]
+    markdown = result.tables["md"].read_text()
+    for row in rows:
+        assert f"| {row['trial']} | {row['shortcut']} | " in markdown
+    assert result.tables["png"].stat().st_size > 0
+
+    best = min(rows, key=lambda r: float(r["val_error"]))
+    assert result.best_values == {"shortcut": best["shortcut"]}
+    assert result.best_val_error == pytest.approx(float(best["val_error"]))
+    assert 0.0 <= result.test_error <= 1.0
+    model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
+    assert shortcut_of(model) == best["shortcut"]
+    assert (result.model_path.parent / "data_info.json").is_file()
+
+
+@pytest.mark.slow
+def test_best_flag_file_reproduces_the_best_configuration_through_train_py(abc_search, tmp_path):
+    result, _ = abc_search
+    best = min(read_csv(result.tables["csv"]), key=lambda r: float(r["val_error"]))
+    model_dir = tmp_path / "repro"
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"--flagfile={result.flagfile}", f"--model_dir={model_dir}"],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["shortcut"] == best["shortcut"] and config["model"] == "resnet8"
+    # A single run (not another search), on the full training set as the original flags said.
+    assert config["validation_split"] is False
+    assert not (model_dir / "tuning").exists()
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
+    assert shortcut_of(model) == best["shortcut"]
+    assert count(model).params == int(best["params"])
+
+
+@pytest.mark.slow
+def test_interrupted_search_under_mirrored_strategy_resumes_without_repeating_finished_trials(
+    tmp_path, tfds_dir
+):
+    # The same A/B/C search on the two logical CPUs of conftest.py (one test for both behaviours:
+    # a MirroredStrategy trial costs ~3x a single-device one here).
+    cfg = tiny_config(tmp_path / "run", tfds_dir, distribution="mirrored")
+    fits = tmp_path / "fits.txt"
+    # Dies in the first step of the second trial, as a Ctrl-C or a kill would leave it.
+    with pytest.raises(KeyboardInterrupt):
+        tuning.search(cfg, callbacks=[Recorder(fits, interrupt_fit=2)])
+    first = tmp_path / "run" / "tuning" / "search" / "trial_0" / "trial.json"
+    assert json.loads(first.read_text())["status"] == "COMPLETED"
+    before = first.stat().st_mtime_ns
+
+    result = tuning.search(cfg, callbacks=[Recorder(fits)])
+    # A is not trained again; B, which was running, is re-run from its start, then C; every
+    # trial on both replicas.
+    assert Recorder(fits).fits() == ["A 2", "B 2", "B 2", "C 2"]
+    assert first.stat().st_mtime_ns == before
+    assert [(r["shortcut"], r["status"]) for r in result.rows] == [(s, "COMPLETED") for s in "ABC"]
+    assert len(read_csv(result.tables["csv"])) == 3 and result.model_path.is_file()
+
+    # A finished search run again trains nothing and gives the same answer.
+    again = tuning.search(cfg, callbacks=[Recorder(fits)])
+    assert len(Recorder(fits).fits()) == 4
+    assert again.best_trial == result.best_trial
+
+    # Another space in the same --tune_dir is refused rather than mixed in.
+    with pytest.raises(training.ConfigError, match="holds a search with other settings"):
+        tuning.search(cfg, search=["shortcut=A/C"])
