@@ -543,11 +543,14 @@ class Progress(keras.callbacks.Callback):
 
 
 class HistoryCSV(keras.callbacks.Callback):
-    """One row per epoch in `history.csv`, rewritten atomically; rows past a resumed step are dropped."""
+    """One row per epoch in `history.csv` (and its plot `curves.png`), rewritten atomically.
 
-    def __init__(self, path: pathlib.Path, write: bool = True):
+    Rows past the step a run resumed from are dropped.
+    """
+
+    def __init__(self, path: pathlib.Path):
         super().__init__()
-        self.path, self.write = pathlib.Path(path), write
+        self.path = pathlib.Path(path)
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs=None):
@@ -560,8 +563,6 @@ class HistoryCSV(keras.callbacks.Callback):
         if logs is None:
             return
         self.rows.append({"epoch": epoch + 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs})
-        if not self.write:
-            return
         keys: list[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
@@ -571,6 +572,51 @@ class HistoryCSV(keras.callbacks.Callback):
             writer.writeheader()
             writer.writerows(self.rows)
         tmp.replace(self.path)
+        plot_history(self.path, self.path.with_name("curves.png"), title=self.model.name)
+
+
+def plot_history(history_csv: str | pathlib.Path, png: str | pathlib.Path, title: str = "") -> pathlib.Path:
+    """Top-1 error (train, validation, test) and loss against iterations, as the paper's Fig. 6."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+
+    def column(key):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for key, label, style in (
+        ("error", "train", "--"),
+        ("val_error", "validation", "-."),
+        ("test_error", "test", "-"),
+    ):
+        steps, values = column(key)
+        if steps:
+            ax_err.plot(steps, [100 * v for v in values], style, label=label)
+        steps, values = column(key.replace("error", "loss"))
+        if steps:
+            ax_loss.plot(steps, values, style, label=label)
+    steps, lrs = column("lr")
+    for prev, cur, step in zip(lrs, lrs[1:], steps, strict=False):
+        if not math.isclose(prev, cur, rel_tol=1e-3):  # a learning-rate change (logged at the epoch's end)
+            for ax in (ax_err, ax_loss):
+                ax.axvline(step, color="grey", lw=0.6, ls=":")
+    ax_err.set(xlabel="iterations", ylabel="top-1 error (%)", title=title or "error")
+    ax_loss.set(xlabel="iterations", ylabel="loss", title="loss (incl. weight decay for train)")
+    for ax in (ax_err, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    png = pathlib.Path(png)
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+    return png
 
 
 class Checkpointer(keras.callbacks.Callback):

@@ -61,7 +61,16 @@ def finished_run(tfds_dir, tmp_path_factory) -> tuple[TrainConfig, dict]:
 def test_run_writes_every_output(finished_run):
     cfg, summary = finished_run
     model_dir = pathlib.Path(cfg.model_dir)
-    for name in ("config.json", "flags.cfg", "data_info.json", "history.csv", "summary.json", "model.keras"):
+    outputs = (
+        "config.json",
+        "flags.cfg",
+        "data_info.json",
+        "history.csv",
+        "curves.png",
+        "summary.json",
+        "model.keras",
+    )
+    for name in outputs:
         assert (model_dir / name).is_file(), name
     assert list((model_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     state = json.loads((model_dir / "checkpoints" / "state.json").read_text())
