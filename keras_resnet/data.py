@@ -461,7 +461,7 @@ def _train_dataset(
             return images - (mean - lighting_shift(tf.shape(images)[0], s))[:, None, None, :], labels
         return images - mean, labels
 
-    if split.uniform:  # in memory, one size: gather whole batches, crop them in one op
+    if info.recipe == CIFAR_RECIPE:  # small images in memory: gather and augment whole batches
         images, labels = tf.constant(split.images), tf.constant(split.labels)
         n = split.num_examples
         idx = tf.data.Dataset.range(n).shard(workers, index)
@@ -469,17 +469,13 @@ def _train_dataset(
         idx = idx.batch(batch_size, drop_remainder=True)
 
         def augment(i, s):
-            x = tf.gather(images, i)
-            if info.recipe == IMAGENET_RECIPE:
-                x = imagenet_augment(x, size, scale, tf.random.experimental.stateless_fold_in(s, 1))
-            return batch_ops(x, tf.gather(labels, i), s)
+            return batch_ops(tf.gather(images, i), tf.gather(labels, i), s)
 
         return tf.data.Dataset.zip(idx, _seeds(seed + 1)).map(augment, num_parallel_calls=AUTOTUNE)
 
-    if info.recipe == CIFAR_RECIPE:
-        raise ValueError(f"The cifar recipe needs images of one size; {info.name} has several.")
-
-    def crop(image, label, s):  # images of different sizes: one at a time until they are cropped
+    # ImageNet crops one image at a time, even when all have one size: measured on imagenette,
+    # per-image maps spread over the cores better than one crop_and_resize per batch (1.3-1.8x).
+    def crop(image, label, s):
         return imagenet_augment(image[None], size, scale, s)[0], label
 
     ds = _split_dataset(split, seed, workers, index)
