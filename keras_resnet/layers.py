@@ -44,3 +44,21 @@ class ZeroPadShortcut(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization whose moving statistics stay identical across replicas.
+
+    Keras 3 creates the moving mean and variance with aggregation "none", so under a
+    `tf.distribute` strategy each replica updates its own copy from its own share of the batch and
+    the copies drift apart (saving then keeps replica 0's). Averaging the updates across replicas
+    ("mean" aggregation, as tf.keras did) keeps one set of statistics. The batch statistics used
+    for normalisation stay per replica unless `synchronized=True` (TensorFlow only), which
+    computes them over the global batch.
+    """
+
+    def add_weight(self, *args, **kwargs):
+        if not kwargs.get("trainable", True):
+            kwargs["aggregation"] = "mean"
+        return super().add_weight(*args, **kwargs)

@@ -13,7 +13,7 @@ from typing import Literal
 import keras
 
 from keras_resnet import specs
-from keras_resnet.layers import ZeroPadShortcut
+from keras_resnet.layers import BatchNormalization, ZeroPadShortcut
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1 in Keras' convention; Caffe-era implementations use the same.
 BN_EPSILON = 1e-5
@@ -22,7 +22,8 @@ BN_EPSILON = 1e-5
 class _Factory:
     """The layer choices shared by every block: He init, no conv bias before BN, L2 on kernels."""
 
-    def __init__(self, weight_decay: float):
+    def __init__(self, weight_decay: float, sync_bn: bool):
+        self.sync_bn = sync_bn
         # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
         # l * ||w||^2, hence the half.
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
@@ -43,7 +44,9 @@ class _Factory:
 
     def conv_bn(self, x, filters: int, kernel: int, strides: int, name: str, relu: bool = True):
         x = self.conv(x, filters, kernel, strides, name + "_conv")
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + "_bn")(x)
+        x = BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=self.sync_bn, name=name + "_bn"
+        )(x)
         return keras.layers.Activation("relu", name=name + "_relu")(x) if relu else x
 
     def shortcut(self, x, filters: int, strides: int, option: str, name: str):
@@ -94,6 +97,7 @@ def build_model(
     family: str | None = None,
     bottleneck_stride: Literal["1x1", "3x3"] = "1x1",
     classifier_activation: str | None = "softmax",
+    sync_bn: bool = False,
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -109,6 +113,9 @@ def build_model(
         bottleneck_stride: "1x1" puts a bottleneck's stride on its first 1x1 convolution as the
             paper does; "3x3" moves it to the 3x3 convolution ("ResNet v1.5" of other frameworks).
         classifier_activation: "softmax" (the paper) or None for logits.
+        sync_bn: compute batch statistics over the global batch across replicas (TensorFlow
+            only); by default each replica normalises with its own share of the batch, as the
+            paper's multi-GPU training did. Moving statistics are averaged across replicas either way.
 
     Returns:
         A `keras.Model` named after the network.
@@ -129,7 +136,7 @@ def build_model(
     blocks = sum(repeats for _, _, repeats in spec.stages)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 12 * blocks))
 
-    f = _Factory(weight_decay)
+    f = _Factory(weight_decay, sync_bn)
     inputs = keras.Input(shape=input_shape, name="image")
     if spec.family == specs.CIFAR:
         x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")

@@ -43,3 +43,10 @@ def imagenette_dir() -> pathlib.Path:
     if not (path / "train").is_dir():
         pytest.skip(f"imagenette not found under {path} (set KERAS_RESNET_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """One two-replica strategy for the whole session: collective ops of several strategies over
+    the same devices in one process can collide on their instance keys."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

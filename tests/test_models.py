@@ -141,7 +141,10 @@ def test_forward_shapes_for_every_named_model(name):
     feature = model.get_layer("avg_pool").input
     expected_width = spec.stages[-1][1] * (4 if spec.stages[-1][0] == specs.BOTTLENECK else 1)
     assert tuple(feature.shape[1:]) == ((8, 8) if spec.family == specs.CIFAR else (2, 2)) + (expected_width,)
-    probs = model(np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32"))
+    # Training mode: BN normalises with batch statistics, as at the start of training. In inference
+    # mode an untrained plain-1202's activations can overflow, which is the paper's point.
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
+    probs = model(x, training=True)
     assert probs.shape == (2, 7)
     np.testing.assert_allclose(keras.ops.sum(probs, axis=-1), 1.0, rtol=1e-5)
 
@@ -180,8 +183,8 @@ def test_save_load_safe_mode_round_trip(tmp_path):
     assert [la.name for la in loaded.layers] == [la.name for la in model.layers]
 
 
-def test_builds_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_builds_under_mirrored_strategy(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         model = kr.build_model("resnet8", shortcut="B")
     assert strategy.num_replicas_in_sync == 2
@@ -198,3 +201,20 @@ def test_resnet1202_builds_counts_and_runs():
     assert trainable(model) == pytest.approx(19.4e6, rel=0.01)
     assert sum(isinstance(la, keras.layers.Conv2D) for la in model.layers) == 1201
     assert model(np.zeros((1, 32, 32, 3), "float32")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_bn_moving_statistics_agree_across_replicas(sync_bn, mirrored_strategy):
+    # Plain Keras BN lets each replica's moving statistics drift apart; ours averages the updates.
+    strategy = mirrored_strategy
+    with strategy.scope():
+        model = kr.build_model("resnet8", num_classes=2, input_shape=(8, 8, 3), sync_bn=sync_bn)
+        model.compile("sgd", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    x[8:] += 2.0  # the two replicas see differently distributed halves
+    model.fit(x, np.zeros(16, "int32"), batch_size=16, epochs=2, shuffle=False, verbose=0)
+    bn = model.get_layer("conv1_bn")
+    replicas = [t.numpy() for t in strategy.experimental_local_results(bn.moving_mean.value)]
+    np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-6)
+    assert np.abs(replicas[0]).sum() > 0  # the statistics did move
+    assert bn.synchronized == sync_bn
