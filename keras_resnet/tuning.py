@@ -611,7 +611,9 @@ def search(
     tune_cfg = dataclasses.replace(cfg, validation_split=True)
     tune_dir = pathlib.Path(tune_dir or pathlib.Path(cfg.model_dir) / "tuning")
     size = space_size(space)
-    if max_trials is None or max_trials > size:
+    if tuner == "hyperband":
+        pass  # Hyperband's trials include continuations of earlier ones: only --max_trials caps them
+    elif max_trials is None or max_trials > size:
         max_trials = size
     elif tuner == "grid" and max_trials < size:
         print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
@@ -644,7 +646,7 @@ def search(
             f"replica(s); in {tune_dir}",
             flush=True,
         )
-        kt.search(callbacks=list(callbacks), verbose=1)
+        kt.search(callbacks=list(callbacks), verbose="auto")  # progress bars on a terminal only
         return _finish(kt, cfg, hypermodel, tuner, tune_dir)
     finally:
         keras.mixed_precision.set_global_policy("float32")

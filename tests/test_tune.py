@@ -122,6 +122,16 @@ def test_space_puts_the_configured_value_first_and_counts_plain_nets_once():
     assert tuning.space_size(space) == (3 + 1) * 5 * 4 * 2
 
 
+def test_trial_values_become_training_flags():
+    cfg = training.TrainConfig(model="resnet20", model_dir="unused", train_steps=2)
+    trial = tuning.apply_values(cfg, {"shortcut": "C", "depth": 56, "learning_rate": 0.05})
+    assert (trial.model, trial.resolved_shortcut, trial.learning_rate) == ("resnet56", "C", 0.05)
+    assert trial.weight_decay == cfg.weight_decay  # not searched: as configured
+    # 50 = 6*8+2 is a CIFAR depth too: the trial must not turn into the ImageNet ResNet-50.
+    assert tuning.apply_values(cfg, {"depth": 50}).spec.family == "cifar"
+    assert tuning.apply_values(cfg, {"plain": True}).spec.residual is False
+
+
 # ----------------------------------------------------------------------------- searches on CIFAR-10
 
 
