@@ -923,18 +923,19 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
             "keras": keras.__version__,
         }
         _save_model(model, (scratch or model_dir) / "model.keras")
+        if cfg.export_dir and chief:
+            from keras_resnet import serving  # the TF Serving code is only needed here
+
+            summary["export_path"] = str(serving.export(model, info, cfg.export_dir))
+            print(f"exported to {summary['export_path']}", flush=True)
         if chief:
+            # Written last: its presence marks a finished run.
             _atomic_write(model_dir / "summary.json", json.dumps(summary, indent=1))
             print(
                 f"done: test error {summary['test_error']:.2%} after {step} steps, "
                 f"{summary['images_per_sec']:.0f} img/s; outputs in {model_dir}",
                 flush=True,
             )
-        if cfg.export_dir and chief:
-            from keras_resnet import serving  # the TF Serving code is only needed here
-
-            summary["export_path"] = str(serving.export(model, info, cfg.export_dir))
-            print(f"exported to {summary['export_path']}", flush=True)
         return summary
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -53,6 +53,7 @@ def finished_run(tfds_dir, tmp_path_factory) -> tuple[TrainConfig, dict]:
         validation_split=True,
         lr_schedule="constant",  # 40 steps are too few for the step schedule to show anything
         learning_rate=0.05,
+        export_dir=str(model_dir / "export"),
     )
     summary = training.run(cfg, verbose=0)
     return cfg, summary
@@ -92,6 +93,9 @@ def test_run_writes_every_output(finished_run):
     assert summary["replicas"] == 2 and summary["workers"] == 1  # conftest's 2 logical CPUs
     assert summary["images_per_sec"] > 0 and summary["wall_time_s"] > 0
     assert 0 < summary["test_error"] < 1 and summary["val_error"] is not None
+    # --export_dir hands the final model to the TF Serving export: <export_dir>/<version>/.
+    exported = pathlib.Path(summary["export_path"])
+    assert exported.parent == model_dir / "export" and (exported / "saved_model.pb").is_file()
 
 
 def keras_resnet_count(model):
@@ -193,6 +197,17 @@ def test_lr_applied_per_step_with_warmup(tfds_dir):
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
 
 
+def test_sync_bn_synchronizes_every_batch_norm(tfds_dir):
+    from keras_resnet import data
+
+    info = data.load("cifar10", data_dir=str(tfds_dir)).info
+    plain = training.build_model(TrainConfig(model="resnet8"), info)
+    synced = training.build_model(TrainConfig(model="resnet8", sync_bn=True), info)
+    bns = [layer for layer in synced.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.synchronized for layer in bns)
+    assert [w.shape for w in synced.weights] == [w.shape for w in plain.weights]
+
+
 def test_mirrored_strategy_has_two_replicas():
     strategy = training.make_strategy(TrainConfig(model_dir="x", train_steps=1))
     assert strategy.num_replicas_in_sync == 2
@@ -268,7 +283,6 @@ def _train_cmd(*args: str) -> list[str]:
     "args, flag",
     [
         (["--model=resnet7"], "--model"),
-        (["--shortcut=Z"], "--shortcut"),
         (["--batch_size=0"], "--batch_size"),
     ],
 )
