@@ -833,7 +833,10 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
         keras.utils.set_random_seed(cfg.seed)
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
-        datasets = load_data(cfg, strategy)
+        # A resumed run must not replay the batches (and augmentations) it started with.
+        resumed = Checkpointer(model_dir / "checkpoints").state()
+        data_cfg = dataclasses.replace(cfg, seed=cfg.seed + resumed["step"]) if resumed else cfg
+        datasets = load_data(data_cfg, strategy)
         info = datasets.info
         steps_per_epoch = cfg.checkpoint_steps or datasets.steps_per_epoch
         total_steps = cfg.train_steps or cfg.epochs * datasets.steps_per_epoch

@@ -237,7 +237,7 @@ def test_bad_input_is_refused_before_any_work(changes, flag, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_configs_parse_and_match_the_paper():
+def test_configs_parse_and_match_the_paper(tmp_path):
     sys.path.insert(0, str(REPO))
     import train
 
@@ -265,14 +265,13 @@ def test_configs_parse_and_match_the_paper():
         assert (cfg.batch_size, cfg.train_steps, cfg.lr_schedule) == (256, 600000, "plateau")
     # A flag file written by the config reads back as the same config.
     cfg = seen["cifar10_cpu_recipe"]
-    flagfile = REPO / ".pytest_flags.cfg"
+    flagfile = tmp_path / "flags.cfg"
     try:
         flagfile.write_text(cfg.to_flags())
         train.FLAGS(["train.py", f"--flagfile={flagfile}"])
         assert train.config_from_flags() == cfg
     finally:
         train.FLAGS.unparse_flags()
-        flagfile.unlink()
 
 
 def _train_cmd(*args: str) -> list[str]:
