@@ -834,8 +834,8 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         # A resumed run must not replay the batches (and augmentations) it started with.
-        resumed = Checkpointer(model_dir / "checkpoints").state()
-        data_cfg = dataclasses.replace(cfg, seed=cfg.seed + resumed["step"]) if resumed else cfg
+        saved = Checkpointer(model_dir / "checkpoints").state()
+        data_cfg = dataclasses.replace(cfg, seed=cfg.seed + saved["step"]) if saved else cfg
         datasets = load_data(data_cfg, strategy)
         info = datasets.info
         steps_per_epoch = cfg.checkpoint_steps or datasets.steps_per_epoch
@@ -885,10 +885,15 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
             restore_signals()
         step = global_step(model)
         if checkpointer.nan_step is not None:
+            kept = (
+                f"the last good checkpoint (step {checkpointer.last_saved_step}) is kept in "
+                f"{checkpointer.read_dir}"
+                if checkpointer.last_saved_step is not None
+                else "no checkpoint was written yet"
+            )
             raise TrainingStopped(
-                f"loss became NaN at step {checkpointer.nan_step}; the last good checkpoint (step "
-                f"{checkpointer.last_saved_step or 0}) is kept in {checkpointer.read_dir}. "
-                "Lower --learning_rate or use --warmup, then run again with --allow_config_change.",
+                f"loss became NaN at step {checkpointer.nan_step}; {kept}. Lower --learning_rate or use "
+                "--warmup, then run again with --allow_config_change.",
                 exit_code=3,
             )
         if checkpointer.interrupted:
@@ -915,7 +920,7 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
             "total_steps": total_steps,
             "batch_size": cfg.batch_size,
             "epochs": step * cfg.batch_size / info.train_examples,
-            "wall_time_s": time.time() - start,
+            "wall_time_s": time.time() - start,  # this invocation (a resumed run counts from its restart)
             "train_time_s": progress.train_time,
             "images_per_sec": progress.images_per_sec(),
             "resumed_from_step": checkpointer.restored_step,
