@@ -264,7 +264,7 @@ def test_configs_parse_and_match_the_paper(tmp_path):
         cfg = seen[f"imagenet_resnet{depth}"]
         assert (cfg.batch_size, cfg.train_steps, cfg.lr_schedule) == (256, 600000, "plateau")
     # A flag file written by the config reads back as the same config.
-    cfg = seen["cifar10_cpu_recipe"]
+    cfg = seen["cifar10_resnet20_cpu"]
     flagfile = tmp_path / "flags.cfg"
     try:
         flagfile.write_text(cfg.to_flags())
