@@ -411,7 +411,7 @@ def trial_rows(tuner: keras_tuner.Tuner, space: dict[str, tuple]) -> list[dict[s
         values = trial.hyperparameters.values
 
         def metric(name, trial=trial):
-            return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+            return float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None
 
         row = {"trial": trial_id, "status": trial.status}
         row.update({name: values.get(name, "") for name in space})
@@ -423,6 +423,7 @@ def trial_rows(tuner: keras_tuner.Tuner, space: dict[str, tuple]) -> list[dict[s
             params=metric("params"),
             macs=metric("macs"),
             train_time_s=metric("train_time_s"),
+            train_images_per_sec=metric("train_images_per_sec"),
         )
         for key in ("best_epoch", "epochs", "params", "macs"):
             row[key] = None if row[key] is None else int(row[key])
@@ -454,7 +455,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
         return f"{title}\n\nNo trial yet.\n" if title else "No trial yet.\n"
     hp_names = [k for k in rows[0] if k in SEARCHABLE]
     best = _best_row(rows)
-    header = ["trial", *hp_names, "val error", "best epoch", "params", "mult-adds", "time", "status"]
+    header = ["trial", *hp_names, "val error", "best epoch", "params", "mult-adds", "time", "img/s", "status"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for row in rows:
@@ -467,6 +468,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
             _count_text(row["params"]),
             _millions(row["macs"]),
             _duration(row["train_time_s"]),
+            "" if row["train_images_per_sec"] is None else f"{row['train_images_per_sec']:.0f}",
             row["status"],
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -599,6 +601,7 @@ def search(
     Raises:
         training.ConfigError: an empty or single-point space, an unknown tuner, max_trials < 1,
             bad training flags, or a `tune_dir` holding a search with other settings.
+        training.TrainingStopped: interrupted (Ctrl-C); the same call continues the search.
         RuntimeError: no trial completed (each failure's error is printed).
     """
     try:
@@ -646,7 +649,15 @@ def search(
             f"replica(s); in {tune_dir}",
             flush=True,
         )
-        kt.search(callbacks=list(callbacks), verbose="auto")  # progress bars on a terminal only
+        try:
+            kt.search(callbacks=list(callbacks), verbose="auto")  # progress bars on a terminal only
+        except KeyboardInterrupt:
+            done = sum(t.status == "COMPLETED" for t in kt.oracle.trials.values())
+            raise training.TrainingStopped(
+                f"search interrupted with {done} trial(s) done, kept in {tune_dir}; run the same command "
+                "again to continue it (the unfinished trial starts over).",
+                exit_code=130,
+            ) from None
         return _finish(kt, cfg, hypermodel, tuner, tune_dir)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -706,7 +717,6 @@ def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: 
         from keras_resnet import serving  # the TF Serving code is only needed here
 
         export_path = serving.export(model, info, cfg.export_dir)
-        print(f"[tune] exported the best model for TF Serving: {export_path}", flush=True)
 
     print(tables["md"].read_text(), flush=True)
     print(

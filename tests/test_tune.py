@@ -207,8 +207,9 @@ def test_interrupted_search_under_mirrored_strategy_resumes_without_repeating_fi
     cfg = tiny_config(tmp_path / "run", tfds_dir, distribution="mirrored")
     fits = tmp_path / "fits.txt"
     # Dies in the first step of the second trial, as a Ctrl-C or a kill would leave it.
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(training.TrainingStopped, match=r"1 trial\(s\) done.*run the same command") as stop:
         tuning.search(cfg, callbacks=[Recorder(fits, interrupt_fit=2)])
+    assert stop.value.exit_code == 130  # train.py's exit status for an interruption
     first = tmp_path / "run" / "tuning" / "search" / "trial_0" / "trial.json"
     assert json.loads(first.read_text())["status"] == "COMPLETED"
     before = first.stat().st_mtime_ns
