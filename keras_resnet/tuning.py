@@ -614,9 +614,8 @@ def search(
     tune_cfg = dataclasses.replace(cfg, validation_split=True)
     tune_dir = pathlib.Path(tune_dir or pathlib.Path(cfg.model_dir) / "tuning")
     size = space_size(space)
-    if tuner == "hyperband":
-        pass  # Hyperband's trials include continuations of earlier ones: only --max_trials caps them
-    elif max_trials is None or max_trials > size:
+    # Hyperband's trials include continuations of earlier ones: only --max_trials caps them.
+    if tuner != "hyperband" and (max_trials is None or max_trials > size):
         max_trials = size
     elif tuner == "grid" and max_trials < size:
         print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)

@@ -139,13 +139,14 @@ def test_trial_values_become_training_flags():
 def abc_search(tmp_path_factory, tfds_dir):
     root = tmp_path_factory.mktemp("abc")
     recorder = Recorder(root / "fits.txt")
-    result = tuning.search(tiny_config(root / "run", tfds_dir), callbacks=[recorder])
-    return result, recorder
+    cfg = tiny_config(root / "run", tfds_dir, export_dir=str(root / "export"))
+    result = tuning.search(cfg, callbacks=[recorder])
+    return result, recorder, cfg
 
 
 @pytest.mark.slow
 def test_grid_search_trains_each_shortcut_once_and_tabulates_them(abc_search):
-    result, recorder = abc_search
+    result, recorder, _ = abc_search
     # The default tuner is the grid: one trial per option, the paper's default A first.
     assert recorder.fits() == ["A 1", "B 1", "C 1"]
     rows = read_csv(result.tables["csv"])
@@ -172,15 +173,20 @@ def test_grid_search_trains_each_shortcut_once_and_tabulates_them(abc_search):
     model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
     assert shortcut_of(model) == best["shortcut"]
     assert (result.model_path.parent / "data_info.json").is_file()
+    # --export_dir: the winner is served as version 1 of a TF Serving model.
+    assert result.export_path == result.model_path.parents[3] / "export" / "1"
+    assert (result.export_path / "saved_model.pb").is_file()
 
 
 @pytest.mark.slow
 def test_best_flag_file_reproduces_the_best_configuration_through_train_py(abc_search, tmp_path):
-    result, _ = abc_search
+    result, _, cfg = abc_search
     best = min(read_csv(result.tables["csv"]), key=lambda r: float(r["val_error"]))
     model_dir = tmp_path / "repro"
+    # Later flags override the file's: a new run directory, and no second export.
+    command = [sys.executable, "train.py", f"--flagfile={result.flagfile}", f"--model_dir={model_dir}"]
     proc = subprocess.run(
-        [sys.executable, "train.py", f"--flagfile={result.flagfile}", f"--model_dir={model_dir}"],
+        [*command, "--export_dir="],
         cwd=REPO,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True,
@@ -190,6 +196,9 @@ def test_best_flag_file_reproduces_the_best_configuration_through_train_py(abc_s
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["shortcut"] == best["shortcut"] and config["model"] == "resnet8"
+    # Every flag that defines the run is the searched configuration with the winner's values.
+    expected = tuning.apply_values(cfg, {"shortcut": best["shortcut"]})
+    assert training.TrainConfig.from_json(config).training_fields() == expected.training_fields()
     # A single run (not another search), on the full training set as the original flags said.
     assert config["validation_split"] is False
     assert not (model_dir / "tuning").exists()
