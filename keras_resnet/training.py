@@ -538,7 +538,8 @@ class Progress(keras.callbacks.Callback):
             parts.append(f"lr {logs['lr']:.4g}")
         parts.append(f"{logs['images_per_sec']:.0f} img/s ETA {self._eta()}")
         if not self.quiet:
-            print("  ".join(parts), flush=True)
+            # Beside Keras' progress bar (a terminal), start a line of our own.
+            print(("" if self.intra_epoch else "\n") + "  ".join(parts), flush=True)
         self.last_print = time.perf_counter()
 
 
