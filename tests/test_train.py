@@ -320,7 +320,7 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tfds_dir, tmp_path):
     )
     flagfile = tmp_path / "run.cfg"
     flagfile.write_text(cfg.to_flags())
-    cmd = _train_cmd(f"--flagfile={flagfile}")
+    cmd = _train_cmd(f"--flagfile={flagfile}", "--cpu_devices=2")  # MirroredStrategy, 2 replicas
     run_kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
 
     # Ctrl-C after the first checkpoint: a checkpoint of the current step, exit 130.
@@ -345,7 +345,7 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tfds_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] >= killed_at
-    assert summary["steps"] == summary["total_steps"] == 50
+    assert summary["steps"] == summary["total_steps"] == 50 and summary["replicas"] == 2
     steps = [int(r["step"]) for r in _history(model_dir)]
     assert steps == sorted(set(steps)) and steps[-1] == 50
     assert interrupted in steps and killed_at in steps
