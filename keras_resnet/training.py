@@ -269,7 +269,7 @@ def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy) -> data.Datase
 
 def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
     """The network of --model for `info`'s classes and image size (call inside strategy.scope())."""
-    model = models.build_model(
+    return models.build_model(
         cfg.model,
         shortcut=cfg.resolved_shortcut,
         num_classes=info.num_classes,
@@ -277,17 +277,8 @@ def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
         weight_decay=cfg.weight_decay,
         family=cfg.family or None,
         bottleneck_stride=cfg.bottleneck_stride,
+        sync_bn=cfg.sync_bn,
     )
-    if not cfg.sync_bn:
-        return model
-
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            config["synchronized"] = True
-        return layer.__class__.from_config(config)
-
-    return keras.models.clone_model(model, clone_function=clone)
 
 
 @keras.saving.register_keras_serializable(package="keras_resnet")
