@@ -82,6 +82,11 @@ def make_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
     devices = _local_devices()
     if distribution == "one_device":
         return tf.distribute.OneDeviceStrategy(devices[0])
+    # Every MirroredStrategy numbers its all-reduces from the same collective keys, and TensorFlow
+    # aborts when a key comes back with other shapes (tensorflow/tensorflow#62790): a second run
+    # in one process (a search's trials, a notebook, a test session) would fail. Moving the base,
+    # as TensorFlow's own tests do, gives each strategy keys of its own.
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
     return tf.distribute.MirroredStrategy(devices)
 
 

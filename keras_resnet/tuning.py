@@ -34,7 +34,6 @@ from typing import Any
 
 import keras
 import keras_tuner
-import tensorflow as tf
 from keras_tuner.src.tuners import gridsearch
 
 from keras_resnet import distribute, specs, training
@@ -619,7 +618,7 @@ def search(
         max_trials = size
     elif tuner == "grid" and max_trials < size:
         print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
-    strategy = _strategy(tune_cfg)
+    strategy = training.make_strategy(tune_cfg)
     if distribute.is_multi_worker(strategy):
         raise training.ConfigError(
             "--tune runs on one machine (keras-tuner supports single-worker strategies only): "
@@ -660,18 +659,6 @@ def search(
         return _finish(kt, cfg, hypermodel, tuner, tune_dir)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-
-
-def _strategy(cfg: training.TrainConfig):
-    """`training.make_strategy`, with collective keys no earlier MirroredStrategy of this process used.
-
-    Every MirroredStrategy numbers its all-reduces from the same keys, and TensorFlow aborts when
-    a key already seen comes with other shapes (tensorflow/tensorflow#62790): a search after any
-    other run or search in the same process would fail every trial. TensorFlow's own tests move
-    the base the same way.
-    """
-    tf.distribute.MirroredStrategy._collective_key_base += 100_000
-    return training.make_strategy(cfg)
 
 
 def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: str, tune_dir: pathlib.Path):

@@ -47,6 +47,8 @@ def imagenette_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def mirrored_strategy() -> tf.distribute.MirroredStrategy:
-    """One two-replica strategy for the whole session: collective ops of several strategies over
-    the same devices in one process can collide on their instance keys."""
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """A two-replica strategy through the package's own factory (which keeps the collective keys
+    of several strategies in one process apart), shared by the tests that only need one."""
+    from keras_resnet import distribute
+
+    return distribute.make_strategy("mirrored")

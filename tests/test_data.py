@@ -356,8 +356,10 @@ def test_cifar_mean_is_read_from_the_cache_and_order_is_seeded(tfds_dir, cifar_c
     assert not np.array_equal(a[1], c[1])
 
 
-def test_cifar_under_mirrored_strategy_splits_global_batches_without_warnings(tfds_dir, cifar_cache, caplog):
-    strategy = tf.distribute.MirroredStrategy(tf.config.list_logical_devices("CPU")[:2])
+def test_cifar_under_mirrored_strategy_splits_global_batches_without_warnings(
+    tfds_dir, cifar_cache, caplog, mirrored_strategy
+):
+    strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     ds = data.load("cifar10", data_dir=str(tfds_dir), batch_size=64, cache_dir=cifar_cache)
     with caplog.at_level(logging.WARNING):

@@ -385,9 +385,9 @@ def test_example_models_config_parses():
         assert model.model_platform == "tensorflow"
 
 
-def test_model_built_under_mirrored_strategy_exports(cifar, tmp_path):
+def test_model_built_under_mirrored_strategy_exports(cifar, tmp_path, mirrored_strategy):
     # train.py builds its model in a MirroredStrategy scope (two CPU replicas here) and exports from it.
-    strategy = tf.distribute.MirroredStrategy()
+    strategy = mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = build_model("resnet8")
