@@ -277,6 +277,7 @@ class ResNetHyperModel(keras_tuner.HyperModel):
             validation_data=self.data.validation,
             callbacks=[*own, *callbacks],
             verbose=verbose,
+            shuffle=False,  # the dataset shuffles itself
         )
         seconds = time.perf_counter() - start
         checkpointer = next(cb for cb in own if isinstance(cb, training.Checkpointer))
