@@ -217,7 +217,19 @@ def check_model_dir(cfg: TrainConfig) -> bool:
     return not diff and (path / "summary.json").exists()
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
+def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
+    """(total_steps, steps per Keras epoch, Keras epochs) of a run over `steps_per_epoch`-step passes.
+
+    Keras epochs are chunks of --checkpoint_steps iterations (default: one pass over the data);
+    the last one is cut short by `StopAtStep` so the run ends at exactly `total_steps`.
+    """
+    total_steps = cfg.train_steps or cfg.epochs * steps_per_epoch
+    chunk = cfg.checkpoint_steps or steps_per_epoch
+    return total_steps, chunk, math.ceil(total_steps / chunk)
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary name, so readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -666,7 +678,7 @@ class Checkpointer(keras.callbacks.Callback):
             "callbacks": {type(cb).__name__: cb.get_state() for cb in self.stateful},
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        _atomic_write(self.write_dir / "state.json", json.dumps(state, indent=1))
+        atomic_write_text(self.write_dir / "state.json", json.dumps(state, indent=1))
         previous = self.last_saved_step
         for path in self.write_dir.glob("ckpt-*.weights.h5"):
             if path.name not in (name, f"ckpt-{previous}.weights.h5"):
@@ -830,12 +842,11 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
         data_cfg = dataclasses.replace(cfg, seed=cfg.seed + saved["step"]) if saved else cfg
         datasets = load_data(data_cfg, strategy)
         info = datasets.info
-        steps_per_epoch = cfg.checkpoint_steps or datasets.steps_per_epoch
-        total_steps = cfg.train_steps or cfg.epochs * datasets.steps_per_epoch
+        total_steps, steps_per_epoch, epochs = run_length(cfg, datasets.steps_per_epoch)
         if chief:
             model_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(model_dir / "config.json", json.dumps(cfg.to_json(), indent=1))
-            _atomic_write(model_dir / "flags.cfg", cfg.to_flags())
+            atomic_write_text(model_dir / "config.json", json.dumps(cfg.to_json(), indent=1))
+            atomic_write_text(model_dir / "flags.cfg", cfg.to_flags())
             info.save(model_dir)
         with strategy.scope():
             model = compile_model(build_model(cfg, info), cfg, datasets.steps_per_epoch, total_steps)
@@ -865,7 +876,7 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
         try:
             model.fit(
                 datasets.train,
-                epochs=math.ceil(total_steps / steps_per_epoch),
+                epochs=epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps_per_epoch,
                 validation_data=datasets.validation,
@@ -930,7 +941,7 @@ def run(cfg: TrainConfig, *, verbose: int | str = "auto") -> dict[str, Any]:
             print(f"exported to {summary['export_path']}", flush=True)
         if chief:
             # Written last: its presence marks a finished run.
-            _atomic_write(model_dir / "summary.json", json.dumps(summary, indent=1))
+            atomic_write_text(model_dir / "summary.json", json.dumps(summary, indent=1))
             print(
                 f"done: test error {summary['test_error']:.2%} after {step} steps, "
                 f"{summary['images_per_sec']:.0f} img/s; outputs in {model_dir}",

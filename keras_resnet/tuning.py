@@ -210,10 +210,10 @@ class ResNetHyperModel(keras_tuner.HyperModel):
     def __init__(self, cfg: training.TrainConfig, datasets, space: dict[str, tuple]):
         super().__init__(name="resnet")
         self.cfg, self.data, self.space = cfg, datasets, space
-        # As `training.run` splits the run: Keras epochs of --checkpoint_steps (default one pass).
-        self.total_steps = cfg.train_steps or cfg.epochs * datasets.steps_per_epoch
-        self.steps_per_epoch = cfg.checkpoint_steps or datasets.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        # Split as `training.run` splits a run.
+        self.total_steps, self.steps_per_epoch, self.epochs = training.run_length(
+            cfg, datasets.steps_per_epoch
+        )
 
     def values(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         """Declares the space in `hp` and returns the trial's active values."""
@@ -443,8 +443,8 @@ def write_results(
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    _write_atomic(paths["csv"], buffer.getvalue())
-    _write_atomic(paths["md"], markdown_table(rows, title))
+    training.atomic_write_text(paths["csv"], buffer.getvalue())
+    training.atomic_write_text(paths["md"], markdown_table(rows, title))
     _plot(rows, paths["png"], title)
     return paths
 
@@ -547,12 +547,6 @@ def _duration(seconds) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- the search
@@ -675,7 +669,7 @@ def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: 
     best = best_trials[0]
     best_values = hypermodel.values(best.hyperparameters.copy())
     flagfile = tune_dir / "best.flags"
-    _write_atomic(flagfile, _flagfile_text(apply_values(cfg, best_values), best_values, best))
+    training.atomic_write_text(flagfile, _flagfile_text(apply_values(cfg, best_values), best_values, best))
 
     # The winner's best-epoch weights, saved as a training run saves its model.
     with warnings.catch_warnings():
@@ -698,7 +692,7 @@ def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: 
         "test_loss": float(test["loss"]),
         "flagfile": str(flagfile),
     }
-    _write_atomic(best_dir / "summary.json", json.dumps(summary, indent=1))
+    training.atomic_write_text(best_dir / "summary.json", json.dumps(summary, indent=1))
     export_path = None
     if cfg.export_dir:
         from keras_resnet import serving  # the TF Serving code is only needed here
@@ -766,7 +760,7 @@ def _check_same_search(tune_dir: pathlib.Path, cfg: training.TrainConfig, tuner:
             )
         return
     tune_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(settings, indent=1))
+    training.atomic_write_text(path, json.dumps(settings, indent=1))
 
 
 def _report_failures(kt: keras_tuner.Tuner) -> None:
