@@ -22,8 +22,8 @@ BN_EPSILON = 1e-5
 class _Factory:
     """The layer choices shared by every block: He init, no conv bias before BN, L2 on kernels."""
 
-    def __init__(self, weight_decay: float, sync_bn: bool):
-        self.sync_bn = sync_bn
+    def __init__(self, weight_decay: float, sync_bn: bool, fused_bn: bool):
+        self.sync_bn, self.fused_bn = sync_bn, fused_bn
         # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
         # l * ||w||^2, hence the half.
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
@@ -45,7 +45,11 @@ class _Factory:
     def conv_bn(self, x, filters: int, kernel: int, strides: int, name: str, relu: bool = True):
         x = self.conv(x, filters, kernel, strides, name + "_conv")
         x = BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=self.sync_bn, name=name + "_bn"
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            synchronized=self.sync_bn,
+            fused=self.fused_bn,
+            name=name + "_bn",
         )(x)
         return keras.layers.Activation("relu", name=name + "_relu")(x) if relu else x
 
@@ -98,6 +102,7 @@ def build_model(
     bottleneck_stride: Literal["1x1", "3x3"] = "1x1",
     classifier_activation: str | None = "softmax",
     sync_bn: bool = False,
+    fused_bn: bool = True,
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -116,6 +121,8 @@ def build_model(
         sync_bn: compute batch statistics over the global batch across replicas (TensorFlow
             only); by default each replica normalises with its own share of the batch, as the
             paper's multi-GPU training did. Moving statistics are averaged across replicas either way.
+        fused_bn: train batch norm with TensorFlow's fused kernel where it applies (see
+            `keras_resnet.layers.BatchNormalization`); False keeps Keras' own computation.
 
     Returns:
         A `keras.Model` named after the network.
@@ -136,7 +143,7 @@ def build_model(
     blocks = sum(repeats for _, _, repeats in spec.stages)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 12 * blocks))
 
-    f = _Factory(weight_decay, sync_bn)
+    f = _Factory(weight_decay, sync_bn, fused_bn)
     inputs = keras.Input(shape=input_shape, name="image")
     if spec.family == specs.CIFAR:
         x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")

@@ -218,3 +218,68 @@ def test_bn_moving_statistics_agree_across_replicas(sync_bn, mirrored_strategy):
     np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-6)
     assert np.abs(replicas[0]).sum() > 0  # the statistics did move
     assert bn.synchronized == sync_bn
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_matches_keras_computation(policy):
+    # The fused kernel (training only) must give Keras' own results: outputs, gradients and the
+    # moving statistics, which Keras updates with the biased batch variance.
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.0, 3.0, size=(8, 5, 5, 4)).astype("float32"))
+    target = tf.constant(rng.normal(size=(8, 5, 5, 4)).astype("float32"))
+    gamma, beta = rng.uniform(0.5, 2.0, 4).astype("float32"), rng.normal(size=4).astype("float32")
+    results = {}
+    for fused in (False, True):
+        layer = kr.BatchNormalization(momentum=0.9, epsilon=1e-5, fused=fused, dtype=policy)
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+
+        @tf.function
+        def step(inputs, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                y = layer(inputs, training=True)
+                loss = tf.reduce_sum(tf.square(tf.cast(y, "float32") - target))
+            return y, tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
+
+        ops_used = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+        assert ("FusedBatchNormV3" in ops_used) == fused
+        y, grads = step(x)
+        results[fused] = [y, *grads, layer.moving_mean, layer.moving_variance]
+        assert y.dtype == ("bfloat16" if policy == "mixed_bfloat16" else "float32")
+    tol = 2e-2 if policy == "mixed_bfloat16" else 1e-4
+    for unfused, fused in zip(results[False], results[True], strict=True):
+        np.testing.assert_allclose(
+            np.asarray(tf.cast(fused, "float32")), np.asarray(tf.cast(unfused, "float32")), rtol=tol, atol=tol
+        )
+
+
+def test_fused_batch_norm_falls_back_where_it_cannot_apply():
+    x = np.random.default_rng(0).normal(size=(6, 4, 3)).astype("float32")  # 3-D: not NHWC
+    layer = kr.BatchNormalization()
+    out = layer(x, training=True)
+    ref = (x - x.mean((0, 1))) / np.sqrt(x.var((0, 1)) + layer.epsilon)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4)
+    config = kr.build_model("resnet8").get_layer("conv1_bn").get_config()
+    assert config["fused"] is True
+    assert kr.BatchNormalization.from_config({**config, "fused": False}).fused is False
+
+
+def test_fused_and_unfused_models_train_alike():
+    # The claim behind fused_bn's default: a model trains the same with or without the fused kernel.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 4, 16)
+    trained = []
+    for fused_bn in (False, True):
+        keras.utils.set_random_seed(7)
+        model = kr.build_model("resnet8", num_classes=4, input_shape=(16, 16, 3), fused_bn=fused_bn)
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+        losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
+        trained.append((losses, model.get_weights()))
+    (loss_a, weights_a), (loss_b, weights_b) = trained
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-4)
+    assert loss_a[-1] < loss_a[0]
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
