@@ -1,11 +1,16 @@
 """Steady-state training speed of train.py's own path: ResNet-20, batch 128, real CIFAR-10.
 
-    .venv/bin/python bench/bench_train.py [--steps 100] [--json results/bench_train.json]
+    .venv/bin/python bench/bench_train.py [--steps 60] [--repeats 3] [--json results/bench_train.json]
 
-For float32 and bfloat16, runs `keras_resnet.training.run` (the tf.data pipeline with the paper's
-augmentation, MirroredStrategy, every callback) for --steps iterations and reports the images/s
-of the steps after the first five (graph tracing). `--baseline` also times plain Keras code on the
-same machine: the same network and optimizer fitted on in-memory arrays with no augmentation.
+Paths, each timed for float32 and bfloat16 (mixed precision):
+  train.py             `keras_resnet.training.run`: the tf.data pipeline with the paper's
+                       augmentation, MirroredStrategy, every callback, fused batch norm (the default)
+  train.py Keras BN    the same with --nofused_bn: Keras' own batch-norm computation
+  plain keras          the reference: the same network with Keras' batch norm, compiled and fitted
+                       on in-memory arrays, no augmentation, no tf.distribute, no callbacks
+Each run trains --steps iterations; images/s counts the steps after the first five (tracing).
+Run-to-run spread on the 2-core machine is about +-10%, more than some of the differences, so the
+paths run interleaved (round-robin, --repeats rounds, one process) and the table shows medians.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -28,16 +34,18 @@ import numpy as np  # noqa: E402
 from keras_resnet import counting, models, training  # noqa: E402
 
 WARMUP_STEPS = 5  # as training.Progress: the first steps trace the graph
+BATCH = 128
 
 
-def bench_train_py(precision: str, steps: int, data_dir: str | None) -> dict:
+def bench_train_py(precision: str, steps: int, data_dir: str | None, fused_bn: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as model_dir:
         cfg = training.TrainConfig(
             model="resnet20",
-            batch_size=128,
+            batch_size=BATCH,
             train_steps=steps,
             checkpoint_steps=steps,
             precision=precision,
+            fused_bn=fused_bn,
             eval_test=False,
             data_dir=data_dir or "",
             model_dir=model_dir,
@@ -46,21 +54,29 @@ def bench_train_py(precision: str, steps: int, data_dir: str | None) -> dict:
     return {"params": summary["params"], "images_per_sec": summary["images_per_sec"]}
 
 
+_ARRAYS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if "x" not in _ARRAYS:
+        import tensorflow_datasets as tfds
+
+        from keras_resnet import data
+
+        tfds_dir = data_dir or str(data.default_data_root() / "tensorflow_datasets")
+        x, y = tfds.as_numpy(
+            tfds.load("cifar10", split=f"train[:{n}]", batch_size=-1, as_supervised=True, data_dir=tfds_dir)
+        )
+        _ARRAYS["x"] = ((x.astype(np.float32) - 120.0) / 64.0, y)
+    return _ARRAYS["x"]
+
+
 def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
-    """The reference: build, compile, fit on numpy arrays, no tf.distribute, no augmentation."""
-    import tensorflow_datasets as tfds
-
-    from keras_resnet import data
-
-    tfds_dir = data_dir or str(data.default_data_root() / "tensorflow_datasets")
-    n = 128 * 40
-    x, y = tfds.as_numpy(
-        tfds.load("cifar10", split=f"train[:{n}]", batch_size=-1, as_supervised=True, data_dir=tfds_dir)
-    )
-    x = (x.astype(np.float32) - 120.0) / 64.0
+    """The reference: build, compile, fit on numpy arrays; Keras' own batch norm."""
+    x, y = _cifar_arrays(data_dir, BATCH * 40)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        model = models.build_model("resnet20")
+        model = models.build_model("resnet20", fused_bn=False)
         model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
         times: list[float] = []
 
@@ -71,72 +87,104 @@ def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
             def on_train_batch_end(self, batch, logs=None):
                 times.append(time.perf_counter() - self.t0)
 
-        epochs = -(-steps // 40)
         model.fit(
             x,
             y,
-            batch_size=128,
-            epochs=epochs,
+            batch_size=BATCH,
+            epochs=-(-steps // 40),
             steps_per_epoch=min(40, steps),
             callbacks=[Timer()],
             verbose=0,
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    steady = times[WARMUP_STEPS:]
-    return {"params": counting.count(model).params, "images_per_sec": 128 * len(steady) / sum(steady)}
+    steady = times[WARMUP_STEPS:steps]
+    return {"params": counting.count(model).params, "images_per_sec": BATCH * len(steady) / sum(steady)}
+
+
+PATHS = {
+    "train.py": bench_train_py,
+    "train.py Keras BN": lambda p, s, d: bench_train_py(p, s, d, fused_bn=False),
+    "plain keras": bench_plain_keras,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=100, help="training iterations per measurement")
+    parser.add_argument("--steps", type=int, default=60, help="training iterations per run")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over every path and precision")
     parser.add_argument("--precision", default="float32,bfloat16", help="comma list of float32, bfloat16")
-    parser.add_argument("--baseline", action="store_true", help="also time plain Keras code (reference)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of: {', '.join(PATHS)}")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default $KERAS_RESNET_DATA/...)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args()
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps must be > {WARMUP_STEPS}")
+    paths = [p.strip() for p in args.paths.split(",")]
+    if unknown := [p for p in paths if p not in PATHS]:
+        parser.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    precisions = [p.strip() for p in args.precision.split(",")]
+    if unknown := [p for p in precisions if p not in training.PRECISIONS]:
+        valid = ", ".join(training.PRECISIONS)
+        parser.error(f"--precision: unknown {', '.join(unknown)}; choose from {valid}")
 
-    rows = []
-    for precision in args.precision.split(","):
-        paths = [("train.py", bench_train_py)] + (
-            [("plain keras", bench_plain_keras)] if args.baseline else []
-        )
-        for path, fn in paths:
-            print(f"timing {path} {precision} ({args.steps} steps)...", flush=True)
-            result = fn(precision, args.steps, args.data_dir)
-            rows.append(
-                {
-                    "path": path,
-                    "precision": precision,
-                    "params": result["params"],
-                    "images_per_sec": result["images_per_sec"],
-                    "ms_per_step": 128_000 / result["images_per_sec"],
-                }
+    combos = [(path, precision) for precision in precisions for path in paths]
+    runs: dict[tuple[str, str], list[float]] = {c: [] for c in combos}
+    params = {}
+    start, total = time.perf_counter(), args.repeats * len(combos)
+    for r in range(args.repeats):
+        for path, precision in combos:
+            done = r * len(combos) + combos.index((path, precision))
+            eta = (time.perf_counter() - start) / done * (total - done) if done else float("nan")
+            print(
+                f"[{done + 1}/{total}, ETA {eta:.0f} s] {path} {precision} ({args.steps} steps)...",
+                flush=True,
             )
+            result = PATHS[path](precision, args.steps, args.data_dir)
+            runs[(path, precision)].append(result["images_per_sec"])
+            params[path] = result["params"]
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nResNet-20, batch 128, CIFAR-10; {os.cpu_count()} CPUs, load average {load:.1f}")
-    print(f"{'path':<12} {'precision':<10} {'params':>9} {'img/s':>8} {'ms/step':>8}")
+    rows = []
+    for path, precision in combos:
+        rates = runs[(path, precision)]
+        median = statistics.median(rates)
+        reference = runs.get(("plain keras", precision))
+        rows.append(
+            {
+                "path": path,
+                "precision": precision,
+                "params": params[path],
+                "median_img_per_sec": median,
+                "ms_per_step": BATCH * 1000 / median,
+                "runs_img_per_sec": [round(v, 1) for v in rates],
+                "vs_plain_keras": median / statistics.median(reference) if reference else None,
+            }
+        )
+    print(f"\nResNet-20, batch {BATCH}, CIFAR-10; {os.cpu_count()} CPUs, load average {load:.1f}")
+    print(f"medians of {args.repeats} interleaved runs of {args.steps} steps")
+    print(f"{'path':<18} {'precision':<9} {'params':>8} {'img/s':>6} {'ms/step':>7} {'x plain':>7}  runs")
     for r in rows:
-        print(f"{r['path']:<12} {r['precision']:<10} {r['params']:>9,} ", end="")
-        print(f"{r['images_per_sec']:>8.0f} {r['ms_per_step']:>8.1f}")
+        ratio = f"{r['vs_plain_keras']:.2f}" if r["vs_plain_keras"] else "-"
+        print(
+            f"{r['path']:<18} {r['precision']:<9} {r['params']:>8,} {r['median_img_per_sec']:>6.0f} "
+            f"{r['ms_per_step']:>7.1f} {ratio:>7}  {', '.join(f'{v:.0f}' for v in r['runs_img_per_sec'])}"
+        )
     if args.json:
         out = {
             "model": "resnet20",
-            "batch_size": 128,
+            "batch_size": BATCH,
             "steps": args.steps,
+            "repeats": args.repeats,
             "cpus": os.cpu_count(),
-            "load_average": load,
+            "load_average_at_end": load,
             "machine": platform.platform(),
             "keras": keras.__version__,
             "results": rows,
         }
         path = pathlib.Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        tmp.replace(path)
+        training.atomic_write_text(path, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
