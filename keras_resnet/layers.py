@@ -59,9 +59,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Args:
         fused: in training on the TensorFlow backend, normalize 4-D channels-last batches with
-            TensorFlow's fused kernel (see `keras_resnet.tf_kernels`; same results, 1.3-1.5x
-            faster ResNet training on CPU). Other backends, synchronized statistics and other
-            layouts use Keras' own computation whatever this says.
+            TensorFlow's fused kernel (see `keras_resnet.tf_kernels`; same results, ResNet-20
+            trains 1.4x (float32) to 1.65x (bfloat16) faster on CPU). Other backends,
+            synchronized statistics and other layouts use Keras' own computation regardless.
         **kwargs: as `keras.layers.BatchNormalization`.
     """
 

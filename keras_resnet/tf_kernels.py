@@ -4,8 +4,8 @@ Keras 3 normalizes a batch with `tf.nn.moments` and `tf.nn.batch_normalization`:
 elementwise and reduction kernels forward and more backward, each a pass over the activations,
 in float32 even under mixed bfloat16. TensorFlow's fused kernel (`FusedBatchNormV3`, oneDNN on
 x86 CPUs) does each direction in one pass and reads bfloat16 directly. Measured on the 2-core
-EPYC, ResNet-20 at batch 128, same process, interleaved runs (bench/bench_train.py --bn both):
-training goes from about 460 to 615 img/s in float32 and from 560 to 830 img/s in bfloat16.
+EPYC with bench/bench_train.py (ResNet-20, batch 128, train.py's path, medians of 3 interleaved
+runs): 447 -> 610 img/s in float32 and 535 -> 883 img/s in bfloat16.
 """
 
 from __future__ import annotations
