@@ -57,7 +57,7 @@ def bench_train_py(precision: str, steps: int, data_dir: str | None, fused_bn: b
 _ARRAYS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+def cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     if "x" not in _ARRAYS:
         import tensorflow_datasets as tfds
 
@@ -73,7 +73,7 @@ def _cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]
 
 def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
     """The reference: build, compile, fit on numpy arrays; Keras' own batch norm."""
-    x, y = _cifar_arrays(data_dir, BATCH * 40)
+    x, y = cifar_arrays(data_dir, BATCH * 40)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
         model = models.build_model("resnet20", fused_bn=False)
