@@ -97,9 +97,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         # The same update as Keras' layer, so fused and unfused training agree step for step.
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):

@@ -26,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -382,7 +383,8 @@ class LearningRateControl(keras.callbacks.Callback):
     """Warmup (lr 0.01 until the training error < 80%, section 4.2) and decay on plateau.
 
     Both act through `LearningRate.scale`; the state travels with the checkpoints. Puts the
-    current learning rate into the logs as `lr`.
+    current learning rate into the logs as `lr`, and keeps the exact steps at which the rate
+    jumped (milestones, end of warmup, plateau decays) for the history (`pop_changes`).
     """
 
     def __init__(self, cfg: TrainConfig, schedule: LearningRate, verbose: bool = True):
@@ -394,7 +396,8 @@ class LearningRateControl(keras.callbacks.Callback):
         self.plateau = cfg.lr_schedule == "plateau"
         self.patience, self.decay = cfg.plateau_patience, cfg.lr_decay
         self.plateau_scale, self.best, self.wait = 1.0, math.inf, 0
-        self.step = 0
+        self.step = self.logged_step = 0
+        self.changes: list[int] = []  # steps after which the rate jumped, since the last pop
 
     def get_state(self) -> dict:
         return {
@@ -412,8 +415,13 @@ class LearningRateControl(keras.callbacks.Callback):
     def _apply(self):
         self.schedule.scale.assign(self.plateau_scale * (self.warmup_scale if self.warming else 1.0))
 
+    def pop_changes(self) -> dict[str, str]:
+        """{"lr_changes": the steps after which the rate jumped since the last call, space-separated}."""
+        changes, self.changes = sorted(self.changes), []
+        return {"lr_changes": " ".join(map(str, changes))}
+
     def on_train_begin(self, logs=None):
-        self.step = global_step(self.model)
+        self.step = self.logged_step = global_step(self.model)
         if self.warming and self.step >= self.warmup_max_steps:
             self.warming = False
         self._apply()
@@ -425,6 +433,7 @@ class LearningRateControl(keras.callbacks.Callback):
             if error < 0.8 or self.step >= self.warmup_max_steps:
                 self.warming = False
                 self._apply()
+                self.changes.append(self.step)
                 if self.verbose:
                     print(
                         f"\nwarmup over at step {self.step} (running training error {error:.1%})", flush=True
@@ -445,8 +454,13 @@ class LearningRateControl(keras.callbacks.Callback):
                         self.plateau_scale *= self.decay
                         self.wait = 0
                         self._apply()
+                        self.changes.append(self.step)
                         if self.verbose:
                             print(f"\nplateau: learning rate x{self.decay} at step {self.step}", flush=True)
+        if self.schedule.kind == "step":
+            # Iteration m (0-based) is the first at the new rate, i.e. after m steps.
+            self.changes += [m for m in self.schedule.milestones if self.logged_step < m <= self.step]
+        self.logged_step = self.step
         logs["lr"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
@@ -555,12 +569,14 @@ class Progress(keras.callbacks.Callback):
 class HistoryCSV(keras.callbacks.Callback):
     """One row per epoch in `history.csv` (and its plot `curves.png`), rewritten atomically.
 
-    Rows past the step a run resumed from are dropped.
+    Rows past the step a run resumed from are dropped. `columns`, called at every epoch end, adds
+    columns that are not metrics (so they stay out of Keras' logs, which TensorBoard plots).
     """
 
-    def __init__(self, path: pathlib.Path):
+    def __init__(self, path: pathlib.Path, columns: Callable[[], dict[str, Any]] | None = None):
         super().__init__()
         self.path = pathlib.Path(path)
+        self.columns = columns
         self.rows: list[dict] = []
 
     def on_train_begin(self, logs=None):
@@ -572,7 +588,8 @@ class HistoryCSV(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        self.rows.append({"epoch": epoch + 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs})
+        extra = self.columns() if self.columns else {}
+        self.rows.append({"epoch": epoch + 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs, **extra})
         keys: list[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
@@ -583,6 +600,22 @@ class HistoryCSV(keras.callbacks.Callback):
             writer.writerows(self.rows)
         tmp.replace(self.path)
         plot_history(self.path, self.path.with_name("curves.png"), title=self.model.name)
+
+
+def lr_change_steps(rows: list[dict[str, str]]) -> list[int]:
+    """The steps after which the learning rate jumped, from history rows.
+
+    Exact where the run logged them (`lr_changes`); in older files, the last logged step before
+    each jump of 1.5x or more (so a cosine schedule's gradual decay is not marked).
+    """
+    if rows and "lr_changes" in rows[0]:
+        return [int(s) for r in rows for s in (r.get("lr_changes") or "").split()]
+    logged = [(int(r["step"]), float(r["lr"])) for r in rows if r.get("lr") not in (None, "")]
+    return [
+        step
+        for (step, prev), (_, cur) in zip(logged, logged[1:], strict=False)
+        if min(prev, cur) > 0 and max(prev, cur) >= 1.5 * min(prev, cur)
+    ]
 
 
 def plot_history(history_csv: str | pathlib.Path, png: str | pathlib.Path, title: str = "") -> pathlib.Path:
@@ -611,11 +644,9 @@ def plot_history(history_csv: str | pathlib.Path, png: str | pathlib.Path, title
         steps, values = column(key.replace("error", "loss"))
         if steps:
             ax_loss.plot(steps, values, style, label=label)
-    steps, lrs = column("lr")
-    for prev, cur, step in zip(lrs, lrs[1:], steps, strict=False):
-        if not math.isclose(prev, cur, rel_tol=1e-3):  # a learning-rate change (logged at the epoch's end)
-            for ax in (ax_err, ax_loss):
-                ax.axvline(step, color="grey", lw=0.6, ls=":")
+    for step in lr_change_steps(rows):
+        for ax in (ax_err, ax_loss):
+            ax.axvline(step, color="grey", lw=0.6, ls=":")
     ax_err.set(xlabel="iterations", ylabel="top-1 error (%)", title=title or "error")
     ax_loss.set(xlabel="iterations", ylabel="loss", title="loss (incl. weight decay for train)")
     for ax in (ax_err, ax_loss):
@@ -745,7 +776,7 @@ def make_callbacks(
         StopAtStep(total_steps),
         *([TestEvaluation(datasets.test)] if cfg.eval_test else []),
         Progress(total_steps, cfg.batch_size, intra_epoch=intra_epoch_log, quiet=not verbose),
-        HistoryCSV(out / "history.csv"),
+        HistoryCSV(out / "history.csv", columns=lr.pop_changes),
         keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         Checkpointer(model_dir / "checkpoints", out / "checkpoints", stateful=[lr]),
     ]

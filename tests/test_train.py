@@ -80,6 +80,7 @@ def test_run_writes_every_output(finished_run):
 
     rows = _history(model_dir)
     assert [int(r["step"]) for r in rows] == [20, 40]
+    assert [r["lr_changes"] for r in rows] == ["", ""]  # a constant schedule never jumps
     for key in ("loss", "error", "val_loss", "val_error", "test_loss", "test_error", "lr", "images_per_sec"):
         assert all(math.isfinite(float(r[key])) for r in rows), key
     assert float(rows[-1]["test_error"]) == pytest.approx(summary["test_error"], abs=1e-6)
@@ -193,8 +194,24 @@ def test_lr_applied_per_step_with_warmup(tfds_dir):
         base = 0.1 * 0.1 ** sum(step >= m for m in (8, 10))
         expected.append(0.01 if warming else base)
         if warming and (errors[step] < 0.8 or step + 1 >= 4):
-            warming = False
+            warming, warmup_end = False, step + 1
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    # The history records where the rate jumped, in steps done before the first step at the new rate.
+    assert control.pop_changes() == {"lr_changes": f"{warmup_end} 8 10"}
+    assert control.pop_changes() == {"lr_changes": ""}
+
+
+def test_lr_change_markers_from_history_rows():
+    def rows(lrs, **extra):
+        return [{"step": str(100 * (i + 1)), "lr": str(lr), **extra} for i, lr in enumerate(lrs)]
+
+    logged = rows([0.1, 0.1, 0.01], lr_changes="")
+    logged[2]["lr_changes"] = "250"
+    assert training.lr_change_steps(logged) == [250]  # exact, as logged
+    # Files without the column: the last row before each jump; a cosine decay is no jump.
+    assert training.lr_change_steps(rows([0.1, 0.1, 0.01, 0.01, 0.001])) == [200, 400]
+    assert training.lr_change_steps(rows([0.1, 0.09, 0.07, 0.05, 0.0])) == []
+    assert training.lr_change_steps(rows([0.01, 0.1])) == [100]  # warmup over
 
 
 def test_sync_bn_synchronizes_every_batch_norm(tfds_dir):
