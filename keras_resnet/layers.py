@@ -85,6 +85,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and self.scale
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
+            # The kernel has no float64.
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float16", "bfloat16", "float32")
         )
 
     def call(self, inputs, training=None, mask=None):
@@ -95,9 +97,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         outputs, mean, variance = tf_kernels.fused_batch_norm_train(
             inputs, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), self.epsilon
         )
-        # The same update as Keras' layer, so fused and unfused training agree step for step.
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        # The same update as Keras' layer, so fused and unfused training agree step for step; in
+        # float32 like the kernel's statistics (the variables may hold float16 or bfloat16).
+        for variable, batch_value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving = ops.cast(variable, "float32")
+            variable.assign(moving * self.momentum + batch_value * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):

@@ -37,5 +37,5 @@ def fused_batch_norm_train(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsi
         data_format="NHWC",
         is_training=True,
     )
-    n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    n = tf.cast(tf.size(x, out_type=tf.int64) // tf.shape(x, out_type=tf.int64)[-1], tf.float32)
     return y, mean, variance * ((n - 1.0) / n)

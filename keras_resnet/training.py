@@ -422,8 +422,9 @@ class LearningRateControl(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.step = self.logged_step = global_step(self.model)
-        if self.warming and self.step >= self.warmup_max_steps:
+        if self.warming and self.step >= self.warmup_max_steps:  # e.g. a lowered --warmup_max_steps
             self.warming = False
+            self.changes.append(self.step)
         self._apply()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -584,6 +585,12 @@ class HistoryCSV(keras.callbacks.Callback):
         if self.path.exists():
             with self.path.open() as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            if self.rows and "lr" in self.rows[0] and "lr_changes" not in self.rows[0]:
+                # A file from before the lr_changes column: carry its inferred changes over, or the
+                # rewritten file (with the column) would lose them.
+                inferred = set(lr_change_steps(self.rows))
+                for prev, row in zip([None, *self.rows], self.rows, strict=False):
+                    row["lr_changes"] = prev["step"] if prev and int(prev["step"]) in inferred else ""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -651,7 +658,8 @@ def plot_history(history_csv: str | pathlib.Path, png: str | pathlib.Path, title
     ax_loss.set(xlabel="iterations", ylabel="loss", title="loss (incl. weight decay for train)")
     for ax in (ax_err, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     png = pathlib.Path(png)
     tmp = png.with_name(png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -220,7 +220,10 @@ def test_bn_moving_statistics_agree_across_replicas(sync_bn, mirrored_strategy):
     assert bn.synchronized == sync_bn
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+FLOAT_TOL = {"float32": 1e-4, "float64": 1e-6}  # float16 and bfloat16: 2e-2
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "bfloat16", "float16", "float64"])
 def test_fused_batch_norm_matches_keras_computation(policy):
     # The fused kernel (training only) must give Keras' own results: outputs, gradients and the
     # moving statistics, which Keras updates with the biased batch variance.
@@ -244,11 +247,11 @@ def test_fused_batch_norm_matches_keras_computation(policy):
             return y, tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])
 
         ops_used = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
-        assert ("FusedBatchNormV3" in ops_used) == fused
+        assert ("FusedBatchNormV3" in ops_used) == (fused and policy != "float64")  # no float64 kernel
         y, grads = step(x)
         results[fused] = [y, *grads, layer.moving_mean, layer.moving_variance]
-        assert y.dtype == ("bfloat16" if policy == "mixed_bfloat16" else "float32")
-    tol = 2e-2 if policy == "mixed_bfloat16" else 1e-4
+        assert y.dtype == keras.DTypePolicy(policy).compute_dtype
+    tol = FLOAT_TOL.get(policy, 2e-2)
     for unfused, fused in zip(results[False], results[True], strict=True):
         np.testing.assert_allclose(
             np.asarray(tf.cast(fused, "float32")), np.asarray(tf.cast(unfused, "float32")), rtol=tol, atol=tol
@@ -256,11 +259,24 @@ def test_fused_batch_norm_matches_keras_computation(policy):
 
 
 def test_fused_batch_norm_falls_back_where_it_cannot_apply():
-    x = np.random.default_rng(0).normal(size=(6, 4, 3)).astype("float32")  # 3-D: not NHWC
+    def fused_in_graph(layer, x, training=True):
+        fn = tf.function(lambda inputs: layer(inputs, training=training))
+        return "FusedBatchNormV3" in {op.type for op in fn.get_concrete_function(x).graph.get_operations()}
+
+    x4 = tf.zeros((2, 4, 4, 3))
+    assert fused_in_graph(kr.BatchNormalization(), x4)
+    assert not fused_in_graph(kr.BatchNormalization(), x4, training=False)  # inference: moving statistics
+    assert not fused_in_graph(kr.BatchNormalization(synchronized=True), x4)
+    assert not fused_in_graph(kr.BatchNormalization(axis=1), x4)  # channels first
+    frozen = kr.BatchNormalization()
+    frozen.build(x4.shape)
+    frozen.trainable = False  # frozen layers normalise with their moving statistics, as Keras'
+    assert not fused_in_graph(frozen, x4)
+    x = np.random.default_rng(0).normal(size=(6, 4, 3)).astype("float32")  # 3-D
     layer = kr.BatchNormalization()
-    out = layer(x, training=True)
+    assert not fused_in_graph(layer, tf.constant(x))
     ref = (x - x.mean((0, 1))) / np.sqrt(x.var((0, 1)) + layer.epsilon)
-    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(layer(x, training=True)), ref, rtol=1e-4, atol=1e-4)
     config = kr.build_model("resnet8").get_layer("conv1_bn").get_config()
     assert config["fused"] is True
     assert kr.BatchNormalization.from_config({**config, "fused": False}).fused is False

@@ -214,6 +214,20 @@ def test_lr_change_markers_from_history_rows():
     assert training.lr_change_steps(rows([0.01, 0.1])) == [100]  # warmup over
 
 
+def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,step,lr\n1,100,0.1\n2,200,0.01\n3,300,0.01\n")
+    history = training.HistoryCSV(path, columns=lambda: {"lr_changes": "350"})
+    history.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="m"))
+    history.model.compile(keras.optimizers.SGD())
+    history.model.optimizer.build(history.model.trainable_variables)
+    history.model.optimizer.iterations.assign(300)
+    history.on_train_begin()
+    history.on_epoch_end(3, {"lr": 0.001, "step": 400})
+    with path.open() as f:
+        assert training.lr_change_steps(list(csv.DictReader(f))) == [100, 350]
+
+
 def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monkeypatch):
     """ResNet-50 (bottlenecks, option B, fused BN, 2 replicas) through the ImageNet recipe.
 
