@@ -22,7 +22,6 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -31,7 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.bench_train import BATCH, WARMUP_STEPS, cifar_arrays  # noqa: E402
+from bench.bench_train import BATCH, WARMUP_STEPS, StepTimer, cifar_arrays  # noqa: E402
 from keras_resnet import data, distribute, models, training  # noqa: E402
 
 ROWS = (
@@ -43,15 +42,6 @@ ROWS = (
     "+ lr schedule",
     "+ callbacks",
 )
-
-
-class _StepTimes(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
 
 
 def main() -> None:
@@ -103,7 +93,7 @@ def main() -> None:
     rates: list[list[float]] = [[] for _ in ROWS]
     for r in range(args.rounds):
         for i, (model, ds, callbacks) in enumerate(variants):
-            timer = _StepTimes()
+            timer = StepTimer()
             model.fit(ds, epochs=1, steps_per_epoch=args.steps, callbacks=[timer, *callbacks], verbose=0)
             # Step end to step end: the step, the input wait and every callback.
             steady = np.diff(timer.ends)[WARMUP_STEPS:]

@@ -16,6 +16,7 @@ paths run interleaved (round-robin, --repeats rounds, one process) and the table
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -54,21 +55,33 @@ def bench_train_py(precision: str, steps: int, data_dir: str | None, fused_bn: b
     return {"params": summary["params"], "images_per_sec": summary["images_per_sec"]}
 
 
-_ARRAYS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-
+@functools.cache
 def cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if "x" not in _ARRAYS:
-        import tensorflow_datasets as tfds
+    """The first `n` CIFAR-10 training images, roughly standardized, and labels (read once)."""
+    import tensorflow_datasets as tfds
 
-        from keras_resnet import data
+    from keras_resnet import data
 
-        tfds_dir = data_dir or str(data.default_data_root() / "tensorflow_datasets")
-        x, y = tfds.as_numpy(
-            tfds.load("cifar10", split=f"train[:{n}]", batch_size=-1, as_supervised=True, data_dir=tfds_dir)
-        )
-        _ARRAYS["x"] = ((x.astype(np.float32) - 120.0) / 64.0, y)
-    return _ARRAYS["x"]
+    tfds_dir = data_dir or str(data.default_data_root() / "tensorflow_datasets")
+    x, y = tfds.as_numpy(
+        tfds.load("cifar10", split=f"train[:{n}]", batch_size=-1, as_supervised=True, data_dir=tfds_dir)
+    )
+    return (x.astype(np.float32) - 120.0) / 64.0, y
+
+
+class StepTimer(keras.callbacks.Callback):
+    """perf_counter() at the beginning and end of every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.begins: list[float] = []
+        self.ends: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begins.append(time.perf_counter())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
 
 
 def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
@@ -78,27 +91,20 @@ def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
     try:
         model = models.build_model("resnet20", fused_bn=False)
         model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
-        times: list[float] = []
-
-        class Timer(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                self.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, batch, logs=None):
-                times.append(time.perf_counter() - self.t0)
-
+        timer = StepTimer()
         model.fit(
             x,
             y,
             batch_size=BATCH,
             epochs=-(-steps // 40),
             steps_per_epoch=min(40, steps),
-            callbacks=[Timer()],
+            callbacks=[timer],
             verbose=0,
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    steady = times[WARMUP_STEPS:steps]
+    # Inside the steps, as training.Progress counts them.
+    steady = [end - begin for begin, end in zip(timer.begins, timer.ends, strict=True)][WARMUP_STEPS:steps]
     return {"params": counting.count(model).params, "images_per_sec": BATCH * len(steady) / sum(steady)}
 
 
