@@ -1,0 +1,170 @@
+"""Workarounds for bugs in Keras, TensorFlow and keras-tuner, all in one place.
+
+Each one cites its upstream issue, applies only to the library versions known to have the bug
+(`affected(...)`; re-check when upgrading: the tests named in each docstring fail without it), and
+is scoped: a context manager that undoes it, a subclass instead of a patch, or a change confined to
+one object. Nothing here changes a user's other code in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator
+
+from packaging.version import Version
+
+
+def affected(version: str, first: str, last: str) -> bool:
+    """True when `version` lies in [first, last] (last: the newest release checked to have the bug)."""
+    v = Version(version).release
+    return Version(first).release <= v <= Version(last).release + (99,) * (3 - len(Version(last).release))
+
+
+# ----------------------------------------------------------------------------- Python / Keras graphs
+
+
+@contextlib.contextmanager
+def recursion_limit(limit: int) -> Iterator[None]:
+    """Raises Python's recursion limit to at least `limit` inside the block, then restores it.
+
+    Keras builds a functional model by walking its graph depth-first with recursion
+    (`keras/src/ops/function.py`, `_build_map_helper`), one Python frame per node: ResNet-1202 is
+    about 2,000 nodes deep, beyond Python's default limit of 1,000 (keras-team/keras#15596, closed
+    without a fix; Keras 3.0-3.15 still recurse). Building and loading such a model need it.
+    """
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+
+def new_mirrored_collective_keys() -> None:
+    """Gives the next `MirroredStrategy` collective keys of its own (tensorflow/tensorflow#62790).
+
+    Every MirroredStrategy numbers its all-reduces from the same class-level base, and TensorFlow
+    aborts when a key comes back with other shapes, so a second strategy in one process (a
+    search's trials, a notebook, a test session) fails. Moving the base, as TensorFlow's own tests
+    do, only changes the numbering of strategies created later. TF 2.11-2.21 checked.
+    """
+    import tensorflow as tf
+
+    if affected(tf.__version__, "2.11", "2.21"):
+        tf.distribute.MirroredStrategy._collective_key_base += 100_000
+
+
+def keras_build_from_a_global_batch(model, dataset) -> None:
+    """Builds `model`'s compiled metrics from one global batch of `dataset`, once, so that `fit` and
+    `evaluate` under a tf.distribute strategy skip Keras' own build (part of tensorflow/tensorflow#72388).
+
+    Before every fit/evaluate, Keras 3 builds the compiled metrics from the first batch, which it
+    first averages across replicas element-wise (`strategy.reduce("MEAN", batch, axis=None)`):
+    that fails under MultiWorkerMirroredStrategy, and on one machine whenever the first batch
+    does not split evenly across replicas (359 test digits on 2 replicas: "AddN must have the same
+    size and shape"). Only shapes matter for the build. Confined to this model object.
+    Keras 3.0-3.15 checked (tests/test_train.py::test_run_writes_every_output on 2 replicas).
+    """
+    import keras
+
+    if not affected(keras.__version__, "3.0", "3.15"):
+        return
+    with model.distribute_strategy.scope():  # building may create the optimizer's variables
+        model._symbolic_build(data_batch=next(iter(dataset.take(1))))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+@contextlib.contextmanager
+def keras_multi_worker_logs() -> Iterator[None]:
+    """Averages Keras 3's scalar logs across workers in a way MultiWorkerMirroredStrategy accepts
+    (tensorflow/tensorflow#72388), inside the block only.
+
+    Each step averages the scalar logs with `strategy.reduce("MEAN", v, axis=0)`, which fails on
+    scalars ("Invalid reduction dimension 0") under MultiWorkerMirroredStrategy; here they are
+    averaged with axis=None. Keras 3.0-3.15 checked (tests/test_train.py::test_two_worker_cluster_...).
+    """
+    import keras
+    import tensorflow as tf
+
+    if not affected(keras.__version__, "3.0", "3.15"):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+
+    @functools.wraps(original)
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+
+
+# ----------------------------------------------------------------------------- keras-tuner
+
+
+def resumable_grid_oracle():
+    """keras-tuner's GridSearchOracle class, able to continue a reloaded search (keras-tuner#1055).
+
+    keras-tuner 1.0-1.4.8 does not save the grid's ordered trial list and its queue of trials to
+    expand: a reloaded grid search stops at once, or dies with a KeyError after re-running the
+    interrupted trial. The subclass rebuilds both from the saved trials
+    (tests/test_tune.py::test_interrupted_search_...).
+    """
+    import keras_tuner
+    from keras_tuner.src.tuners import gridsearch
+
+    if not affected(keras_tuner.__version__, "1.0", "1.4.8"):
+        return gridsearch.GridSearchOracle
+    return _resumable_grid_oracle_class()
+
+
+@functools.cache
+def _resumable_grid_oracle_class():
+    from keras_tuner.src.tuners import gridsearch
+
+    class ResumableGridSearchOracle(gridsearch.GridSearchOracle):
+        def set_state(self, state):
+            super().set_state(state)
+            values = {tid: t.hyperparameters.values for tid, t in self.trials.items()}
+            order = sorted(values, key=functools.cmp_to_key(lambda a, b: self._compare(values[a], values[b])))
+            self._ordered_ids = gridsearch.LinkedList()
+            for trial_id in order:
+                self._ordered_ids.insert(trial_id)
+            self._populate_next = list(self.start_order)
+
+    return ResumableGridSearchOracle
+
+
+# ----------------------------------------------------------------------------- Keras export
+
+
+def export_each_variable_once(archive) -> None:
+    """Makes a `keras.export.ExportArchive` store each variable once (keras-team/keras#23553).
+
+    On the TensorFlow backend, `track(model)` lists the model's `keras.Variable` wrappers while
+    the endpoints capture the `tf.Variable`s inside them; TensorFlow's checkpoint de-duplicates by
+    object, not by buffer, so every weight is written twice (`variables/N` and
+    `_all_variables/N`) and loaded twice by every consumer, TF Serving included. Listing the
+    wrapped `tf.Variable`s instead lets TensorFlow store each once (the fix proposed upstream in
+    keras-team/keras#23563). Keras 3.0-3.15 checked (tests/test_export.py::test_export_stores_...).
+    """
+    import keras
+
+    if not affected(keras.__version__, "3.0", "3.15"):
+        return
+    tracked = archive._tf_trackable
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        values = [v.value if isinstance(v, keras.Variable) else v for v in getattr(tracked, name)]
+        setattr(tracked, name, values)
