@@ -1,14 +1,15 @@
-"""Trains a ResNet of He et al. (2015).
+"""Trains a ResNet of He et al. (2015), or searches its hyperparameters with --tune.
 
-    python train.py --flagfile=configs/cifar10_resnet20.cfg --model_dir=/tmp/runs/resnet20
+    python train.py --flagfile=configs/quickstart.cfg                  # 2 minutes, offline
+    python train.py --flagfile=configs/cifar10_resnet20.cfg --model_dir=runs/resnet20
 
-
-Every flag is a field of `keras_resnet.training.TrainConfig`; the defaults are the paper's CIFAR-10
+Every flag is a field of `keras_resnet.config.TrainConfig`; the defaults are the paper's CIFAR-10
 procedure (batch 128, lr 0.1 divided by 10 at 50% and 75% of the run, momentum 0.9, weight decay
 1e-4). Run the same command again to resume from the last checkpoint in --model_dir.
+`--verbosity=0` shows the libraries' info logs too.
 
-Exit status: 0 done, 1 bad flags or --model_dir (one line on stderr), 3 the loss diverged,
-130 interrupted (checkpoint written).
+Exit status: 0 done, 1 bad flags, data or output location (one line on stderr), 3 the loss
+diverged, 130 interrupted (checkpoint written).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import dataclasses
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow reads its C++ log level once, when it is imported (importing keras_resnet imports
+# it, so absl parses the flags after that): warnings and errors only, unless --verbosity is given.
+if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_resnet.training import TrainConfig  # noqa: E402  (imports TensorFlow; no op runs yet)
+from keras_resnet.config import ConfigError, TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -75,15 +79,14 @@ def config_from_flags() -> TrainConfig:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         sys.exit(f"train.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.")
-    # Imported here so that a flag-parsing error exits before TensorFlow starts any work.
-    from keras_resnet import training
+    from keras_resnet import runtime, training
 
+    runtime.quiet(FLAGS.verbosity if FLAGS["verbosity"].present else None)
     cfg = config_from_flags()
     try:
         if FLAGS.tune:
             from keras_resnet import tuning
 
-            training.check_config(cfg)
             tuning.search(
                 cfg,
                 tuner=FLAGS.tuner,
@@ -93,7 +96,7 @@ def main(argv: list[str]) -> None:
             )
         else:
             training.run(cfg)
-    except training.ConfigError as err:
+    except ConfigError as err:
         sys.exit(f"train.py: error: {err}")
     except training.TrainingStopped as err:
         print(f"train.py: {err}", file=sys.stderr, flush=True)

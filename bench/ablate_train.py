@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_train import BATCH, WARMUP_STEPS, StepTimer, cifar_arrays  # noqa: E402
-from keras_resnet import data, distribute, models, training  # noqa: E402
+from keras_resnet import callbacks as run_callbacks  # noqa: E402
+from keras_resnet import config, data, distribute, models, optimization  # noqa: E402
 
 ROWS = (
     "plain keras, Keras BN",
@@ -48,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="training iterations per fit")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over the rows")
-    parser.add_argument("--precision", default="float32", choices=training.PRECISIONS)
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default $KERAS_RESNET_DATA/...)")
     args = parser.parse_args()
     if args.steps <= WARMUP_STEPS + 1:
@@ -56,7 +57,7 @@ def main() -> None:
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.precision == "bfloat16" else "float32")
 
     model_dir = tempfile.mkdtemp(prefix="ablate_train_")
-    cfg = training.TrainConfig(
+    cfg = config.TrainConfig(
         model="resnet20",
         batch_size=BATCH,
         train_steps=10**6,
@@ -74,9 +75,9 @@ def main() -> None:
         with scope:
             model = models.build_model("resnet20", fused_bn=row >= 1)
             if row >= 5:
-                training.compile_model(model, cfg, datasets.steps_per_epoch, total_steps=64_000)
+                optimization.compile_model(model, cfg, total_steps=64_000)
             else:
-                metrics = [training.TopKError(1)] if row >= 4 else None
+                metrics = [optimization.TopKError(1)] if row >= 4 else None
                 model.compile(
                     keras.optimizers.SGD(0.1, momentum=0.9),
                     "sparse_categorical_crossentropy",
@@ -84,8 +85,10 @@ def main() -> None:
                 )
         callbacks = []
         if row >= 6:
-            callbacks = training.make_callbacks(cfg, model, datasets, 10**6, verbose=False)
-            callbacks = [cb for cb in callbacks if not isinstance(cb, training.Checkpointer)]
+            made = run_callbacks.make_callbacks(
+                cfg, model, total_steps=10**6, evaluated=model, validation=None, test=None, verbose=False
+            )
+            callbacks = [cb for cb in made.ordered() if cb is not made.checkpointer]
         return model, (datasets.train if row >= 2 else arrays), callbacks
 
     print(f"building {len(ROWS)} variants ({args.precision})...", flush=True)

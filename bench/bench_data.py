@@ -12,7 +12,6 @@ decoded every epoch). Each row times `--batches` batches after a warm-up of `--w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from keras_resnet import data  # noqa: E402
+from keras_resnet import data, files, sources  # noqa: E402
 
 CIFAR_TARGET = 5_000  # img/s
 
@@ -57,10 +56,7 @@ def save_preview(ds: data.Datasets, path: pathlib.Path, rows: int = 4, cols: int
         f"{ds.info.name} training views ({ds.info.recipe} recipe, {ds.info.image_size}px)", fontsize=9
     )
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    files.save_figure(fig, path, dpi=100)
     print(f"  wrote {path}")
 
 
@@ -69,7 +65,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data_dir", default=None, help=f"data root (default ${data.DATA_ENV} or ../shared/data)"
+        "--data_dir",
+        default=None,
+        help=f"data root holding tensorflow_datasets/ and imagenette/ (default ${sources.DATA_ENV})",
     )
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=200, help="timed batches per row")
@@ -79,8 +77,8 @@ def main() -> None:
     parser.add_argument("--preview", default=None, help="write PNG grids of training views into this folder")
     args = parser.parse_args()
     if args.data_dir:
-        os.environ[data.DATA_ENV] = args.data_dir
-    root = data.default_data_root()
+        os.environ[sources.DATA_ENV] = args.data_dir
+    root = sources.default_tfds_dir().parent
 
     rows = []
 
@@ -159,9 +157,7 @@ def main() -> None:
     if args.json:
         out = {"batch_size": b, "cpu_count": os.cpu_count(), "loadavg": load, "rows": rows}
         path = pathlib.Path(args.json)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1))
-        tmp.replace(path)
+        files.write_json(path, out)
         print(f"wrote {path}")
 
 

@@ -13,7 +13,6 @@ with `tf.saved_model.load` as TF Serving would (without its REST/gRPC layer), an
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import tempfile
@@ -25,8 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from keras_resnet import build_model, serving  # noqa: E402
-from keras_resnet.data import CIFAR_RECIPE, DataInfo, eval_preprocess  # noqa: E402
+from keras_resnet import build_model, files, serving  # noqa: E402
+from keras_resnet.preprocessing import CIFAR_RECIPE, DataInfo, eval_preprocess  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -173,9 +172,7 @@ def main(argv: list[str]) -> None:
             "rows": rows,
         }
         path = pathlib.Path(FLAGS.json)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        files.write_json(path, result, indent=2)
         print(f"Wrote {path}")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import pathlib
 import platform
@@ -32,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_resnet import counting, models, training  # noqa: E402
+from keras_resnet import config, counting, files, models, sources, training  # noqa: E402
 
 WARMUP_STEPS = 5  # as training.Progress: the first steps trace the graph
 BATCH = 128
@@ -40,7 +39,7 @@ BATCH = 128
 
 def bench_train_py(precision: str, steps: int, data_dir: str | None, fused_bn: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as model_dir:
-        cfg = training.TrainConfig(
+        cfg = config.TrainConfig(
             model="resnet20",
             batch_size=BATCH,
             train_steps=steps,
@@ -60,9 +59,7 @@ def cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` CIFAR-10 training images, roughly standardized, and labels (read once)."""
     import tensorflow_datasets as tfds
 
-    from keras_resnet import data
-
-    tfds_dir = data_dir or str(data.default_data_root() / "tensorflow_datasets")
+    tfds_dir = data_dir or str(sources.default_tfds_dir())
     x, y = tfds.as_numpy(
         tfds.load("cifar10", split=f"train[:{n}]", batch_size=-1, as_supervised=True, data_dir=tfds_dir)
     )
@@ -87,8 +84,7 @@ class StepTimer(keras.callbacks.Callback):
 def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
     """The reference: build, compile, fit on numpy arrays; Keras' own batch norm."""
     x, y = cifar_arrays(data_dir, BATCH * 40)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    try:
+    with training.precision_policy(precision):
         model = models.build_model("resnet20", fused_bn=False)
         model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
         timer = StepTimer()
@@ -101,8 +97,6 @@ def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
             callbacks=[timer],
             verbose=0,
         )
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     # Inside the steps, as training.Progress counts them.
     steady = [end - begin for begin, end in zip(timer.begins, timer.ends, strict=True)][WARMUP_STEPS:steps]
     return {"params": counting.count(model).params, "images_per_sec": BATCH * len(steady) / sum(steady)}
@@ -130,8 +124,8 @@ def main() -> None:
     if unknown := [p for p in paths if p not in PATHS]:
         parser.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     precisions = [p.strip() for p in args.precision.split(",")]
-    if unknown := [p for p in precisions if p not in training.PRECISIONS]:
-        valid = ", ".join(training.PRECISIONS)
+    if unknown := [p for p in precisions if p not in config.PRECISIONS]:
+        valid = ", ".join(config.PRECISIONS)
         parser.error(f"--precision: unknown {', '.join(unknown)}; choose from {valid}")
 
     combos = [(path, precision) for precision in precisions for path in paths]
@@ -190,7 +184,7 @@ def main() -> None:
         }
         path = pathlib.Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        training.atomic_write_text(path, json.dumps(out, indent=1))
+        files.write_json(path, out)
 
 
 if __name__ == "__main__":

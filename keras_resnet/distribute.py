@@ -12,7 +12,8 @@ import os
 
 import tensorflow as tf
 
-DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
+from keras_resnet import workarounds
+from keras_resnet.config import DISTRIBUTIONS
 
 
 def configure_cpu_devices(n: int) -> None:
@@ -82,11 +83,9 @@ def make_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
     devices = _local_devices()
     if distribution == "one_device":
         return tf.distribute.OneDeviceStrategy(devices[0])
-    # Every MirroredStrategy numbers its all-reduces from the same collective keys, and TensorFlow
-    # aborts when a key comes back with other shapes (tensorflow/tensorflow#62790): a second run
-    # in one process (a search's trials, a notebook, a test session) would fail. Moving the base,
-    # as TensorFlow's own tests do, gives each strategy keys of its own.
-    tf.distribute.MirroredStrategy._collective_key_base += 100_000
+    # A second MirroredStrategy in one process (a search's trials, a notebook, tests) needs
+    # collective keys of its own (tensorflow/tensorflow#62790).
+    workarounds.new_mirrored_collective_keys()
     return tf.distribute.MirroredStrategy(devices)
 
 

@@ -47,6 +47,37 @@ class ZeroPadShortcut(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_resnet")
+class HorizontalFlip(keras.layers.Layer):
+    """Mirrors NHWC images left to right (a test-time augmentation view)."""
+
+    def call(self, inputs):
+        return ops.flip(inputs, axis=2)
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class Translate(keras.layers.Layer):
+    """Shifts NHWC images by (`dy`, `dx`) pixels, filling with zeros (a test-time augmentation view).
+
+    Positive values move the content down / right. On mean-subtracted inputs zero is the mean
+    colour, as in the training's zero-padded random crops.
+    """
+
+    def __init__(self, dy: int, dx: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dy, self.dx = int(dy), int(dx)
+
+    def call(self, inputs):
+        dy, dx = self.dy, self.dx
+        padded = ops.pad(inputs, [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)], [0, 0]])
+        h, w = inputs.shape[1], inputs.shape[2]
+        top, left = max(-dy, 0), max(-dx, 0)
+        return padded[:, top : top + h, left : left + w, :]
+
+    def get_config(self):
+        return {**super().get_config(), "dy": self.dy, "dx": self.dx}
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
 class BatchNormalization(keras.layers.BatchNormalization):
     """Batch normalization with one set of moving statistics across replicas, and a fused kernel.
 

@@ -7,13 +7,12 @@ sixth block of the third stage; `_0_` marks the shortcut branch.
 
 from __future__ import annotations
 
-import sys
 from typing import Literal
 
 import keras
 
-from keras_resnet import specs
-from keras_resnet.layers import BatchNormalization, ZeroPadShortcut
+from keras_resnet import specs, workarounds
+from keras_resnet.layers import BatchNormalization, HorizontalFlip, Translate, ZeroPadShortcut
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1 in Keras' convention; Caffe-era implementations use the same.
 BN_EPSILON = 1e-5
@@ -22,8 +21,8 @@ BN_EPSILON = 1e-5
 class _Factory:
     """The layer choices shared by every block: He init, no conv bias before BN, L2 on kernels."""
 
-    def __init__(self, weight_decay: float, sync_bn: bool, fused_bn: bool):
-        self.sync_bn, self.fused_bn = sync_bn, fused_bn
+    def __init__(self, weight_decay: float, sync_bn: bool, fused_bn: bool, zero_init_residual: bool = False):
+        self.sync_bn, self.fused_bn, self.zero_init_residual = sync_bn, fused_bn, zero_init_residual
         # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
         # l * ||w||^2, hence the half.
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
@@ -42,13 +41,23 @@ class _Factory:
             name=name,
         )(x)
 
-    def conv_bn(self, x, filters: int, kernel: int, strides: int, name: str, relu: bool = True):
+    def conv_bn(
+        self,
+        x,
+        filters: int,
+        kernel: int,
+        strides: int,
+        name: str,
+        relu: bool = True,
+        zero_gamma: bool = False,
+    ):
         x = self.conv(x, filters, kernel, strides, name + "_conv")
         x = BatchNormalization(
             momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON,
             synchronized=self.sync_bn,
             fused=self.fused_bn,
+            gamma_initializer="zeros" if zero_gamma else "ones",
             name=name + "_bn",
         )(x)
         return keras.layers.Activation("relu", name=name + "_relu")(x) if relu else x
@@ -74,16 +83,19 @@ class _Factory:
         name: str,
     ):
         """One residual (or plain) block: basic (two 3x3) or bottleneck (1x1, 3x3, 1x1)."""
+        # Zero-initialising the last BN scale (Goyal et al., 2017) makes a residual block start as
+        # its shortcut; a plain block would start as zero, so plain nets never get it.
+        zero = self.zero_init_residual and residual
         if block == specs.BASIC:
             out_filters = filters
             y = self.conv_bn(x, filters, 3, strides, name + "_1")
-            y = self.conv_bn(y, filters, 3, 1, name + "_2", relu=False)
+            y = self.conv_bn(y, filters, 3, 1, name + "_2", relu=False, zero_gamma=zero)
         else:
             out_filters = filters * specs.BOTTLENECK_EXPANSION
             s1, s3 = (strides, 1) if bottleneck_stride == "1x1" else (1, strides)
             y = self.conv_bn(x, filters, 1, s1, name + "_1")
             y = self.conv_bn(y, filters, 3, s3, name + "_2")
-            y = self.conv_bn(y, out_filters, 1, 1, name + "_3", relu=False)
+            y = self.conv_bn(y, out_filters, 1, 1, name + "_3", relu=False, zero_gamma=zero)
         if residual:
             y = keras.layers.Add(name=name + "_add")(
                 [self.shortcut(x, out_filters, strides, shortcut, name), y]
@@ -103,6 +115,7 @@ def build_model(
     classifier_activation: str | None = "softmax",
     sync_bn: bool = False,
     fused_bn: bool = True,
+    zero_init_residual: bool = False,
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -123,6 +136,8 @@ def build_model(
             paper's multi-GPU training did. Moving statistics are averaged across replicas either way.
         fused_bn: train batch norm with TensorFlow's fused kernel where it applies (see
             `keras_resnet.layers.BatchNormalization`); False keeps Keras' own computation.
+        zero_init_residual: start the last BN scale of every residual block at 0, so that each
+            block starts as its shortcut (not in the paper; plain nets are unaffected).
 
     Returns:
         A `keras.Model` named after the network.
@@ -138,37 +153,57 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     input_shape = tuple(input_shape or spec.default_input_shape)
 
-    # Keras walks a functional graph recursively (building, calling, loading): ResNet-1202 is
-    # about 2,000 nodes deep, beyond Python's default limit of 1,000 frames.
     blocks = sum(repeats for _, _, repeats in spec.stages)
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 12 * blocks))
+    # ResNet-1202 is about 2,000 nodes deep: more than Keras' recursive graph walk allows by default.
+    with workarounds.recursion_limit(1000 + 12 * blocks):
+        f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual)
+        inputs = keras.Input(shape=input_shape, name="image")
+        if spec.family == specs.CIFAR:
+            x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")
+        else:
+            x = f.conv_bn(inputs, 64, 7, 2, "conv1")
+            x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+        for stage, (block, filters, repeats) in enumerate(spec.stages):
+            for b in range(repeats):
+                # The first stage keeps the resolution (the ImageNet stem already pooled).
+                strides = 2 if (b == 0 and stage > 0) else 1
+                name = f"conv{stage + 2}_block{b + 1}"
+                x = f.block(x, block, filters, strides, spec.residual, option, bottleneck_stride, name)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(num_classes, kernel_regularizer=f.regularizer, name="fc")(x)
+        if classifier_activation:
+            # float32 so that mixed-precision training still computes the loss on float32 probabilities.
+            x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+        # A CIFAR net whose depth is also in Table 1 (50, 152) must not share the ImageNet net's name.
+        clash = spec.family == specs.CIFAR and spec.depth in specs.IMAGENET_SPECS
+        return keras.Model(inputs, x, name=f"cifar_{spec.name}" if clash else spec.name)
 
-    f = _Factory(weight_decay, sync_bn, fused_bn)
-    inputs = keras.Input(shape=input_shape, name="image")
-    if spec.family == specs.CIFAR:
-        x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")
-    else:
-        x = f.conv_bn(inputs, 64, 7, 2, "conv1")
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
-    for stage, (block, filters, repeats) in enumerate(spec.stages):
-        for b in range(repeats):
-            # The first stage keeps the resolution (the ImageNet stem already pooled).
-            strides = 2 if (b == 0 and stage > 0) else 1
-            x = f.block(
-                x,
-                block,
-                filters,
-                strides,
-                spec.residual,
-                option,
-                bottleneck_stride,
-                f"conv{stage + 2}_block{b + 1}",
-            )
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = keras.layers.Dense(num_classes, kernel_regularizer=f.regularizer, name="fc")(x)
-    if classifier_activation:
-        # float32 so that mixed-precision training still computes the loss on float32 probabilities.
-        x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
-    # A CIFAR net whose depth is also in Table 1 (50, 152) must not share the ImageNet net's name.
-    clash = spec.family == specs.CIFAR and spec.depth in specs.IMAGENET_SPECS
-    return keras.Model(inputs, x, name=f"cifar_{spec.name}" if clash else spec.name)
+
+# Test-time augmentation: the views whose predictions are averaged. Translations are by 2 pixels
+# (half the training's 4) with zero padding, which is the mean colour after mean subtraction.
+TTA_VIEWS = {
+    "none": ((False, 0, 0),),
+    "flip": ((False, 0, 0), (True, 0, 0)),
+    "flip_translate": tuple((flip, d, d) for flip in (False, True) for d in (0, 2, -2)),
+}
+
+
+def with_test_time_augmentation(model: keras.Model, mode: str) -> keras.Model:
+    """`model` averaged over the views of `TTA_VIEWS[mode]` (same weights, one output).
+
+    "none" returns `model` itself. The views are registered layers, so the averaged model saves,
+    loads with `safe_mode=True` and exports like the model.
+    """
+    if mode not in TTA_VIEWS:
+        raise ValueError(f"Unknown test-time augmentation {mode!r}: expected one of {', '.join(TTA_VIEWS)}.")
+    if mode == "none":
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = []
+    for flip, dy, dx in TTA_VIEWS[mode]:
+        view = HorizontalFlip(name=f"tta_flip_{len(outputs)}")(inputs) if flip else inputs
+        if dy or dx:
+            view = Translate(dy, dx, name=f"tta_translate_{len(outputs)}")(view)
+        outputs.append(model(view))
+    averaged = keras.layers.Average(dtype="float32", name="tta_mean")(outputs)
+    return keras.Model(inputs, averaged, name=f"{model.name}_tta_{mode}")

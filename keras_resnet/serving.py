@@ -18,18 +18,16 @@ indices, best first) and `class_names` tf.string [batch, k].
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
-import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-import keras_resnet.layers  # noqa: F401  (registers the custom layers that model.keras refers to)
-from keras_resnet.data import DataInfo, eval_preprocess
+import keras_resnet  # noqa: F401  (registers the layers and objects that model.keras refers to)
+from keras_resnet import files, models, workarounds
+from keras_resnet.preprocessing import DataInfo, eval_preprocess
 
 IMAGES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "predict_pixels"
@@ -47,7 +45,9 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"  # the end-of-image marker
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC
 
 
 def next_version(export_base: str | pathlib.Path) -> int:
@@ -65,6 +65,7 @@ def export(
     version: int | None = None,
     top_k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    tta: str = "none",
 ) -> pathlib.Path:
     """Writes `model` as version `version` (default: the next free one) of a servable.
 
@@ -76,6 +77,8 @@ def export(
         version: positive integer; an existing version is never overwritten.
         top_k: how many labels `classes` / `class_names` return (capped at the class count).
         max_pixels: encoded images whose header declares more pixels are refused before decoding.
+        tta: test-time augmentation inside the graph: the mean over the views of
+            `models.TTA_VIEWS[tta]` ("none", "flip", "flip_translate").
 
     Returns:
         The version directory, e.g. `<export_base>/3`.
@@ -89,7 +92,14 @@ def export(
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}.")
-    base = pathlib.Path(export_base)
+    base = files.check_writable(export_base, "--export_base")
+    # One exporter at a time per base: two would race for the same version number.
+    with files.DirLock(base, purpose="export"):
+        files.remove_stale_temporaries(base)  # versions half-written by killed exports
+        return _export_version(model, info, base, version, top_k, max_pixels, tta)
+
+
+def _export_version(model, info, base: pathlib.Path, version, top_k, max_pixels, tta) -> pathlib.Path:
     if version is None:
         version = next_version(base)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -100,27 +110,33 @@ def export(
             f"{target} already exists: versions are never overwritten. Pass another version, or "
             f"none to take the next free one ({next_version(base)})."
         )
-    base.mkdir(parents=True, exist_ok=True)
-    # Hidden and non-numeric, so TF Serving's poller ignores it; beside the target so the rename
-    # stays on one filesystem and is atomic. Not mkdtemp: its 0700 mode would lock out a model server
-    # running as another user.
-    tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        archive = _archive(model, info, min(top_k, info.num_classes), max_pixels)
+    served = models.with_test_time_augmentation(model, tta)
+    # Built in a hidden, non-numeric folder beside the target (TF Serving's poller ignores it; the
+    # rename stays on one filesystem and is atomic), readable by a server running as another user.
+    with files.staging_dir(target) as tmp:
+        archive = _archive(served, info, min(top_k, info.num_classes), max_pixels)
         archive.write_out(str(tmp), verbose=False)
         (tmp / "assets").mkdir(exist_ok=True)  # TF Serving's documented layout has it, even empty.
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
         _write_warmup(extra / WARMUP_FILE, info)
         info.save(extra)
-        if target.exists():  # Another exporter took this version while we were writing.
-            raise FileExistsError(f"{target} appeared during the export; it was left untouched.")
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
+
+
+def example_prediction(export_path: str | pathlib.Path, image: np.ndarray, true_name: str = "") -> str:
+    """One line: what the SavedModel at `export_path` predicts for `image` (uint8 [H, W, 3]), sent as
+    PNG bytes to `serving_default` exactly as a TF Serving client would send it."""
+    served = tf.saved_model.load(str(export_path))
+    png = tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
+    out = served.signatures[IMAGES_SIGNATURE](**{IMAGES: tf.constant([png])})
+    name = out[CLASS_NAMES].numpy()[0][0].decode()
+    p = float(tf.reduce_max(out[PROBABILITIES][0]))
+    truth = f" (true class {true_name!r})" if true_name else ""
+    return (
+        f"the exported model predicts {name!r} with p={p:.3f} for held-out test image 0{truth}, "
+        f"a {image.shape[1]}x{image.shape[0]} PNG sent to {IMAGES_SIGNATURE}"
+    )
 
 
 def export_run(
@@ -186,6 +202,24 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
                     tf.int64,
                 ),
             )
+        # A cut-off file would fail inside the decoder with no word of which image it was.
+        length = tf.strings.length(image)
+
+        def ends_with(marker: bytes) -> tf.Tensor:
+            start = tf.maximum(length - len(marker), 0)
+            return tf.equal(tf.strings.substr(image, start, len(marker)), marker)
+
+        with tf.control_dependencies([known]):
+            complete = tf.cond(is_jpeg, lambda: ends_with(_JPEG_END), lambda: ends_with(_PNG_END))
+        whole = tf.debugging.Assert(
+            complete,
+            [
+                "Image",
+                index,
+                "of the request is truncated: a JPEG must end with its end-of-image marker (FF D9), a PNG "
+                "with its IEND chunk.",
+            ],
+        )
         small = tf.debugging.Assert(
             height_width[0] * height_width[1] <= max_pixels,
             [
@@ -196,7 +230,7 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
                 f"exceed the {max_pixels} pixels this export accepts (export.py --max_pixels).",
             ],
         )
-        with tf.control_dependencies([small]):
+        with tf.control_dependencies([whole, small]):
             pixels = tf.io.decode_image(image, channels=3, dtype=tf.uint8, expand_animations=False)
         return eval_preprocess(pixels[tf.newaxis], info)[0]
 
@@ -209,11 +243,22 @@ def _archive(model: keras.Model, info: DataInfo, k: int, max_pixels: int) -> ker
     last = model.layers[-1]
     softmax_inside = getattr(last, "activation", None) is keras.activations.softmax
 
-    def predict(views: tf.Tensor) -> dict[str, tf.Tensor]:
+    def classify(views: tf.Tensor) -> dict[str, tf.Tensor]:
         out = tf.cast(model(views, training=False), tf.float32)
         probabilities = out if softmax_inside else tf.nn.softmax(out)
         top = tf.math.top_k(probabilities, k=k).indices
         return {PROBABILITIES: probabilities, CLASSES: top, CLASS_NAMES: tf.gather(names, top)}
+
+    def nothing() -> dict[str, tf.Tensor]:
+        return {
+            PROBABILITIES: tf.zeros([0, info.num_classes], tf.float32),
+            CLASSES: tf.zeros([0, k], tf.int32),
+            CLASS_NAMES: tf.zeros([0, k], tf.string),
+        }
+
+    def predict(views: tf.Tensor) -> dict[str, tf.Tensor]:
+        # An empty request gets an empty answer (batch norm would fail on a batch of 0 images).
+        return tf.cond(tf.shape(views)[0] > 0, lambda: classify(views), nothing)
 
     def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return predict(_decode_images(images, info, max_pixels))
@@ -223,6 +268,7 @@ def _archive(model: keras.Model, info: DataInfo, k: int, max_pixels: int) -> ker
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    workarounds.export_each_variable_once(archive)
     archive.add_endpoint(
         IMAGES_SIGNATURE, serve_images, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES)]
     )

@@ -70,6 +70,16 @@ class ModelSpec:
         return 10 if self.family == CIFAR else 1000
 
 
+def total_stride(spec: ModelSpec) -> int:
+    """How many input pixels one pixel of the last feature map spans: 4 (CIFAR), 32 (ImageNet).
+
+    Every stage after the first halves the resolution; the ImageNet stem (7x7/2 conv, 3x3/2 max
+    pool) divides it by 4 more. A smaller input leaves the last stages nothing to see.
+    """
+    stem = 1 if spec.family == CIFAR else 4
+    return stem * 2 ** (len(spec.stages) - 1)
+
+
 def check_shortcut(option: str) -> str:
     """Returns the shortcut letter upper-cased, or raises a ValueError naming the valid ones."""
     if not isinstance(option, str) or option.strip().upper() not in SHORTCUTS:

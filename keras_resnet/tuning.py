@@ -1,8 +1,10 @@
 """Hyperparameter searches with keras-tuner: the paper's shortcut comparison (Table 3) and wider ones.
 
-Every trial is a normal training run of `keras_resnet.training` (same data pipeline, strategy,
-schedule and callbacks) with a few flags replaced by the trial's values; the search tunes on the
-validation split (45k/5k on CIFAR-10) and only the best model sees the test set.
+Every trial is an ordinary `training.run` of the searched configuration with the trial's values,
+its own model_dir (`search/trial_<id>/`) and no test set: the same data pipeline, strategy,
+schedule, callbacks, checkpoints and resume as `train.py`. The search tunes on the validation
+split (45k/5k on CIFAR-10), ranks trials by the final model's validation error, and only the best
+model sees the test set.
 
 `search(cfg, ...)` (what `train.py --tune` calls) writes under `tune_dir`:
 - `search/`: keras-tuner's project (one `trial_<id>/` per trial, with its TensorBoard logs);
@@ -12,32 +14,28 @@ validation split (45k/5k on CIFAR-10) and only the best model sees the test set.
   `serving.export_run` takes it), and a TF Serving export when `cfg.export_dir` is set.
 
 Running the same command again continues an interrupted search: completed trials are kept, the
-trial that was running is re-run from its start.
+trial that was running resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import json
 import math
 import os
 import pathlib
 import shutil
-import sys
-import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import keras_tuner
-from keras_tuner.src.tuners import gridsearch
 
-from keras_resnet import distribute, specs, training
-from keras_resnet.counting import count
+from keras_resnet import distribute, files, models, optimization, plots, specs, training, workarounds
+from keras_resnet.callbacks import duration
+from keras_resnet.config import ConfigError, TrainConfig, check_config, run_length
 
 SEARCHABLE = ("plain", "shortcut", "depth", "learning_rate", "weight_decay")
 TUNERS = ("grid", "random", "bayesian", "hyperband")
@@ -110,7 +108,7 @@ def _parse_value(name: str, raw: str) -> Any:
     return value
 
 
-def base_values(cfg: training.TrainConfig) -> dict[str, Any]:
+def base_values(cfg: TrainConfig) -> dict[str, Any]:
     """The configured value of every searchable hyperparameter."""
     return {
         "plain": not cfg.spec.residual,
@@ -121,7 +119,7 @@ def base_values(cfg: training.TrainConfig) -> dict[str, Any]:
     }
 
 
-def apply_values(cfg: training.TrainConfig, values: dict[str, Any]) -> training.TrainConfig:
+def apply_values(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """`cfg` with the searchable hyperparameters in `values` replaced (same model family)."""
     merged = {**base_values(cfg), **values}
     model = f"{'plain' if merged['plain'] else 'resnet'}{merged['depth']}"
@@ -138,7 +136,7 @@ def apply_values(cfg: training.TrainConfig, values: dict[str, Any]) -> training.
     )
 
 
-def make_space(cfg: training.TrainConfig, search: Sequence[str] | str) -> dict[str, tuple]:
+def make_space(cfg: TrainConfig, search: Sequence[str] | str) -> dict[str, tuple]:
     """The search space: {name: values}, the configured value first, in `SEARCHABLE` order.
 
     Raises:
@@ -189,31 +187,23 @@ def space_size(space: dict[str, tuple]) -> int:
     return others * sum(1 if p else shortcuts for p in plain)
 
 
-# ----------------------------------------------------------------------------- hypermodel
+# ----------------------------------------------------------------------------- trials
 
 
 class ResNetHyperModel(keras_tuner.HyperModel):
-    """A residual (or plain) net of the paper whose flags come from keras-tuner's hyperparameters.
+    """The search space of a residual (or plain) net of the paper, as training configurations.
 
-    `build` and `fit` are `training`'s model building, compilation and callbacks, and the
-    `model.fit` call of `training.run`, with the trial's values applied to `cfg` and the trial's
-    directory as `--model_dir` (history.csv, TensorBoard logs, checkpoints). `fit` reports the best
-    epoch's metrics (`val_error` is the objective), the net's parameters and multiply-adds, and
-    the time the trial took.
+    `build(hp)` declares the space in `hp` and returns the trial's `TrainConfig` (not a model:
+    the trial itself is a whole `training.run`, see `_Tuner.run_trial`).
 
     Args:
         cfg: the training configuration every trial starts from (`validation_split=True`).
-        datasets: `training.load_data(cfg, strategy)`.
         space: {hyperparameter: values} from `make_space`; the first value is the default.
     """
 
-    def __init__(self, cfg: training.TrainConfig, datasets, space: dict[str, tuple]):
+    def __init__(self, cfg: TrainConfig, space: dict[str, tuple]):
         super().__init__(name="resnet")
-        self.cfg, self.data, self.space = cfg, datasets, space
-        # Split as `training.run` splits a run.
-        self.total_steps, self.steps_per_epoch, self.epochs = training.run_length(
-            cfg, datasets.steps_per_epoch
-        )
+        self.cfg, self.space = cfg, space
 
     def values(self, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
         """Declares the space in `hp` and returns the trial's active values."""
@@ -234,104 +224,63 @@ class ResNetHyperModel(keras_tuner.HyperModel):
             values[name] = value
         return values
 
-    def config(self, hp: keras_tuner.HyperParameters) -> training.TrainConfig:
+    def build(self, hp: keras_tuner.HyperParameters) -> TrainConfig:
         return apply_values(self.cfg, self.values(hp))
 
-    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        cfg = self.config(hp)
-        # Every trial starts from the same seed: A/B/C differ by their shortcuts, not their luck.
-        keras.utils.set_random_seed(cfg.seed)
-        model = training.build_model(cfg, self.data.info)
-        return training.compile_model(model, cfg, self.data.steps_per_epoch, self.total_steps)
 
-    def fit(
-        self,
-        hp,
-        model,
-        *args,
-        trial_dir: str,
-        callbacks=(),
-        epochs: int | None = None,
-        initial_epoch: int = 0,
-        verbose: int | str = "auto",
-        **kwargs,
-    ) -> dict[str, float]:
-        cfg = dataclasses.replace(self.config(hp), model_dir=str(trial_dir))
-        if verbose == "auto":
-            verbose = 1 if sys.stdout.isatty() else 0
-        # A trial re-run after an interruption starts over: drop what the killed attempt wrote.
-        for stale in ("checkpoints", "logs"):
-            shutil.rmtree(pathlib.Path(trial_dir) / stale, ignore_errors=True)
-        (pathlib.Path(trial_dir) / "history.csv").unlink(missing_ok=True)
-        own = training.make_callbacks(
-            cfg, model, self.data, self.total_steps, verbose=bool(verbose), intra_epoch_log=not verbose
-        )
-        # The test set only scores the winner (in `search`), never the trials.
-        own = [cb for cb in own if not isinstance(cb, training.TestEvaluation)]
-        start = time.perf_counter()
-        history = model.fit(
-            self.data.train,
-            epochs=epochs or self.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=self.steps_per_epoch,
-            validation_data=self.data.validation,
-            callbacks=[*own, *callbacks],
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles itself
-        )
-        seconds = time.perf_counter() - start
-        checkpointer = next(cb for cb in own if isinstance(cb, training.Checkpointer))
-        if checkpointer.nan_step is not None:
-            raise keras_tuner.errors.FailedTrialError(
-                f"the loss became NaN at step {checkpointer.nan_step} (learning_rate={cfg.learning_rate})."
-            )
-        errors = history.history.get(OBJECTIVE)
-        if not errors:
-            raise keras_tuner.errors.FatalError(
-                f"The trial ran no validation: no {OBJECTIVE} in {sorted(history.history)}."
-            )
-        best = min(range(len(errors)), key=errors.__getitem__)
-        counted = count(model)
-        progress = next(cb for cb in own if isinstance(cb, training.Progress))
-        return {
-            **{k: float(v[best]) for k, v in history.history.items() if len(v) == len(errors)},
-            "best_epoch": initial_epoch + best + 1,
-            "epochs": initial_epoch + len(errors),
-            "train_time_s": seconds,
-            "train_images_per_sec": progress.images_per_sec(),
-            "params": counted.params,
-            "macs": counted.macs,
-        }
+class _Tuner(keras_tuner.Tuner):
+    """Runs each trial as `training.run` in the trial's directory, and reports its final model.
 
-
-# ----------------------------------------------------------------------------- tuners
-
-
-class _ResumableGridOracle(gridsearch.GridSearchOracle):
-    """keras-tuner's grid oracle, able to continue a reloaded search.
-
-    keras-tuner 1.4.8 does not save the grid's ordered trial list and its queue of trials to
-    expand (keras-team/keras-tuner#1055): a reloaded grid search stops at once, or dies with a
-    KeyError after re-running the interrupted trial. Both are rebuilt here from the saved trials.
+    The trial's result is the final model's validation error (the objective), its size, time and
+    speed. A trial that was interrupted resumes from its checkpoints when the oracle hands it out
+    again (keras-tuner re-queues running trials on reload, and hands a worker back its own running
+    trial); a finished one returns its summary without training. Hyperband's continued trials
+    start from the checkpoint of the trial they continue.
     """
-
-    def set_state(self, state):
-        super().set_state(state)
-        values = {tid: t.hyperparameters.values for tid, t in self.trials.items()}
-        order = sorted(values, key=functools.cmp_to_key(lambda a, b: self._compare(values[a], values[b])))
-        self._ordered_ids = gridsearch.LinkedList()
-        for trial_id in order:
-            self._ordered_ids.insert(trial_id)
-        self._populate_next = list(self.start_order)
-
-
-class _TrialMixin:
-    """Hands each trial its own directory (the trial's `model_dir`) and prints progress + ETA."""
 
     total_trials: int | None = None
 
-    def run_trial(self, trial, *args, **kwargs):
-        return super().run_trial(trial, *args, trial_dir=self.get_trial_dir(trial.trial_id), **kwargs)
+    def trial_config(self, trial) -> TrainConfig:
+        cfg = self.hypermodel.build(trial.hyperparameters.copy())
+        changes: dict[str, Any] = {"model_dir": self.get_trial_dir(trial.trial_id), "export_dir": ""}
+        epochs = trial.hyperparameters.values.get("tuner/epochs")
+        if epochs:  # Hyperband's budget for the trial, in checkpoint intervals (Keras epochs)
+            if cfg.checkpoint_steps:
+                changes.update(train_steps=int(epochs) * cfg.checkpoint_steps, epochs=0)
+            else:
+                changes.update(epochs=int(epochs), train_steps=0)
+        return dataclasses.replace(cfg, **changes)
+
+    def run_trial(self, trial, callbacks=(), **kwargs):
+        cfg = self.trial_config(trial)
+        parent = trial.hyperparameters.values.get("tuner/trial_id")
+        checkpoints = pathlib.Path(cfg.model_dir) / "checkpoints"
+        if parent and not checkpoints.exists():
+            # Hyperband continues a trial: start from its last checkpoint, then train further.
+            shutil.copytree(pathlib.Path(self.get_trial_dir(parent)) / "checkpoints", checkpoints)
+        try:
+            summary = training.run(cfg, callbacks=list(callbacks), score_test=False)
+        except training.TrainingStopped as err:
+            if err.exit_code == 3:  # diverged: this configuration fails, the search goes on
+                raise keras_tuner.errors.FailedTrialError(str(err)) from None
+            raise _SearchStopped(str(err)) from None
+        if summary.get("val_error") is None:
+            raise keras_tuner.errors.FatalError(f"trial {trial.trial_id} ran no validation: no val_error.")
+        return {
+            OBJECTIVE: summary["val_error"],
+            "steps": summary["steps"],
+            "train_time_s": summary["train_time_s"],
+            "train_images_per_sec": summary["images_per_sec"],
+            "params": summary["params"],
+            "macs": summary["macs"],
+        }
+
+    def save_model(self, trial_id, model, step=0):
+        pass  # each trial's run saves its own model.keras
+
+    def load_model(self, trial):
+        path = pathlib.Path(self.get_trial_dir(trial.trial_id)) / "model.keras"
+        return keras.saving.load_model(path, safe_mode=True)
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
@@ -342,16 +291,17 @@ class _TrialMixin:
             left = max(self.total_trials - len(done), 0)
             line += f" of {self.total_trials}"
             if times:
-                line += f", ETA {_duration(left * sum(times) / len(times))}"
+                line += f", ETA {duration(left * sum(times) / len(times))}"
         print(line, flush=True)
 
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if training.STOP.requested:
+            raise _SearchStopped(f"{training.STOP.requested} after trial {trial.trial_id}")
 
-class _Tuner(_TrialMixin, keras_tuner.Tuner):
-    pass
 
-
-class _Hyperband(_TrialMixin, keras_tuner.Hyperband):
-    pass
+class _SearchStopped(keras_tuner.errors.FatalError):
+    """Ctrl-C or SIGTERM during a search: keras-tuner must let it through, not fail the trial."""
 
 
 def make_tuner(
@@ -360,35 +310,30 @@ def make_tuner(
     *,
     max_trials: int | None,
     directory: str | os.PathLike,
-    strategy=None,
     max_epochs: int = 1,
     seed: int = 0,
-) -> keras_tuner.Tuner:
+) -> _Tuner:
     """A keras-tuner tuner over `hypermodel`'s space minimizing the validation error.
 
     The project lives in `<directory>/search` and is reloaded when it exists (never overwritten).
     """
     check_tuner(tuner, max_trials)
     objective = keras_tuner.Objective(OBJECTIVE, "min")
-    common = dict(
-        hypermodel=hypermodel,
-        directory=str(directory),
-        project_name="search",
-        distribution_strategy=strategy,
-        overwrite=False,
-    )
     # keras-tuner's seed=None draws one at random; 0 would too (`seed or random...`).
     seed = seed or 1
     if tuner == "hyperband":
-        result = _Hyperband(objective=objective, max_epochs=max_epochs, factor=3, seed=seed, **common)
-        result.oracle.max_trials = max_trials  # Hyperband sizes itself; --max_trials caps it
-        return result
-    oracle_class = {
-        "grid": _ResumableGridOracle,
-        "random": keras_tuner.oracles.RandomSearchOracle,
-        "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
-    }[tuner]
-    return _Tuner(oracle=oracle_class(objective=objective, max_trials=max_trials, seed=seed), **common)
+        oracle = keras_tuner.oracles.HyperbandOracle(
+            objective=objective, max_epochs=max_epochs, factor=3, seed=seed
+        )
+        oracle.max_trials = max_trials  # Hyperband sizes itself; --max_trials caps it
+    else:
+        oracle_class = {
+            "grid": workarounds.resumable_grid_oracle(),
+            "random": keras_tuner.oracles.RandomSearchOracle,
+            "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
+        }[tuner]
+        oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed)
+    return _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name="search")
 
 
 def check_tuner(tuner: str, max_trials: int | None) -> None:
@@ -418,14 +363,13 @@ def trial_rows(tuner: keras_tuner.Tuner, space: dict[str, tuple]) -> list[dict[s
         error = metric(OBJECTIVE)
         row.update(
             val_error=error,
-            best_epoch=metric("best_epoch"),
-            epochs=metric("epochs"),
+            steps=metric("steps"),
             params=metric("params"),
             macs=metric("macs"),
             train_time_s=metric("train_time_s"),
             train_images_per_sec=metric("train_images_per_sec"),
         )
-        for key in ("best_epoch", "epochs", "params", "macs"):
+        for key in ("steps", "params", "macs"):
             row[key] = None if row[key] is None else int(row[key])
         rows.append(row)
     return rows
@@ -443,9 +387,12 @@ def write_results(
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    training.atomic_write_text(paths["csv"], buffer.getvalue())
-    training.atomic_write_text(paths["md"], markdown_table(rows, title))
-    _plot(rows, paths["png"], title)
+    files.write_text(paths["csv"], buffer.getvalue())
+    files.write_text(paths["md"], markdown_table(rows, title))
+    try:
+        _plot(rows, paths["png"], title)
+    except Exception as err:  # the table is the result; the figure only shows it
+        print(f"[tune] could not draw {paths['png']} ({type(err).__name__}: {err})", flush=True)
     return paths
 
 
@@ -455,19 +402,19 @@ def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
         return f"{title}\n\nNo trial yet.\n" if title else "No trial yet.\n"
     hp_names = [k for k in rows[0] if k in SEARCHABLE]
     best = _best_row(rows)
-    header = ["trial", *hp_names, "val error", "best epoch", "params", "mult-adds", "time", "img/s", "status"]
+    header = ["trial", *hp_names, "val error", "steps", "params", "mult-adds", "time", "img/s", "status"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for row in rows:
         error = "" if row["val_error"] is None else f"{100 * row['val_error']:.2f}%"
         if row is best:
             error = f"**{error}**"
-        epoch = "" if row["best_epoch"] is None else f"{row['best_epoch']}/{row['epochs']}"
-        cells = [row["trial"], *(_format_value(row[n]) for n in hp_names), error, epoch]
+        steps = "" if row["steps"] is None else f"{row['steps']:,}"
+        cells = [row["trial"], *(_format_value(row[n]) for n in hp_names), error, steps]
         cells += [
             _count_text(row["params"]),
             _millions(row["macs"]),
-            _duration(row["train_time_s"]),
+            ("" if row["train_time_s"] is None else duration(row["train_time_s"])),
             "" if row["train_images_per_sec"] is None else f"{row['train_images_per_sec']:.0f}",
             row["status"],
         ]
@@ -492,11 +439,7 @@ def _label(row, hp_names) -> str:
 
 def _plot(rows, path: pathlib.Path, title: str) -> None:
     """A horizontal bar per completed trial: validation error, labelled with its values and size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     done = [r for r in rows if r["status"] == "COMPLETED" and r["val_error"] is not None]
     hp_names = [k for k in (rows[0] if rows else {}) if k in SEARCHABLE]
     best = _best_row(rows)
@@ -514,14 +457,11 @@ def _plot(rows, path: pathlib.Path, title: str) -> None:
             va="center",
             fontsize=8,
         )
-    ax.set_xlabel("best validation error (%)")
+    ax.set_xlabel("final validation error (%)")
     ax.set_xlim(0, max(errors + [1]) * 1.35)
     ax.set_title(title or "keras-tuner search", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    files.save_figure(fig, path)
 
 
 def _format_value(value) -> str:
@@ -536,17 +476,6 @@ def _count_text(n) -> str:
 
 def _millions(n) -> str:
     return "" if n is None else f"{n / 1e6:.1f}M"
-
-
-def _duration(seconds) -> str:
-    if seconds is None:
-        return ""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # ----------------------------------------------------------------------------- the search
@@ -569,7 +498,7 @@ class SearchResult:
 
 
 def search(
-    cfg: training.TrainConfig,
+    cfg: TrainConfig,
     *,
     tuner: str = "grid",
     max_trials: int | None = None,
@@ -593,7 +522,7 @@ def search(
         A `SearchResult`; the files are described in the module docstring.
 
     Raises:
-        training.ConfigError: an empty or single-point space, an unknown tuner, max_trials < 1,
+        ConfigError: an empty or single-point space, an unknown tuner, max_trials < 1,
             bad training flags, or a `tune_dir` holding a search with other settings.
         training.TrainingStopped: interrupted (Ctrl-C); the same call continues the search.
         RuntimeError: no trial completed (each failure's error is printed).
@@ -602,10 +531,10 @@ def search(
         check_tuner(tuner, max_trials)
         space = make_space(cfg, search)
     except ValueError as err:
-        raise training.ConfigError(str(err)) from None
-    training.check_config(cfg)
+        raise ConfigError(str(err)) from None
+    check_config(cfg)
     # Tune on held-out training images; the test set only scores the winner.
-    tune_cfg = dataclasses.replace(cfg, validation_split=True)
+    tune_cfg = dataclasses.replace(cfg, validation_split=True, eval_test=False)
     tune_dir = pathlib.Path(tune_dir or pathlib.Path(cfg.model_dir) / "tuning")
     size = space_size(space)
     # Hyperband's trials include continuations of earlier ones: only --max_trials caps them.
@@ -615,50 +544,58 @@ def search(
         print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
     strategy = training.make_strategy(tune_cfg)
     if distribute.is_multi_worker(strategy):
-        raise training.ConfigError(
+        raise ConfigError(
             "--tune runs on one machine (keras-tuner supports single-worker strategies only): "
             "unset TF_CONFIG or pass --distribution=mirrored."
         )
-    _check_same_search(tune_dir, tune_cfg, tuner, space)
-
-    if cfg.precision == "bfloat16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        data = training.load_data(tune_cfg, strategy)
-        hypermodel = ResNetHyperModel(tune_cfg, data, space)
+        files.check_writable(tune_dir, "--tune_dir")
+        if cfg.export_dir:
+            files.check_writable(cfg.export_dir, "--export_dir")
+        lock = files.DirLock(tune_dir, purpose="keras-tuner search").acquire()
+    except (files.NotWritable, files.Locked) as err:
+        raise ConfigError(str(err)) from None
+    try:
+        return _search(cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks)
+    finally:
+        lock.release()
+
+
+def _search(cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks) -> SearchResult:
+    _check_same_search(tune_dir, tune_cfg, tuner, space)
+    data = training.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
+    total_steps, _, epochs = run_length(tune_cfg, data.steps_per_epoch)
+    hypermodel = ResNetHyperModel(tune_cfg, space)
+    with training.STOP.handling():
         kt = make_tuner(
-            hypermodel,
-            tuner,
-            max_trials=max_trials,
-            directory=tune_dir,
-            strategy=strategy,
-            max_epochs=hypermodel.epochs,
-            seed=cfg.seed,
+            hypermodel, tuner, max_trials=max_trials, directory=tune_dir, max_epochs=epochs, seed=cfg.seed
         )
         kt.total_trials = max_trials if tuner != "hyperband" else None
         print(
             f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, at most "
-            f"{max_trials} trials of {hypermodel.total_steps} steps; {strategy.num_replicas_in_sync} "
-            f"replica(s); in {tune_dir}",
+            f"{max_trials} trials of {total_steps} steps; {strategy.num_replicas_in_sync} replica(s); "
+            f"in {tune_dir}",
             flush=True,
         )
         try:
-            kt.search(callbacks=list(callbacks), verbose="auto")  # progress bars on a terminal only
-        except KeyboardInterrupt:
+            kt.search(callbacks=list(callbacks))
+        except (KeyboardInterrupt, _SearchStopped) as err:
             done = sum(t.status == "COMPLETED" for t in kt.oracle.trials.values())
+            why = str(err) or "KeyboardInterrupt"
             raise training.TrainingStopped(
-                f"search interrupted with {done} trial(s) done, kept in {tune_dir}; run the same command "
-                "again to continue it (the unfinished trial starts over).",
+                f"search interrupted ({why.splitlines()[0][:200]}) with {done} trial(s) done, kept in "
+                f"{tune_dir}; run the same command again to continue it (an unfinished trial resumes "
+                "from its last checkpoint).",
                 exit_code=130,
             ) from None
-        return _finish(kt, cfg, hypermodel, tuner, tune_dir)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    return _finish(kt, cfg, hypermodel, data, strategy, tuner, tune_dir)
 
 
-def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: str, tune_dir: pathlib.Path):
+def _finish(
+    kt, cfg: TrainConfig, hypermodel: ResNetHyperModel, data, strategy, tuner: str, tune_dir: pathlib.Path
+):
     """Results table, best flags, best model (scored on the test set) and its export."""
-    space, info = hypermodel.space, hypermodel.data.info
+    space, info = hypermodel.space, data.info
     title = f"{cfg.model} on {info.name}: {tuner} search over {', '.join(space)}"
     rows = trial_rows(kt, space)
     tables = write_results(rows, tune_dir, title)
@@ -669,20 +606,24 @@ def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: 
     best = best_trials[0]
     best_values = hypermodel.values(best.hyperparameters.copy())
     flagfile = tune_dir / "best.flags"
-    training.atomic_write_text(flagfile, _flagfile_text(apply_values(cfg, best_values), best_values, best))
+    files.write_text(flagfile, _flagfile_text(apply_values(cfg, best_values), best_values, best))
 
-    # The winner's best-epoch weights, saved as a training run saves its model.
-    with warnings.catch_warnings():
-        # keras-tuner restores weights only; the optimizer's slots are not needed for inference.
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model = kt.get_best_models(1)[0]
-    test = model.evaluate(hypermodel.data.test, verbose=0, return_dict=True)
+    # The winner's final model (its weight average when averaging), scored once on the test set.
+    trial_dir = pathlib.Path(kt.get_trial_dir(best.trial_id))
+    best_cfg = kt.trial_config(best)
+    with strategy.scope(), training.precision_policy(cfg.precision):
+        model = keras.saving.load_model(trial_dir / "model.keras", safe_mode=True)
+        evaluated = models.with_test_time_augmentation(model, best_cfg.tta)
+        if evaluated is not model:
+            optimization.compile_for_evaluation(evaluated, best_cfg)
+        if strategy.num_replicas_in_sync > 1:
+            workarounds.keras_build_from_a_global_batch(evaluated, data.test)
+        test = evaluated.evaluate(data.test, verbose=0, return_dict=True)
     best_dir = tune_dir / "best"
     best_dir.mkdir(parents=True, exist_ok=True)
     model_path = best_dir / "model.keras"
-    tmp = best_dir / "model.partial.keras"
-    model.save(tmp)
-    tmp.replace(model_path)
+    shutil.copyfile(trial_dir / "model.keras", best_dir / ".model.keras.copy")
+    os.replace(best_dir / ".model.keras.copy", model_path)
     info.save(best_dir)
     summary = {
         "trial": best.trial_id,
@@ -692,12 +633,12 @@ def _finish(kt, cfg: training.TrainConfig, hypermodel: ResNetHyperModel, tuner: 
         "test_loss": float(test["loss"]),
         "flagfile": str(flagfile),
     }
-    training.atomic_write_text(best_dir / "summary.json", json.dumps(summary, indent=1))
+    files.write_json(best_dir / "summary.json", summary)
     export_path = None
     if cfg.export_dir:
         from keras_resnet import serving  # the TF Serving code is only needed here
 
-        export_path = serving.export(model, info, cfg.export_dir)
+        export_path = serving.export(model, info, cfg.export_dir, tta=best_cfg.tta)
 
     print(tables["md"].read_text(), flush=True)
     print(
@@ -731,7 +672,7 @@ def _values_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_format_value(v)}" for k, v in values.items())
 
 
-def _flagfile_text(cfg: training.TrainConfig, values: dict[str, Any], trial) -> str:
+def _flagfile_text(cfg: TrainConfig, values: dict[str, Any], trial) -> str:
     header = (
         f"# The best of a keras-tuner search: trial {trial.trial_id} ({_values_text(values)}), "
         f"validation error {trial.score:.2%}.\n# python train.py --flagfile=THIS_FILE [--model_dir=...]\n"
@@ -739,7 +680,7 @@ def _flagfile_text(cfg: training.TrainConfig, values: dict[str, Any], trial) -> 
     return header + cfg.to_flags()
 
 
-def _check_same_search(tune_dir: pathlib.Path, cfg: training.TrainConfig, tuner: str, space) -> None:
+def _check_same_search(tune_dir: pathlib.Path, cfg: TrainConfig, tuner: str, space) -> None:
     """Refuses to continue a search in `tune_dir` that was started with other settings."""
     settings = json.loads(
         json.dumps(
@@ -754,13 +695,13 @@ def _check_same_search(tune_dir: pathlib.Path, cfg: training.TrainConfig, tuner:
             if saved.get("config") != settings["config"]:
                 old, new = saved.get("config", {}), settings["config"]
                 changed += [f"--{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
-            raise training.ConfigError(
+            raise ConfigError(
                 f"--tune_dir={tune_dir} holds a search with other settings ({'; '.join(changed)}). "
                 "Run it again with its own flags to continue it, or pass a new --tune_dir."
             )
         return
     tune_dir.mkdir(parents=True, exist_ok=True)
-    training.atomic_write_text(path, json.dumps(settings, indent=1))
+    files.write_json(path, settings)
 
 
 def _report_failures(kt: keras_tuner.Tuner) -> None:

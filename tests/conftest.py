@@ -1,7 +1,8 @@
 """Shared test set-up: quiet TensorFlow, two logical CPUs, and where the real data lives.
 
-The real data (`../shared/data` beside the checkout, or `$KERAS_RESNET_DATA`) is read in place;
-tests that need it skip cleanly where it is absent.
+Training, export and tuning tests run on the embedded digits (real handwritten digits shipped in
+scikit-learn's wheel), so they run on any machine. Tests of CIFAR-10 and imagenette read them in
+place from `$KERAS_RESNET_DATA` (`.ci/run` points it at the CI's copy) and skip cleanly without it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DATA_ROOT = pathlib.Path(os.environ.get("KERAS_RESNET_DATA", REPO.parent / "shared" / "data"))
+DATA_ROOT = pathlib.Path(os.environ["KERAS_RESNET_DATA"]) if os.environ.get("KERAS_RESNET_DATA") else None
 
 # Logical devices must be configured before the first TensorFlow op: two CPU replicas let
 # in-process tests take the MirroredStrategy path that a multi-GPU machine would.
@@ -24,25 +25,23 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
-@pytest.fixture(scope="session")
-def data_root() -> pathlib.Path:
-    return DATA_ROOT
+def _data(relative: str, marker: str, what: str) -> pathlib.Path:
+    if DATA_ROOT is None:
+        pytest.skip(f"{what}: set KERAS_RESNET_DATA to a folder holding {relative}/")
+    path = DATA_ROOT / relative
+    if not (path / marker).is_dir():
+        pytest.skip(f"{what} not found under {path}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def tfds_dir() -> pathlib.Path:
-    path = DATA_ROOT / "tensorflow_datasets"
-    if not (path / "cifar10").is_dir():
-        pytest.skip(f"real CIFAR-10 not found under {path} (set KERAS_RESNET_DATA)")
-    return path
+    return _data("tensorflow_datasets", "cifar10", "real CIFAR-10")
 
 
 @pytest.fixture(scope="session")
 def imagenette_dir() -> pathlib.Path:
-    path = DATA_ROOT / "imagenette"
-    if not (path / "train").is_dir():
-        pytest.skip(f"imagenette not found under {path} (set KERAS_RESNET_DATA)")
-    return path
+    return _data("imagenette", "train", "imagenette")
 
 
 @pytest.fixture(scope="session")

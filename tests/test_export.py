@@ -27,7 +27,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from keras_resnet import build_model, serving
-from keras_resnet.data import DataInfo, eval_preprocess
+from keras_resnet.preprocessing import DataInfo, eval_preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
@@ -308,7 +308,8 @@ def test_versions_count_up_and_are_never_overwritten(imagenette):
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = imagenette.base / "2"
     assert f"Exported {second}" in proc.stdout
-    assert sorted(p.name for p in imagenette.base.iterdir()) == ["1", "2"]  # no temporary left over
+    # No temporary left over; `.lock` is the export base's lock file (TF Serving ignores both).
+    assert sorted(p.name for p in imagenette.base.iterdir() if p.name != ".lock") == ["1", "2"]
 
     before = (second / "saved_model.pb").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="never overwritten"):
@@ -317,7 +318,7 @@ def test_versions_count_up_and_are_never_overwritten(imagenette):
     for bad in (0, -1, "3"):
         with pytest.raises(ValueError, match="positive integer"):
             serving.export(imagenette.model, imagenette.info, imagenette.base, version=bad)
-    assert sorted(p.name for p in imagenette.base.iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in imagenette.base.iterdir() if p.name != ".lock") == ["1", "2"]
 
 
 def test_failed_export_leaves_no_partial_version(cifar, tmp_path, monkeypatch):
@@ -333,7 +334,7 @@ def test_failed_export_leaves_no_partial_version(cifar, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         serving.export(cifar.model, cifar.info, base)
     assert seen, "the export failed before writing anything, which this test does not exercise"
-    assert list(base.iterdir()) == []
+    assert [p.name for p in base.iterdir()] == [".lock"]  # only the export base's lock file
     monkeypatch.undo()
     assert serving.export(cifar.model, cifar.info, base).name == "1"
 

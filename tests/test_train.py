@@ -1,4 +1,4 @@
-"""train.py and keras_resnet.training on real CIFAR-10 with ResNet-8 and a few steps.
+"""train.py and keras_resnet.training on the embedded digits (real, offline) with ResNet-8 and a few steps.
 
 In-process runs use the two logical CPUs of conftest (MirroredStrategy, 2 replicas); a separate
 process is used only where it is the point: kill -9 and Ctrl-C, the 2-worker cluster, exit codes.
@@ -22,12 +22,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_resnet import training
-from keras_resnet.training import ConfigError, TrainConfig
+from keras_resnet import callbacks, config, optimization, plots, training
+from keras_resnet.config import ConfigError, TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Small and fast: 32 images a step, 10 steps an "epoch", test set evaluated in big batches.
-TINY = dict(model="resnet8", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+# Small and fast: 32 digits a step, 10 steps an "epoch", test set evaluated in big batches.
+TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
 
 
 def _history(model_dir: pathlib.Path) -> list[dict]:
@@ -42,12 +42,11 @@ def _env(**extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tfds_dir, tmp_path_factory) -> tuple[TrainConfig, dict]:
-    """One full in-process run: 40 steps with the 45k/5k split, on 2 replicas."""
+def finished_run(tmp_path_factory) -> tuple[TrainConfig, dict]:
+    """One full in-process run: 40 steps with a held-out validation split, on 2 replicas."""
     model_dir = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(
         **{**TINY, "checkpoint_steps": 20},
-        data_dir=str(tfds_dir),
         model_dir=str(model_dir),
         train_steps=40,
         validation_split=True,
@@ -154,28 +153,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished_run, tmp_path):
 
 def test_step_schedule_changes_lr_at_the_milestones():
     total, milestones = 64000, (32000, 48000)
-    schedule = training.LearningRate("step", 0.1, total, milestones, 0.1)
+    schedule = optimization.LearningRate("step", 0.1, total, milestones, 0.1)
     steps = np.array([0, 1, 31999, 32000, 32001, 47999, 48000, 63999])
     got = np.array([float(schedule(s)) for s in steps])
     # lr = 0.1 * 0.1^(number of milestones reached)
     want = 0.1 * 0.1 ** np.array([sum(s >= m for m in milestones) for s in steps])
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert training.milestones(TrainConfig(), 64000) == milestones  # the paper's 32k/48k of 64k
-    cosine = training.LearningRate("cosine", 0.1, 100)
+    assert config.milestones(TrainConfig(), 64000) == milestones  # the paper's 32k/48k of 64k
+    cosine = optimization.LearningRate("cosine", 0.1, 100)
     np.testing.assert_allclose(
         [float(cosine(s)) for s in (0, 50, 100, 200)], [0.1, 0.05, 0.0, 0.0], atol=1e-7
     )
 
 
-def test_lr_applied_per_step_with_warmup(tfds_dir):
+def test_lr_applied_per_step_with_warmup():
     """The learning rate each real training step used: warmup at 0.01, then the step schedule."""
     from keras_resnet import data
 
     cfg = TrainConfig(
         model="resnet8", train_steps=12, lr_milestones=(8, 10), warmup=True, warmup_max_steps=4, model_dir="x"
     )
-    ds = data.load("cifar10", data_dir=str(tfds_dir), batch_size=16)
-    model = training.compile_model(training.build_model(cfg, ds.info), cfg, ds.steps_per_epoch)
+    ds = data.load("digits", batch_size=16)
+    model = optimization.compile_model(training.build_model(cfg, ds.info), cfg, cfg.train_steps)
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -185,7 +184,7 @@ def test_lr_applied_per_step_with_warmup(tfds_dir):
         def on_train_batch_end(self, batch, logs=None):
             seen.append(float(logs["error"]))
 
-    control = training.LearningRateControl(cfg, model.optimizer._learning_rate, verbose=False)
+    control = callbacks.LearningRateControl(cfg, model.optimizer._learning_rate, verbose=False)
     model.fit(ds.train, steps_per_epoch=12, epochs=1, callbacks=[control, Record()], verbose=0)
     lrs, errors = seen[0::2], seen[1::2]
     # Rule: 0.01 while warming; warming ends after the step whose running error < 0.8, or step 4.
@@ -207,17 +206,17 @@ def test_lr_change_markers_from_history_rows():
 
     logged = rows([0.1, 0.1, 0.01], lr_changes="")
     logged[2]["lr_changes"] = "250"
-    assert training.lr_change_steps(logged) == [250]  # exact, as logged
+    assert plots.lr_change_steps(logged) == [250]  # exact, as logged
     # Files without the column: the last row before each jump; a cosine decay is no jump.
-    assert training.lr_change_steps(rows([0.1, 0.1, 0.01, 0.01, 0.001])) == [200, 400]
-    assert training.lr_change_steps(rows([0.1, 0.09, 0.07, 0.05, 0.0])) == []
-    assert training.lr_change_steps(rows([0.01, 0.1])) == [100]  # warmup over
+    assert plots.lr_change_steps(rows([0.1, 0.1, 0.01, 0.01, 0.001])) == [200, 400]
+    assert plots.lr_change_steps(rows([0.1, 0.09, 0.07, 0.05, 0.0])) == []
+    assert plots.lr_change_steps(rows([0.01, 0.1])) == [100]  # warmup over
 
 
 def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,step,lr\n1,100,0.1\n2,200,0.01\n3,300,0.01\n")
-    history = training.HistoryCSV(path, columns=lambda: {"lr_changes": "350"})
+    history = callbacks.HistoryCSV(path, columns=lambda: {"lr_changes": "350"})
     history.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="m"))
     history.model.compile(keras.optimizers.SGD())
     history.model.optimizer.build(history.model.trainable_variables)
@@ -225,7 +224,7 @@ def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp
     history.on_train_begin()
     history.on_epoch_end(3, {"lr": 0.001, "step": 400})
     with path.open() as f:
-        assert training.lr_change_steps(list(csv.DictReader(f))) == [100, 350]
+        assert plots.lr_change_steps(list(csv.DictReader(f))) == [100, 350]
 
 
 def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monkeypatch):
@@ -234,7 +233,7 @@ def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monke
     On real imagenette JPEGs: a 3-class image folder of 48 training and 24 validation images taken
     from the shared copy, so that decoding and evaluation stay short.
     """
-    from keras_resnet import data
+    from keras_resnet import sources
 
     root = tmp_path / "mini"
     for split, per_class in (("train", 16), ("val", 8)):
@@ -242,7 +241,7 @@ def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monke
             (root / split / wnid).mkdir(parents=True)
             for image in sorted((imagenette_dir / split / wnid).glob("*.JPEG"))[:per_class]:
                 shutil.copy(image, root / split / wnid / image.name)
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
     cfg = TrainConfig(
         model="resnet50",
         dataset=f"folder:{root}",
@@ -264,10 +263,10 @@ def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monke
     assert [int(r["step"]) for r in _history(pathlib.Path(cfg.model_dir))] == [2, 4]
 
 
-def test_sync_bn_synchronizes_every_batch_norm(tfds_dir):
+def test_sync_bn_synchronizes_every_batch_norm():
     from keras_resnet import data
 
-    info = data.load("cifar10", data_dir=str(tfds_dir)).info
+    info = data.load("digits").info
     plain = training.build_model(TrainConfig(model="resnet8"), info)
     synced = training.build_model(TrainConfig(model="resnet8", sync_bn=True), info)
     bns = [layer for layer in synced.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -313,7 +312,7 @@ def test_configs_parse_and_match_the_paper(tmp_path):
     for path in sorted((REPO / "configs").glob("*.cfg")):
         train.FLAGS(["train.py", f"--flagfile={path}", "--model_dir=/tmp/x"])
         cfg = train.config_from_flags()
-        training.check_config(cfg)
+        config.check_config(cfg)
         seen[path.stem] = cfg
         train.FLAGS.unparse_flags()
     for depth in (20, 32, 44, 56, 110):
@@ -380,11 +379,9 @@ def _wait_for_step(model_dir: pathlib.Path, step: int, proc: subprocess.Popen, t
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tfds_dir, tmp_path):
+def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tmp_path):
     model_dir = tmp_path / "run"
-    cfg = TrainConfig(
-        **TINY, data_dir=str(tfds_dir), model_dir=str(model_dir), train_steps=50, eval_test=False, seed=3
-    )
+    cfg = TrainConfig(**TINY, model_dir=str(model_dir), train_steps=50, eval_test=False, seed=3)
     flagfile = tmp_path / "run.cfg"
     flagfile.write_text(cfg.to_flags())
     cmd = _train_cmd(f"--flagfile={flagfile}", "--cpu_devices=2")  # MirroredStrategy, 2 replicas
@@ -429,7 +426,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_worker_cluster_trains_and_only_the_chief_writes(tfds_dir, tmp_path):
+def test_two_worker_cluster_trains_and_only_the_chief_writes(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     dirs = [tmp_path / "chief", tmp_path / "worker1"]
@@ -438,7 +435,7 @@ def test_two_worker_cluster_trains_and_only_the_chief_writes(tfds_dir, tmp_path)
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         cmd = _train_cmd(
             "--model=resnet8",
-            f"--data_dir={tfds_dir}",
+            "--dataset=digits",
             f"--model_dir={model_dir}",
             "--batch_size=32",
             "--eval_batch_size=1000",

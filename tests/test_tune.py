@@ -1,4 +1,4 @@
-"""keras-tuner searches over shortcuts A/B/C: real CIFAR-10, a ResNet-8 trained for a few steps per trial."""
+"""keras-tuner searches over shortcuts A/B/C on the embedded digits, ResNet-8, a few steps per trial."""
 
 from __future__ import annotations
 
@@ -13,23 +13,24 @@ import keras
 import pytest
 
 from keras_resnet import build_model, count, training, tuning
+from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.layers import ZeroPadShortcut
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(model_dir, tfds_dir, **overrides) -> training.TrainConfig:
+def tiny_config(model_dir, **overrides) -> TrainConfig:
     """ResNet-8 (the smallest 6n+2 net), one Keras epoch of 2 steps of 32 images per trial."""
     fields = dict(
         model="resnet8",
         model_dir=str(model_dir),
-        data_dir=str(tfds_dir),
+        dataset="digits",
         batch_size=32,
         eval_batch_size=2500,
         train_steps=2,
         distribution="one_device",
     )
-    return training.TrainConfig(**{**fields, **overrides})
+    return TrainConfig(**{**fields, **overrides})
 
 
 def shortcut_of(model: keras.Model) -> str:
@@ -85,8 +86,8 @@ def read_csv(path) -> list[dict[str, str]]:
     ],
 )
 def test_bad_search_space_is_refused_before_any_work(tmp_path, search, match):
-    cfg = training.TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
-    with pytest.raises(training.ConfigError, match=match):
+    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    with pytest.raises(ConfigError, match=match):
         tuning.search(cfg, search=search)
     assert not (tmp_path / "tuning").exists()
 
@@ -100,19 +101,19 @@ def test_bad_search_space_is_refused_before_any_work(tmp_path, search, match):
     ],
 )
 def test_bad_tuner_or_max_trials_is_refused(tmp_path, kwargs, match):
-    cfg = training.TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
-    with pytest.raises(training.ConfigError, match=match):
+    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    with pytest.raises(ConfigError, match=match):
         tuning.search(cfg, **kwargs)
 
 
 def test_shortcut_search_on_a_plain_net_says_what_to_do():
-    cfg = training.TrainConfig(model="plain20", model_dir="unused", train_steps=2)
+    cfg = TrainConfig(model="plain20", model_dir="unused", train_steps=2)
     with pytest.raises(ValueError, match="--model=resnet20, or add `plain`"):
         tuning.make_space(cfg, ["shortcut"])
 
 
 def test_space_puts_the_configured_value_first_and_counts_plain_nets_once():
-    cfg = training.TrainConfig(model="resnet32", learning_rate=0.3, model_dir="unused", train_steps=2)
+    cfg = TrainConfig(model="resnet32", learning_rate=0.3, model_dir="unused", train_steps=2)
     space = tuning.make_space(cfg, ["plain", "shortcut", "depth", "learning_rate", "weight_decay=1e-4/0"])
     assert space["depth"][0] == 32 and set(space["depth"]) == {20, 32, 44, 56, 110}
     assert space["learning_rate"][0] == 0.3
@@ -123,7 +124,7 @@ def test_space_puts_the_configured_value_first_and_counts_plain_nets_once():
 
 
 def test_trial_values_become_training_flags():
-    cfg = training.TrainConfig(model="resnet20", model_dir="unused", train_steps=2)
+    cfg = TrainConfig(model="resnet20", model_dir="unused", train_steps=2)
     trial = tuning.apply_values(cfg, {"shortcut": "C", "depth": 56, "learning_rate": 0.05})
     assert (trial.model, trial.resolved_shortcut, trial.learning_rate) == ("resnet56", "C", 0.05)
     assert trial.weight_decay == cfg.weight_decay  # not searched: as configured
@@ -136,10 +137,10 @@ def test_trial_values_become_training_flags():
 
 
 @pytest.fixture(scope="module")
-def abc_search(tmp_path_factory, tfds_dir):
+def abc_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("abc")
     recorder = Recorder(root / "fits.txt")
-    cfg = tiny_config(root / "run", tfds_dir, export_dir=str(root / "export"))
+    cfg = tiny_config(root / "run", export_dir=str(root / "export"))
     result = tuning.search(cfg, callbacks=[recorder])
     return result, recorder, cfg
 
@@ -198,7 +199,7 @@ def test_best_flag_file_reproduces_the_best_configuration_through_train_py(abc_s
     assert config["shortcut"] == best["shortcut"] and config["model"] == "resnet8"
     # Every flag that defines the run is the searched configuration with the winner's values.
     expected = tuning.apply_values(cfg, {"shortcut": best["shortcut"]})
-    assert training.TrainConfig.from_json(config).training_fields() == expected.training_fields()
+    assert TrainConfig.from_json(config).training_fields() == expected.training_fields()
     # A single run (not another search), on the full training set as the original flags said.
     assert config["validation_split"] is False
     assert not (model_dir / "tuning").exists()
@@ -209,11 +210,11 @@ def test_best_flag_file_reproduces_the_best_configuration_through_train_py(abc_s
 
 @pytest.mark.slow
 def test_interrupted_search_under_mirrored_strategy_resumes_without_repeating_finished_trials(
-    tmp_path, tfds_dir
+    tmp_path,
 ):
     # The same A/B/C search on the two logical CPUs of conftest.py (one test for both behaviours:
     # a MirroredStrategy trial costs ~3x a single-device one here).
-    cfg = tiny_config(tmp_path / "run", tfds_dir, distribution="mirrored")
+    cfg = tiny_config(tmp_path / "run", distribution="mirrored")
     fits = tmp_path / "fits.txt"
     # Dies in the first step of the second trial, as a Ctrl-C or a kill would leave it.
     with pytest.raises(training.TrainingStopped, match=r"1 trial\(s\) done.*run the same command") as stop:
@@ -237,5 +238,5 @@ def test_interrupted_search_under_mirrored_strategy_resumes_without_repeating_fi
     assert again.best_trial == result.best_trial
 
     # Another space in the same --tune_dir is refused rather than mixed in.
-    with pytest.raises(training.ConfigError, match="holds a search with other settings"):
+    with pytest.raises(ConfigError, match="holds a search with other settings"):
         tuning.search(cfg, search=["shortcut=A/C"])

@@ -1,0 +1,154 @@
+"""What training minimises and how: the loss, the error metrics, the learning-rate schedule, SGD.
+
+Keras only (no TensorFlow): every object here is registered, and `keras_resnet` imports this
+module, so a saved compiled model (`model.keras`, optimizer state included) loads with
+`safe_mode=True` in any process that has imported `keras_resnet`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_resnet.config import TrainConfig, milestones
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class TopKError(keras.metrics.SparseTopKCategoricalAccuracy):
+    """Top-k error (1 - top-k accuracy), the paper's figure of merit."""
+
+    def __init__(self, k: int = 1, name: str = "error", **kwargs):
+        super().__init__(k=k, name=name, **kwargs)
+
+    def result(self):
+        return 1.0 - super().result()
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy of integer labels and predicted probabilities, with label smoothing.
+
+    The target is `(1 - label_smoothing)` on the true class plus `label_smoothing / K` on every
+    class (Szegedy et al., 2016), which is `(1 - s) * CE + s * mean_k(-log p_k)`. Keras' sparse
+    cross-entropy has no smoothing argument.
+    """
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "smoothed_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        uniform = -ops.mean(ops.log(ops.clip(y_pred, keras.config.epsilon(), 1.0)), axis=-1)
+        return (1.0 - self.label_smoothing) * cross_entropy + self.label_smoothing * uniform
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """The learning rate as a function of the iteration, times a `scale` that callbacks adjust.
+
+    step: `learning_rate * decay ** (milestones passed)` (the paper); cosine: half-cosine to 0 and
+    linear: straight line to 0, both over the steps after the warmup; plateau and constant:
+    `learning_rate` (plateau decays through `scale`). `warmup_steps` ramps any of them linearly
+    from 0 (one-cycle with `linear`). `scale` carries the paper's warmup factor and the plateau
+    decays.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        learning_rate: float,
+        total_steps: int,
+        milestones=(),
+        decay: float = 0.1,
+        warmup_steps: int = 0,
+    ):
+        self.kind, self.learning_rate, self.total_steps = kind, float(learning_rate), int(total_steps)
+        self.milestones, self.decay = tuple(int(m) for m in milestones), float(decay)
+        self.warmup_steps = int(warmup_steps)
+        self.scale = keras.Variable(1.0, dtype="float32", trainable=False, name="lr_scale")
+
+    def base(self, step):
+        step = ops.cast(step, "float32")
+        if self.kind == "step" and self.milestones:
+            passed = ops.sum(ops.cast(step >= ops.convert_to_tensor(self.milestones, "float32"), "float32"))
+            rate = self.learning_rate * ops.power(self.decay, passed)
+        elif self.kind in ("cosine", "linear"):
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            if self.kind == "cosine":
+                rate = 0.5 * self.learning_rate * (1.0 + ops.cos(math.pi * progress))
+            else:
+                rate = self.learning_rate * (1.0 - progress)
+        else:
+            rate = ops.convert_to_tensor(self.learning_rate, "float32")
+        if self.warmup_steps:
+            rate = rate * ops.minimum((step + 1.0) / self.warmup_steps, 1.0)
+        return rate
+
+    def __call__(self, step):
+        return self.base(step) * self.scale
+
+    def get_config(self):
+        return {
+            "kind": self.kind,
+            "learning_rate": self.learning_rate,
+            "total_steps": self.total_steps,
+            "milestones": list(self.milestones),
+            "decay": self.decay,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+def schedule(cfg: TrainConfig, total_steps: int) -> LearningRate:
+    """The learning-rate schedule of `cfg` for a run of `total_steps` iterations."""
+    return LearningRate(
+        cfg.lr_schedule,
+        cfg.learning_rate,
+        total_steps,
+        milestones(cfg, total_steps),
+        cfg.lr_decay,
+        cfg.lr_warmup_steps,
+    )
+
+
+def loss(cfg: TrainConfig) -> keras.losses.Loss:
+    if cfg.label_smoothing:
+        return SmoothedCrossEntropy(cfg.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def metrics(num_classes: int) -> list[keras.metrics.Metric]:
+    """Top-1 error, and top-5 error where there are more than 10 classes."""
+    found = [TopKError(1, name="error")]
+    if num_classes > 10:
+        found.append(TopKError(5, name="top5_error"))
+    return found
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, total_steps: int) -> keras.Model:
+    """SGD with momentum, the learning-rate schedule by iterations, cross-entropy and top-1 error.
+
+    Call inside strategy.scope(). Weight decay is not here: it is an L2 penalty on the kernels,
+    part of the model (`models.build_model(weight_decay=...)`).
+    """
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            schedule(cfg, total_steps), momentum=cfg.momentum, nesterov=cfg.nesterov
+        ),
+        loss=loss(cfg),
+        metrics=metrics(model.output_shape[-1]),
+    )
+    return model
+
+
+def compile_for_evaluation(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+    """Compiles a model that is only evaluated (the weight average, test-time augmentation)."""
+    model.compile(loss=loss(cfg), metrics=metrics(model.output_shape[-1]))
+    return model

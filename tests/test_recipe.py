@@ -1,0 +1,191 @@
+"""The fast recipe's levers, each off by default: their mechanics on tiny models (no timing)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_resnet import build_model, callbacks, config, models, optimization, preprocessing, training
+from keras_resnet.config import TrainConfig
+
+TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+
+
+def test_linear_and_cosine_schedules_with_warmup():
+    linear = optimization.LearningRate("linear", 0.2, 100, warmup_steps=10)
+    got = [float(linear(s)) for s in (0, 4, 9, 10, 55, 100, 150)]
+    # Ramp (s + 1) / 10 of the peak over the first 10 steps, then a straight line to 0 at step 100.
+    np.testing.assert_allclose(got, [0.02, 0.1, 0.2, 0.2, 0.1, 0.0, 0.0], atol=1e-6)
+    cosine = optimization.LearningRate("cosine", 0.2, 110, warmup_steps=10)
+    np.testing.assert_allclose([float(cosine(s)) for s in (10, 60, 110)], [0.2, 0.1, 0.0], atol=1e-6)
+    step = optimization.LearningRate("step", 0.1, 100, (50,), 0.1, warmup_steps=4)
+    np.testing.assert_allclose([float(step(s)) for s in (0, 3, 49, 50)], [0.025, 0.1, 0.1, 0.01], atol=1e-7)
+    # The paper's schedule is untouched by default.
+    assert optimization.schedule(TrainConfig(), 64000).warmup_steps == 0
+
+
+def test_label_smoothing_is_the_mixture_of_cross_entropy_and_uniform():
+    probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = tf.constant([0, 2])
+    got = float(optimization.SmoothedCrossEntropy(0.1)(labels, probs))
+    target = 0.9 * np.eye(3)[[0, 2]] + 0.1 / 3
+    want = float(np.mean(-(target * np.log(probs.numpy())).sum(axis=1)))
+    assert got == pytest.approx(want, rel=1e-5)
+    cfg = TrainConfig(label_smoothing=0.1, nesterov=True)
+    model = optimization.compile_model(build_model("resnet8"), cfg, 100)
+    assert isinstance(model.loss, optimization.SmoothedCrossEntropy) and model.optimizer.nesterov
+    assert isinstance(optimization.loss(TrainConfig()), keras.losses.SparseCategoricalCrossentropy)
+
+
+def test_zero_init_residual_starts_each_block_as_its_shortcut():
+    zero = build_model("resnet8", zero_init_residual=True)
+    last = [layer for layer in zero.layers if layer.name.endswith("_2_bn")]
+    assert len(last) == 3 and all(np.all(layer.gamma.numpy() == 0) for layer in last)
+    first = [layer for layer in zero.layers if layer.name.endswith("_1_bn")]
+    assert all(np.all(layer.gamma.numpy() == 1) for layer in first)
+    plain = build_model("plain8", zero_init_residual=True)  # a plain block would start as zero
+    assert all(np.all(layer.gamma.numpy() == 1) for layer in plain.layers if layer.name.endswith("_bn"))
+
+
+def test_weight_average_follows_its_update_rule_bn_statistics_included():
+    model = optimization.compile_model(build_model("resnet8"), TrainConfig(), 100)
+    model.optimizer.build(model.trainable_variables)
+    average = callbacks.WeightAverage(model, decay=0.9)
+    average.set_model(model)
+    expected = [w.numpy() for w in model.weights]
+    rng = np.random.default_rng(0)
+    for t in (0, 1, 50):
+        model.optimizer.iterations.assign(t)
+        for w in model.weights:  # every weight moves, the BN moving statistics too
+            w.assign(w.numpy() + rng.normal(size=w.shape).astype(np.float32))
+        decay = min(0.9, (1 + t) / (10 + t))
+        expected = [decay * e + (1 - decay) * w.numpy() for e, w in zip(expected, model.weights, strict=True)]
+        average.on_train_batch_end(0)
+    for e, a in zip(expected, average.average.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), e, rtol=1e-5, atol=1e-5)
+    assert any("moving_variance" in w.path for w in average.average.weights)
+
+
+def test_weight_average_is_what_is_evaluated_saved_and_exported(tmp_path):
+    cfg = TrainConfig(
+        **TINY,
+        train_steps=20,
+        ema_decay=0.9,
+        model_dir=str(tmp_path / "run"),
+        export_dir=str(tmp_path / "export"),
+    )
+    summary = training.run(cfg, verbose=0)
+    run = pathlib.Path(cfg.model_dir)
+    manifest = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert manifest["average"] == "ckpt-20.average.weights.h5" and summary["weight_average"]
+    # model.keras holds the average of the last checkpoint, not the last step's weights.
+    saved = keras.models.load_model(run / "model.keras")
+    raw = build_model("resnet8", input_shape=(32, 32, 3))
+    optimization.compile_model(raw, cfg, 20)
+    raw.optimizer.build(raw.trainable_variables)
+    raw.load_weights(run / "checkpoints" / manifest["weights"])
+    averaged = keras.models.clone_model(raw)
+    averaged.load_weights(run / "checkpoints" / manifest["average"])
+    for s, a in zip(saved.weights, averaged.weights, strict=True):
+        np.testing.assert_allclose(s.numpy(), a.numpy(), atol=1e-6)
+    assert any(not np.allclose(s.numpy(), r.numpy()) for s, r in zip(saved.weights, raw.weights, strict=True))
+    # The test error reported is the average's, and the export serves it.
+    from keras_resnet import data
+
+    ds = data.load("digits", batch_size=32, eval_batch_size=1000)
+    saved.compile(loss="sparse_categorical_crossentropy", metrics=[optimization.TopKError(1)])
+    assert saved.evaluate(ds.test, verbose=0, return_dict=True)["error"] == pytest.approx(
+        summary["test_error"]
+    )
+    served = tf.saved_model.load(summary["export_path"])
+    x = next(iter(ds.test))[0][:4]
+    pixels = x + ds.info.mean  # the serving signature takes 0-255 pixels and subtracts the mean itself
+    got = served.signatures["predict_pixels"](pixels=pixels)["probabilities"].numpy()
+    np.testing.assert_allclose(got, saved(x, training=False).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["flip", "flip_translate"])
+def test_test_time_augmentation_is_the_mean_over_the_views(mode):
+    model = build_model("resnet8")
+    for _ in range(3):  # move BN statistics off their initial values
+        model(tf.random.uniform([8, 32, 32, 3], -1, 1), training=True)
+    x = tf.random.uniform([4, 32, 32, 3], -1, 1)
+    tta = models.with_test_time_augmentation(model, mode)
+    views = []
+    for flip, dy, dx in models.TTA_VIEWS[mode]:
+        v = x[:, :, ::-1] if flip else x
+        v = tf.pad(v, [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)], [0, 0]])
+        v = v[:, max(-dy, 0) : max(-dy, 0) + 32, max(-dx, 0) : max(-dx, 0) + 32]
+        views.append(model(v, training=False).numpy())
+    np.testing.assert_allclose(tta(x, training=False).numpy(), np.mean(views, axis=0), atol=1e-6)
+    assert len(views) == {"flip": 2, "flip_translate": 6}[mode]
+    assert models.with_test_time_augmentation(model, "none") is model
+
+
+def test_cutout_zeroes_one_square_and_alternating_flips_alternate():
+    images = tf.random.uniform([16, 12, 12, 3], 1, 255)
+    mean = tf.zeros([12, 12, 3])
+    seed = tf.constant([3, 4], tf.int64)
+    plain = preprocessing.cifar_augment(images, mean, seed, pad=0, flips=tf.zeros([16], tf.bool)).numpy()
+    np.testing.assert_allclose(plain, images.numpy())  # no translation, no flip: the image itself
+    cut = preprocessing.cifar_augment(
+        images, mean, seed, pad=0, flips=tf.zeros([16], tf.bool), cutout=4
+    ).numpy()
+    zeroed = np.all(cut == 0, axis=-1)
+    for mask in zeroed:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4  # one square, clipped at the borders
+        assert mask.sum() == len(rows) * len(cols)
+    index = tf.range(100, dtype=tf.int64)
+    flips = [preprocessing.alternating_flips(index, epoch, seed=7).numpy() for epoch in range(3)]
+    assert np.all(flips[0] != flips[1]) and np.all(flips[0] == flips[2])
+    assert 30 < flips[0].sum() < 70  # which images start mirrored is mixed
+
+
+def test_evaluation_of_the_test_set_every_n_checkpoints(tmp_path):
+    cfg = TrainConfig(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
+    training.run(cfg, verbose=0)
+    import csv
+
+    with open(tmp_path / "run" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    tested = [int(r["step"]) for r in rows if r.get("test_error")]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40] and tested == [
+        30,
+        40,
+    ]  # every 3rd, and the last
+
+
+def test_precision_auto_and_the_callers_policy_survives():
+    flags = (
+        set(pathlib.Path("/proc/cpuinfo").read_text().split())
+        if pathlib.Path("/proc/cpuinfo").exists()
+        else set()
+    )
+    native = bool({"avx512_bf16", "amx_bf16"} & flags) or bool(tf.config.list_physical_devices("GPU"))
+    assert training.resolve_precision("auto") == ("bfloat16" if native else "float32")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with training.precision_policy("bfloat16") as resolved:
+            assert resolved == "bfloat16" and keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"  # restored, not float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_new_flags_are_checked():
+    for changes, flag in (
+        ({"label_smoothing": 1.0}, "--label_smoothing"),
+        ({"ema_decay": -0.1}, "--ema_decay"),
+        ({"cutout": -1}, "--cutout"),
+        ({"eval_test_every": 0}, "--eval_test_every"),
+        ({"lr_warmup_steps": -5}, "--lr_warmup_steps"),
+        ({"tta": "rotate"}, "--tta"),
+    ):
+        with pytest.raises(config.ConfigError, match=flag):
+            config.check_config(TrainConfig(model_dir="x", train_steps=1, **changes))

@@ -1,0 +1,229 @@
+"""Faults and bad input as a user meets them: damaged checkpoints, two runs on one --model_dir,
+unwritable outputs, a saved model loaded elsewhere, signals in a search. Digits and ResNet-8."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from keras_resnet import files, training
+from keras_resnet.config import ConfigError, TrainConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+
+
+def _flags(cfg: TrainConfig, path: pathlib.Path) -> list[str]:
+    path.write_text(cfg.to_flags())
+    return [sys.executable, str(REPO / "train.py"), f"--flagfile={path}"]
+
+
+def _wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 300.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {proc.communicate()[0][-3000:]}")
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError("condition not met")
+
+
+def _checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1].split(".")[0]) for p in (model_dir / "checkpoints").glob("ckpt-*.json")
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[TrainConfig, dict]:
+    """A finished 20-step run with checkpoints at 10 and 20 (in-process, 2 replicas)."""
+    cfg = TrainConfig(**TINY, train_steps=20, eval_test=False, model_dir=str(tmp_path_factory.mktemp("run")))
+    return cfg, training.run(cfg, verbose=0)
+
+
+def _unfinished_copy(finished, tmp_path) -> TrainConfig:
+    """The finished run as a kill would have left it: checkpoints, no model or summary yet."""
+    cfg, _ = finished
+    model_dir = tmp_path / "run"
+    shutil.copytree(cfg.model_dir, model_dir)
+    for name in ("summary.json", "model.keras"):
+        (model_dir / name).unlink()
+    return TrainConfig(**{**cfg.to_json(), "model_dir": str(model_dir)})
+
+
+@pytest.mark.slow
+def test_kill_9_then_truncated_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
+    model_dir = tmp_path / "run"
+    cfg = TrainConfig(**TINY, train_steps=60, eval_test=False, model_dir=str(model_dir))
+    cmd = _flags(cfg, tmp_path / "run.cfg")
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, **kw)
+    _wait_for(lambda: len(_checkpoint_steps(model_dir)) >= 2, proc)
+    proc.kill()  # kill -9
+    proc.communicate(timeout=60)
+    newest = max(_checkpoint_steps(model_dir))
+    weights = model_dir / "checkpoints" / f"ckpt-{newest}.weights.h5"
+    with weights.open("r+b") as f:  # as a full disk or a dying node leaves it
+        f.truncate(weights.stat().st_size // 2)
+
+    proc = subprocess.run(cmd, **kw, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"skipping the checkpoint of step {newest}: ckpt-{newest}.weights.h5 has" in proc.stdout
+    assert "truncated" in proc.stdout
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["resumed_from_step"] == newest - 10
+
+
+def test_unreadable_state_file_is_rebuilt_from_the_checkpoints(finished, tmp_path, capsys):
+    for damage in ("garbage {", '{"step": 20, "weights": "ckpt-999.weights.h5", "epoch": 2}', ""):
+        cfg = _unfinished_copy(finished, tmp_path / str(len(damage)))
+        (pathlib.Path(cfg.model_dir) / "checkpoints" / "state.json").write_text(damage)
+        summary = training.run(cfg, verbose=0)
+        assert summary["resumed_from_step"] == 20 and summary["steps"] == 20
+    assert "state.json is unreadable; rebuilt from the checkpoint files present" in capsys.readouterr().out
+
+
+def test_nothing_usable_left_is_one_line(finished, tmp_path):
+    cfg = _unfinished_copy(finished, tmp_path)
+    for weights in (pathlib.Path(cfg.model_dir) / "checkpoints").glob("*.weights.h5"):
+        weights.write_bytes(b"x" * weights.stat().st_size)  # the right size, the wrong bytes
+    with pytest.raises(ConfigError) as err:
+        training.run(cfg, verbose=0)
+    message = str(err.value)
+    assert "\n" not in message and "no usable checkpoint" in message and "step 20" in message
+    assert "does not match its recorded SHA-256" in message
+
+
+@pytest.mark.slow
+def test_second_run_on_a_model_dir_is_refused_while_the_first_finishes(tmp_path):
+    model_dir = tmp_path / "run"
+    # Long enough to still run while a second process starts (digits: about 5 steps a second).
+    cfg = TrainConfig(
+        **{**TINY, "checkpoint_steps": 25}, train_steps=400, eval_test=False, model_dir=str(model_dir)
+    )
+    cmd = _flags(cfg, tmp_path / "run.cfg")
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, **kw)
+    _wait_for(lambda: bool(_checkpoint_steps(model_dir)), first)
+    second = subprocess.run(cmd, **kw, timeout=120)
+    assert second.returncode == 1
+    line = second.stderr.strip()
+    assert "\n" not in line and line.startswith(
+        f"train.py: error: {model_dir} is in use by train.py run pid "
+    )
+    assert f"pid {first.pid} on " in line
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-2000:] + err[-2000:]
+    assert json.loads((model_dir / "summary.json").read_text())["steps"] == 400
+
+
+@pytest.mark.parametrize("flag", ["model_dir", "export_dir"])
+def test_unwritable_output_is_refused_before_any_work(tmp_path, flag):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    paths = {"model_dir": tmp_path / "run", "export_dir": tmp_path / "export"}
+    paths[flag] = blocker / "inside"  # under a regular file: cannot be created (root ignores modes)
+    cfg = TrainConfig(**TINY, train_steps=10, **{k: str(v) for k, v in paths.items()})
+    with pytest.raises(ConfigError) as err:
+        training.run(cfg, verbose=0)
+    assert str(err.value).startswith(f"--{flag}={blocker / 'inside'} is not writable")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no training step ran
+
+
+def test_export_base_that_is_a_file_is_one_line(tmp_path):
+    import numpy as np
+
+    from keras_resnet import build_model, serving
+    from keras_resnet.preprocessing import DataInfo
+
+    base = tmp_path / "exports"
+    base.write_text("")
+    info = DataInfo("x", "cifar", 10, tuple("0123456789"), 32, 32, np.zeros((32, 32, 3), np.float32), 10)
+    with pytest.raises(files.NotWritable, match=r"--export_base=.*exports is a file, not a directory"):
+        serving.export(build_model("resnet8"), info, base)
+
+
+def test_saved_model_loads_compiled_in_a_fresh_process_that_imports_only_keras_resnet(tmp_path):
+    cfg = TrainConfig(**TINY, train_steps=10, label_smoothing=0.1, model_dir=str(tmp_path / "run"))
+    training.run(cfg, verbose=0)
+    script = textwrap.dedent(
+        f"""
+        import keras_resnet, keras
+        from keras_resnet import data
+        model = keras.models.load_model({str(tmp_path / "run" / "model.keras")!r}, safe_mode=True)
+        assert int(model.optimizer.iterations.numpy()) == 10, model.optimizer.iterations
+        assert type(model.loss).__name__ == "SmoothedCrossEntropy"
+        print(model.evaluate(data.load("digits", batch_size=32).test, verbose=0, return_dict=True))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'error':" in proc.stdout and "'loss':" in proc.stdout
+
+
+@pytest.mark.slow
+def test_search_in_the_background_stops_on_sigint_and_sigterm_and_resumes(tmp_path):
+    cfg = TrainConfig(**{**TINY, "train_steps": 40}, eval_test=False, model_dir=str(tmp_path / "run"))
+    cmd = [*_flags(cfg, tmp_path / "run.cfg"), "--tune", "--search=shortcut"]
+    trials = tmp_path / "run" / "tuning" / "search"
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        launched = time.time()
+
+        def started_trial(launched=launched) -> bool:  # a checkpoint written by this process
+            return any(p.stat().st_mtime > launched for p in trials.glob("trial_*/checkpoints/ckpt-*.json"))
+
+        # A shell starts background jobs with SIGINT ignored; the search must still stop on it.
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        _wait_for(started_trial, proc)
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 130, out[-3000:]
+        assert f"{signal.Signals(signum).name}: checkpointing after this step" in out
+        assert "run the same command again to continue it" in out
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rows = (tmp_path / "run" / "tuning" / "results.csv").read_text().splitlines()
+    assert len(rows) == 4 and all(",COMPLETED," in r for r in rows[1:])
+    # Every trial trained to exactly 40 steps, however often it was interrupted.
+    for summary in trials.glob("trial_*/summary.json"):
+        assert json.loads(summary.read_text())["steps"] == 40
+
+
+def test_fewer_than_two_classes_and_too_small_images_are_refused(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_resnet import data
+
+    for split in ("train", "val"):
+        (tmp_path / "one" / split / "cat").mkdir(parents=True)
+        tf.io.write_file(
+            str(tmp_path / "one" / split / "cat" / "a.png"), tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+        )
+    with pytest.raises(ValueError, match="holds 1 class folder.*at least 2 classes"):
+        data.load(f"folder:{tmp_path / 'one'}", batch_size=1, cache_dir=str(tmp_path / "c"))
+    for model, size, stride in (("resnet8", 3, 4), ("resnet50", 31, 32), ("resnet8", -2, 4)):
+        cfg = TrainConfig(
+            **{**TINY, "model": model}, image_size=size, train_steps=1, model_dir=str(tmp_path / "r")
+        )
+        with pytest.raises(
+            ConfigError, match=rf"--image_size={size} is smaller than {model}'s total stride of {stride}"
+        ):
+            training.run(cfg)
+    assert not (tmp_path / "r").exists()
