@@ -1,0 +1,100 @@
+"""`python -m keras_resnet.reproduce`: each experiment's mechanics on tiny nets, digits, a few steps."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from keras_resnet import build_model, reproduce
+
+
+def _read(path: pathlib.Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[list[str], pathlib.Path]:
+    root = tmp_path_factory.mktemp("reproduction")
+    args = ["--models=plain8,resnet8", "--budget=20", "--dataset=digits", f"--out={root / 'runs'}"]
+    return [*args, f"--results={root / 'results'}"], root
+
+
+def test_degradation_trains_each_net_once_with_one_recipe_and_writes_csv_and_figure(tiny):
+    args, root = tiny
+    assert reproduce.main(["degradation", *args]) == 0
+    rows = _read(root / "results" / "degradation.csv")
+    assert list(rows[0]) == ["model", "steps", "train_error", "test_error"]
+    assert [r["model"] for r in rows] == ["plain8", "resnet8"] and all(r["steps"] == "20" for r in rows)
+    assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("train_error", "test_error"))
+    assert (root / "results" / "degradation.png").stat().st_size > 10_000
+    configs = [(root / "runs" / "20" / m / "config.json").read_text() for m in ("plain8", "resnet8")]
+    # Same recipe and seed; only the net differs.
+    assert configs[0].replace("plain8", "resnet8") == configs[1]
+    # The training error is the final model's on the training images in evaluation mode.
+    from keras_resnet import data
+
+    model = keras.models.load_model(root / "runs" / "20" / "resnet8" / "model.keras")
+    ds = data.load("digits", eval_batch_size=1000)
+    measured = model.evaluate(ds.train_evaluation(), verbose=0, return_dict=True)["error"]
+    assert float(rows[1]["train_error"]) == pytest.approx(measured, abs=1e-4)
+
+    # Run again: finished runs are skipped, not retrained.
+    summaries = [root / "runs" / "20" / m / "summary.json" for m in ("plain8", "resnet8")]
+    before = [p.stat().st_mtime_ns for p in summaries]
+    assert reproduce.main(["degradation", *args]) == 0
+    assert [p.stat().st_mtime_ns for p in summaries] == before
+
+
+def test_responses_reuse_the_trained_nets_and_list_every_3x3_layer(tiny):
+    args, root = tiny
+    summary = root / "runs" / "20" / "resnet8" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    assert reproduce.main(["responses", *args]) == 0
+    assert summary.stat().st_mtime_ns == before
+    rows = _read(root / "results" / "responses.csv")
+    assert list(rows[0]) == ["model", "layer_index", "layer", "std"]
+    # ResNet-8: the first conv and two 3x3 convs in each of 3 blocks; shortcuts (1x1) excluded.
+    layers = [r["layer"] for r in rows if r["model"] == "resnet8"]
+    assert layers[0] == "conv1_bn" and len(layers) == 7 and all(float(r["std"]) > 0 for r in rows)
+    assert (root / "results" / "responses.png").stat().st_size > 10_000
+
+
+def test_response_std_is_the_std_of_every_element_of_the_layer_output():
+    model = build_model("resnet8", shortcut="B")
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(4, 32, 32, 3)).astype("float32"), None) for _ in range(3)]
+    got = reproduce.response_stds(model, batches)
+    assert "conv3_block1_0_bn" not in got  # a 1x1 projection is not a 3x3 layer
+    probe = keras.Model(model.input, model.get_layer("conv3_block1_2_bn").output)
+    outputs = np.concatenate([probe(x, training=False).numpy() for x, _ in batches])
+    assert got["conv3_block1_2_bn"] == pytest.approx(float(np.std(outputs.astype(np.float64))), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_shortcuts_search_a_b_c_per_seed_and_summarize(tmp_path):
+    args = ["--models=resnet8", "--budget=4", "--seeds=2", "--dataset=digits", f"--out={tmp_path / 'runs'}"]
+    assert reproduce.main(["shortcuts", *args, f"--results={tmp_path / 'res'}"]) == 0
+    rows = _read(tmp_path / "res" / "shortcuts.csv")
+    assert sorted((r["seed"], r["shortcut"]) for r in rows) == [(s, o) for s in "01" for o in "ABC"]
+    table = (tmp_path / "res" / "shortcuts.md").read_text()
+    for option in "ABC":
+        errors = [100 * float(r["val_error"]) for r in rows if r["shortcut"] == option]
+        assert f"| {option} |" in table and f"{np.mean(errors):.2f} ± {np.std(errors, ddof=1):.2f}" in table
+
+
+def test_bad_arguments_and_dry_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["degradation", "--budget=soon"])
+    assert "--budget='soon'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["shortcuts", "--models=plain20"])
+    assert "only in residual nets" in capsys.readouterr().err
+    assert reproduce.main(["degradation", "--dry_run", f"--out={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "4 run(s) of 2,000 iterations (plain20, plain56, resnet20, resnet56)" in out and "estimated" in out
+    assert not any(tmp_path.iterdir())  # a dry run trains nothing
