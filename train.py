@@ -53,6 +53,11 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer("max_trials", 10, "--tune: most trials to run.")
     flags.DEFINE_string("tune_dir", "", "--tune: search state and trials; default <model_dir>/tuning.")
+    flags.DEFINE_float(
+        "tune_wait",
+        300.0,
+        "--tune worker on a cluster: seconds to wait for the chief's oracle before giving up.",
+    )
     flags.DEFINE_list(
         "search",
         ["shortcut"],
@@ -93,6 +98,7 @@ def main(argv: list[str]) -> None:
                 max_trials=FLAGS.max_trials,
                 tune_dir=FLAGS.tune_dir or os.path.join(cfg.model_dir, "tuning"),
                 search=FLAGS.search,
+                wait_for_chief=FLAGS.tune_wait,
             )
         else:
             training.run(cfg)

@@ -6,8 +6,11 @@ Paths, each timed for float32 and bfloat16 (mixed precision):
   train.py             `keras_resnet.training.run`: the tf.data pipeline with the paper's
                        augmentation, MirroredStrategy, every callback, fused batch norm (the default)
   train.py Keras BN    the same with --nofused_bn: Keras' own batch-norm computation
-  plain keras          the reference: the same network with Keras' batch norm, compiled and fitted
-                       on in-memory arrays, no augmentation, no tf.distribute, no callbacks
+  plain keras          the same network with Keras' batch norm, compiled and fitted on in-memory
+                       arrays, no augmentation, no tf.distribute, no callbacks
+  pytorch              with --torch_python=<a Python with PyTorch>: bench/torch_resnet20.py, the
+                       same net in PyTorch (channels_last, in-memory batch), in its own process;
+                       then the reference of the "x ref" column (else plain keras)
 Each run trains --steps iterations; images/s counts the steps after the first five (tracing).
 Run-to-run spread on the 2-core machine is about +-10%, more than some of the differences, so the
 paths run interleaved (round-robin, --repeats rounds, one process) and the table shows medians.
@@ -17,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,6 +107,14 @@ def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
     return {"params": counting.count(model).params, "images_per_sec": BATCH * len(steady) / sum(steady)}
 
 
+def bench_pytorch(precision: str, steps: int, torch_python: str) -> dict:
+    """PyTorch on the same cores, in its own interpreter (`bench/torch_resnet20.py`)."""
+    script = pathlib.Path(__file__).with_name("torch_resnet20.py")
+    cmd = [torch_python, str(script), f"--steps={steps}", f"--batch={BATCH}", f"--precision={precision}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 PATHS = {
     "train.py": bench_train_py,
     "train.py Keras BN": lambda p, s, d: bench_train_py(p, s, d, fused_bn=False),
@@ -117,7 +130,14 @@ def main() -> None:
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of: {', '.join(PATHS)}")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir (default $KERAS_RESNET_DATA/...)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument(
+        "--torch_python", default=None, help="a Python with PyTorch: adds the path `pytorch` (interleaved)"
+    )
     args = parser.parse_args()
+    if args.torch_python:
+        PATHS["pytorch"] = lambda p, s, d: bench_pytorch(p, s, args.torch_python)
+        if "pytorch" not in args.paths:
+            args.paths += ",pytorch"
     if args.steps <= WARMUP_STEPS:
         parser.error(f"--steps must be > {WARMUP_STEPS}")
     paths = [p.strip() for p in args.paths.split(",")]
@@ -149,7 +169,7 @@ def main() -> None:
     for path, precision in combos:
         rates = runs[(path, precision)]
         median = statistics.median(rates)
-        reference = runs.get(("plain keras", precision))
+        reference = runs.get(("pytorch", precision)) or runs.get(("plain keras", precision))
         rows.append(
             {
                 "path": path,
@@ -158,14 +178,16 @@ def main() -> None:
                 "median_img_per_sec": median,
                 "ms_per_step": BATCH * 1000 / median,
                 "runs_img_per_sec": [round(v, 1) for v in rates],
-                "vs_plain_keras": median / statistics.median(reference) if reference else None,
+                "vs_reference": median / statistics.median(reference) if reference else None,
             }
         )
     print(f"\nResNet-20, batch {BATCH}, CIFAR-10; {os.cpu_count()} CPUs, load average {load:.1f}")
     print(f"medians of {args.repeats} interleaved runs of {args.steps} steps")
-    print(f"{'path':<18} {'precision':<9} {'params':>8} {'img/s':>6} {'ms/step':>7} {'x plain':>7}  runs")
+    reference = "pytorch" if args.torch_python else "plain keras"
+    print(f"x ref: speed relative to {reference} at the same precision")
+    print(f"{'path':<18} {'precision':<9} {'params':>8} {'img/s':>6} {'ms/step':>7} {'x ref':>7}  runs")
     for r in rows:
-        ratio = f"{r['vs_plain_keras']:.2f}" if r["vs_plain_keras"] else "-"
+        ratio = f"{r['vs_reference']:.2f}" if r["vs_reference"] else "-"
         print(
             f"{r['path']:<18} {r['precision']:<9} {r['params']:>8,} {r['median_img_per_sec']:>6.0f} "
             f"{r['ms_per_step']:>7.1f} {ratio:>7}  {', '.join(f'{v:.0f}' for v in r['runs_img_per_sec'])}"
@@ -180,6 +202,7 @@ def main() -> None:
             "load_average_at_end": load,
             "machine": platform.platform(),
             "keras": keras.__version__,
+            "reference": reference,
             "results": rows,
         }
         path = pathlib.Path(args.json)

@@ -27,6 +27,7 @@ import math
 import os
 import pathlib
 import shutil
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,6 +240,7 @@ class _Tuner(keras_tuner.Tuner):
     """
 
     total_trials: int | None = None
+    trained = 0  # trials run by this process
 
     def trial_config(self, trial) -> TrainConfig:
         cfg = self.hypermodel.build(trial.hyperparameters.copy())
@@ -266,6 +268,7 @@ class _Tuner(keras_tuner.Tuner):
             raise _SearchStopped(str(err)) from None
         if summary.get("val_error") is None:
             raise keras_tuner.errors.FatalError(f"trial {trial.trial_id} ran no validation: no val_error.")
+        self.trained += 1
         return {
             OBJECTIVE: summary["val_error"],
             "steps": summary["steps"],
@@ -284,6 +287,10 @@ class _Tuner(keras_tuner.Tuner):
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
+        if self._is_worker():  # the trials' records live in the chief
+            values = _values_text(trial.hyperparameters.values)
+            print(f"[tune] worker {self.tuner_id}: trial {trial.trial_id} ({values})", flush=True)
+            return
         done = [t for t in self.oracle.trials.values() if t.status == "COMPLETED"]
         times = [t.metrics.get_last_value("train_time_s") for t in done if t.metrics.exists("train_time_s")]
         line = f"[tune] trial {trial.trial_id}: {len(done)} done"
@@ -293,6 +300,47 @@ class _Tuner(keras_tuner.Tuner):
             if times:
                 line += f", ETA {duration(left * sum(times) / len(times))}"
         print(line, flush=True)
+
+    def search(self, *fit_args, **fit_kwargs):
+        if distributed_role() == CHIEF:
+            self.save()
+            self._serve()
+        else:
+            super().search(*fit_args, **fit_kwargs)
+
+    def _serve(self) -> None:
+        """The chief: serves the oracle over gRPC until every trial has ended (or a stop signal).
+
+        keras-tuner's own loop (`oracle_chief.start_server`) answers one request at a time and
+        cannot be stopped by a signal; this one is the same servicer with a few threads, progress
+        lines, and Ctrl-C/SIGTERM.
+        """
+        from concurrent import futures
+
+        import grpc
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute import oracle_chief
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        servicer = oracle_chief.OracleServicer(self.oracle)
+        protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+        if not server.add_insecure_port(_chief_address()):
+            raise ConfigError(f"the chief cannot listen on {_chief_address()}: is the port in use?")
+        server.start()
+        print(f"[tune] chief: serving the oracle at {_chief_address()}", flush=True)
+        reported = None
+        try:
+            while not (servicer.stop_triggered and oracle_chief.exit_chief(self.oracle)):
+                time.sleep(1)
+                if training.STOP.requested:
+                    raise _SearchStopped(f"{training.STOP.requested} on the chief")
+                trials = list(self.oracle.trials.values())
+                counts = (sum(t.status == "COMPLETED" for t in trials), len(self.oracle.ongoing_trials))
+                if counts != reported:
+                    reported = counts
+                    print(f"[tune] chief: {counts[0]} trial(s) done, {counts[1]} running", flush=True)
+        finally:
+            server.stop(grace=5)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
@@ -505,8 +553,15 @@ def search(
     tune_dir: str | os.PathLike | None = None,
     search: Sequence[str] | str = ("shortcut",),
     callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> SearchResult:
+    wait_for_chief: float = 300.0,
+) -> SearchResult | None:
     """Runs (or continues) a keras-tuner search over `search`, each trial a training run of `cfg`.
+
+    On one machine by default. With keras-tuner's variables set (`KERASTUNER_TUNER_ID`,
+    `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT`), the process with id `chief` serves the
+    oracle over gRPC and trains nothing, and every other id is a worker that asks it for trials
+    and trains them; all share `tune_dir`. The chief writes the results when the search ends;
+    workers return None when the oracle has no trial left.
 
     Args:
         cfg: the training configuration; each trial trains it with the trial's values on the
@@ -517,13 +572,15 @@ def search(
             with the same `tune_dir` continues where it stopped.
         search: hyperparameters to search, see `parse_search` (e.g. ["shortcut", "depth=20/56"]).
         callbacks: extra Keras callbacks for every trial (keras-tuner deep-copies them per trial).
+        wait_for_chief: a worker gives up after this many seconds without an answer from the chief.
 
     Returns:
-        A `SearchResult`; the files are described in the module docstring.
+        A `SearchResult` (None on a worker); the files are described in the module docstring.
 
     Raises:
         ConfigError: an empty or single-point space, an unknown tuner, max_trials < 1,
-            bad training flags, or a `tune_dir` holding a search with other settings.
+            bad training flags, a `tune_dir` holding a search with other settings (or, on a worker,
+            settings other than the chief's), an unreachable chief.
         training.TrainingStopped: interrupted (Ctrl-C); the same call continues the search.
         RuntimeError: no trial completed (each failure's error is printed).
     """
@@ -548,21 +605,30 @@ def search(
             "--tune runs on one machine (keras-tuner supports single-worker strategies only): "
             "unset TF_CONFIG or pass --distribution=mirrored."
         )
+    role = distributed_role()
     try:
         files.check_writable(tune_dir, "--tune_dir")
-        if cfg.export_dir:
+        if cfg.export_dir and role in (None, CHIEF):
             files.check_writable(cfg.export_dir, "--export_dir")
-        lock = files.DirLock(tune_dir, purpose="keras-tuner search").acquire()
+        # One search per directory; on a cluster the chief holds it, and each worker id its own.
+        locked = tune_dir if role in (None, CHIEF) else tune_dir / "workers" / role
+        lock = files.DirLock(locked, purpose=f"keras-tuner {role or 'search'}").acquire()
     except (files.NotWritable, files.Locked) as err:
         raise ConfigError(str(err)) from None
     try:
-        return _search(cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks)
+        if role not in (None, CHIEF):
+            _wait_for_chief(wait_for_chief)
+        return _search(
+            cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks, role, wait_for_chief
+        )
     finally:
         lock.release()
 
 
-def _search(cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks) -> SearchResult:
-    _check_same_search(tune_dir, tune_cfg, tuner, space)
+def _search(
+    cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks, role, wait_for_chief
+) -> SearchResult | None:
+    _check_same_search(tune_dir, tune_cfg, tuner, space, chief=role in (None, CHIEF))
     data = training.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
     total_steps, _, epochs = run_length(tune_cfg, data.steps_per_epoch)
     hypermodel = ResNetHyperModel(tune_cfg, space)
@@ -571,24 +637,109 @@ def _search(cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, c
             hypermodel, tuner, max_trials=max_trials, directory=tune_dir, max_epochs=epochs, seed=cfg.seed
         )
         kt.total_trials = max_trials if tuner != "hyperband" else None
+        if role is None:
+            where = ""
+        elif role == CHIEF:
+            where = "; this process is the chief: it serves the oracle and trains nothing"
+        else:
+            where = f"; worker {role} of the chief at {_chief_address()}"
         print(
             f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, at most "
             f"{max_trials} trials of {total_steps} steps; {strategy.num_replicas_in_sync} replica(s); "
-            f"in {tune_dir}",
+            f"in {tune_dir}{where}",
             flush=True,
         )
         try:
-            kt.search(callbacks=list(callbacks))
-        except (KeyboardInterrupt, _SearchStopped) as err:
-            done = sum(t.status == "COMPLETED" for t in kt.oracle.trials.values())
-            why = str(err) or "KeyboardInterrupt"
+            with workarounds.keras_tuner_rpc_timeout(wait_for_chief):
+                kt.search(callbacks=list(callbacks))
+        except _rpc_error() as err:
             raise training.TrainingStopped(
-                f"search interrupted ({why.splitlines()[0][:200]}) with {done} trial(s) done, kept in "
-                f"{tune_dir}; run the same command again to continue it (an unfinished trial resumes "
-                "from its last checkpoint).",
+                f"lost the chief's oracle at {_chief_address()} ({err.code().name} after at most "
+                f"{wait_for_chief:.0f} s): start this worker again when the chief is back; its unfinished "
+                "trial resumes from its last checkpoint.",
+                exit_code=1,
+            ) from None
+        except (KeyboardInterrupt, _SearchStopped) as err:
+            why = str(err) or "KeyboardInterrupt"
+            done = (
+                ""
+                if role not in (None, CHIEF)
+                else (
+                    f" with {sum(t.status == 'COMPLETED' for t in kt.oracle.trials.values())} trial(s) done"
+                )
+            )
+            raise training.TrainingStopped(
+                f"search interrupted ({why.splitlines()[0][:200]}){done}, kept in {tune_dir}; run the same "
+                "command again to continue it (an unfinished trial resumes from its last checkpoint).",
                 exit_code=130,
             ) from None
+    if role not in (None, CHIEF):
+        print(
+            f"[tune] worker {role}: the chief has no trial left; {kt.trained} trial(s) trained here.",
+            flush=True,
+        )
+        return None
     return _finish(kt, cfg, hypermodel, data, strategy, tuner, tune_dir)
+
+
+def _rpc_error() -> type[Exception]:
+    import grpc
+
+    return grpc.RpcError
+
+
+# ----------------------------------------------------------------------------- several machines
+
+CHIEF = "chief"
+TUNER_ID, ORACLE_IP, ORACLE_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+
+
+def distributed_role() -> str | None:
+    """None on one machine; else this process's keras-tuner id: `chief`, or a worker's (`tuner0`...).
+
+    Raises:
+        ConfigError: the variables are set only in part.
+    """
+    names = (TUNER_ID, ORACLE_IP, ORACLE_PORT)
+    given = {n: os.environ.get(n, "") for n in names}
+    if not any(given.values()):
+        return None
+    if missing := [n for n in names if not given[n]]:
+        raise ConfigError(
+            f"--tune on several machines needs {', '.join(names)}; {', '.join(missing)} "
+            "is not set (chief: KERASTUNER_TUNER_ID=chief; workers: tuner0, tuner1, ...)."
+        )
+    if not given[ORACLE_PORT].isdigit():
+        raise ConfigError(f"{ORACLE_PORT}={given[ORACLE_PORT]!r} is not a port number.")
+    return given[TUNER_ID]
+
+
+def _chief_address() -> str:
+    return f"{os.environ[ORACLE_IP]}:{os.environ[ORACLE_PORT]}"
+
+
+def _wait_for_chief(seconds: float) -> None:
+    """Blocks until the chief's oracle answers; one line and ConfigError after `seconds`."""
+    import grpc
+
+    address = _chief_address()
+    channel = grpc.insecure_channel(address)
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=min(5.0, seconds))
+            return
+        except grpc.FutureTimeoutError:
+            print(f"[tune] waiting up to {seconds:.0f} s for the chief's oracle at {address}...", flush=True)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(seconds - 5.0, 0.1))
+        except grpc.FutureTimeoutError:
+            raise ConfigError(
+                f"cannot reach the chief's oracle at {address} after {seconds:.0f} s: start the chief first "
+                f"({TUNER_ID}=chief, same {ORACLE_IP}/{ORACLE_PORT} and --tune flags), or check the address "
+                "and the firewall."
+            ) from None
+    finally:
+        channel.close()
 
 
 def _finish(
@@ -600,8 +751,11 @@ def _finish(
     rows = trial_rows(kt, space)
     tables = write_results(rows, tune_dir, title)
     _report_failures(kt)
-    best_trials = kt.oracle.get_best_trials(1)
-    if not best_trials or best_trials[0].status != "COMPLETED":
+    # The lowest validation error; a tie goes to the earlier trial (keras-tuner's own ranking
+    # follows the order trials were reloaded from disk, which differs from run to run).
+    done = [t for t in kt.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    best_trials = sorted(done, key=lambda t: (t.score, int(t.trial_id)))[:1]
+    if not best_trials:
         raise RuntimeError(f"No trial of the search in {tune_dir} completed; the errors are printed above.")
     best = best_trials[0]
     best_values = hypermodel.values(best.hyperparameters.copy())
@@ -680,21 +834,36 @@ def _flagfile_text(cfg: TrainConfig, values: dict[str, Any], trial) -> str:
     return header + cfg.to_flags()
 
 
-def _check_same_search(tune_dir: pathlib.Path, cfg: TrainConfig, tuner: str, space) -> None:
-    """Refuses to continue a search in `tune_dir` that was started with other settings."""
+def _check_same_search(
+    tune_dir: pathlib.Path, cfg: TrainConfig, tuner: str, space, chief: bool = True
+) -> None:
+    """Refuses to continue a search in `tune_dir` that was started with other settings.
+
+    The chief (or a single machine) writes the settings to `search.json` when it starts; a worker
+    refuses to take trials of a search whose settings differ from its own flags.
+    """
     settings = json.loads(
         json.dumps(
             {"tuner": tuner, "space": {k: list(v) for k, v in space.items()}, "config": cfg.training_fields()}
         )
     )
     path = tune_dir / "search.json"
+    if not path.is_file() and not chief:
+        raise ConfigError(
+            f"the chief's {path} is missing: --tune_dir must be the chief's (a directory shared by the chief "
+            "and every worker)."
+        )
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved != settings:
-            changed = [f"{k}" for k in settings if saved.get(k) != settings[k]]
-            if saved.get("config") != settings["config"]:
-                old, new = saved.get("config", {}), settings["config"]
-                changed += [f"--{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            changed = [f"{k}" for k in settings if saved.get(k) != settings[k] and k != "config"]
+            old, new = saved.get("config", {}), settings["config"]
+            changed += [f"--{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            if not chief:
+                raise ConfigError(
+                    f"this worker's --tune flags differ from the chief's ({'; '.join(changed)}): start the "
+                    "worker with the chief's flags."
+                )
             raise ConfigError(
                 f"--tune_dir={tune_dir} holds a search with other settings ({'; '.join(changed)}). "
                 "Run it again with its own flags to continue it, or pass a new --tune_dir."

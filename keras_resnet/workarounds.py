@@ -168,3 +168,27 @@ def export_each_variable_once(archive) -> None:
     for name in ("variables", "trainable_variables", "non_trainable_variables"):
         values = [v.value if isinstance(v, keras.Variable) else v for v in getattr(tracked, name)]
         setattr(tracked, name, values)
+
+
+@contextlib.contextmanager
+def keras_tuner_rpc_timeout(seconds: float) -> Iterator[None]:
+    """Bounds how long a keras-tuner worker waits for the chief's oracle, inside the block.
+
+    keras-tuner's gRPC client waits up to 60 minutes for every request (`oracle_client.TIMEOUT`,
+    raised from none to an hour for keras-team/keras-tuner#990; a silent stall when the chief is
+    gone, keras-team/keras-tuner#915). Here it waits `seconds`, then the worker says so. keras-tuner
+    1.1-1.4.8 checked (tests/test_tune_distributed.py).
+    """
+    import keras_tuner
+
+    if not affected(keras_tuner.__version__, "1.1", "1.4.8"):
+        yield
+        return
+    from keras_tuner.src.distribute import oracle_client
+
+    before = oracle_client.TIMEOUT
+    oracle_client.TIMEOUT = seconds
+    try:
+        yield
+    finally:
+        oracle_client.TIMEOUT = before

@@ -349,8 +349,8 @@ def test_bad_images_give_invalid_argument(cifar):
         b"not an image": r"\[Image\] \[1\] \[of the request is neither JPEG nor PNG",
         b"": "neither JPEG nor PNG",
         b"GIF89a" + good[6:]: "neither JPEG nor PNG",
-        jpeg[: len(jpeg) // 2]: "JPEG",
-        good[:40]: "PNG",
+        jpeg[: len(jpeg) // 2]: r"\[Image\] \[1\] \[of the request is truncated",
+        good[:40]: r"\[Image\] \[1\] \[of the request is truncated",
         huge_png: r"\[Image\] \[1\] \[of the request is too large",
     }
     for data, message in cases.items():
@@ -358,6 +358,37 @@ def test_bad_images_give_invalid_argument(cifar):
             served(images=tf.constant([good, data]))
     # The guard did not break the good path: the same request without the bad image is served.
     assert served(images=tf.constant([good, jpeg]))["classes"].shape == (2, cifar.k)
+    # An empty request gets an empty answer, not a shape error from inside the network.
+    empty = served(images=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 10) and empty["class_names"].shape == (0, cifar.k)
+
+
+def test_export_stores_each_variable_once_and_serves_from_saved_model_cli(tmp_path):
+    """keras-team/keras#23553: Keras' export wrote every weight twice (2.03x); TF Serving loaded both."""
+    model = build_model("resnet8")
+    info = DataInfo("x", "cifar", 10, tuple("0123456789"), 32, 32, np.zeros((32, 32, 3), np.float32), 10)
+    path = serving.export(model, info, tmp_path / "exports")
+    weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    stored = sum(f.stat().st_size for f in (path / "variables").iterdir())
+    assert weights < stored < 1.05 * weights
+    np.save(tmp_path / "x.npy", np.full((2, 32, 32, 3), 128, np.float32))
+    proc = subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("saved_model_cli")), "run", "--dir", str(path)]
+        + [
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "predict_pixels",
+            "--inputs",
+            f"pixels={tmp_path / 'x.npy'}",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Result for output key probabilities" in proc.stdout and "class_names" in proc.stdout
 
 
 def test_logits_model_serves_probabilities_and_mismatches_are_refused(cifar, tmp_path):
