@@ -26,6 +26,10 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+
+# isort: split
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

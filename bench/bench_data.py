@@ -20,6 +20,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+
+# isort: split
+
 import tensorflow as tf  # noqa: E402
 
 from keras_resnet import data, files, sources  # noqa: E402

@@ -33,6 +33,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+
+# isort: split
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -123,8 +127,10 @@ PATHS = {
 
 
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="training iterations per run")
+    parser.add_argument("--batch", type=int, default=BATCH, help="batch size of every path")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over every path and precision")
     parser.add_argument("--precision", default="float32,bfloat16", help="comma list of float32, bfloat16")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma list of: {', '.join(PATHS)}")
@@ -134,6 +140,7 @@ def main() -> None:
         "--torch_python", default=None, help="a Python with PyTorch: adds the path `pytorch` (interleaved)"
     )
     args = parser.parse_args()
+    BATCH = args.batch  # every path reads the module's batch size
     if args.torch_python:
         PATHS["pytorch"] = lambda p, s, d: bench_pytorch(p, s, args.torch_python)
         if "pytorch" not in args.paths:

@@ -13,9 +13,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from keras_resnet import serving  # noqa: E402
+from keras_resnet import files, runtime, serving  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
 flags.DEFINE_string(
@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # absl's INFO default would print TensorFlow's save chatter
+    runtime.quiet(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
     try:
         path = serving.export_run(
             FLAGS.model_dir,
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
             top_k=FLAGS.top_k,
             max_pixels=FLAGS.max_pixels,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (OSError, ValueError, files.Locked) as err:  # missing run, unwritable base, version taken
         sys.exit(f"export.py: error: {err}")
     base, name = path.parent.resolve(), path.parent.resolve().name
     print(f"Exported {path}")

@@ -776,8 +776,8 @@ def _finish(
     best_dir = tune_dir / "best"
     best_dir.mkdir(parents=True, exist_ok=True)
     model_path = best_dir / "model.keras"
-    shutil.copyfile(trial_dir / "model.keras", best_dir / ".model.keras.copy")
-    os.replace(best_dir / ".model.keras.copy", model_path)
+    with files.replacing(model_path) as tmp:
+        shutil.copyfile(trial_dir / "model.keras", tmp)
     info.save(best_dir)
     summary = {
         "trial": best.trial_id,
