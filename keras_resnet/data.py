@@ -245,17 +245,13 @@ def _cifar_train(
     mean = tf.constant(info.mean, tf.float32)
     images, labels = tf.constant(split.images), tf.constant(split.labels)
     n = split.num_examples
+    order = tf.data.Dataset.range(n).shard(w, i)
+    shard_size = len(range(i, n, w))
+    stream = order.shuffle(shard_size, seed=seed, reshuffle_each_iteration=True).repeat()
     if aug.flip == "alternating":
-        # Each index needs its epoch: one seeded shuffle per pass, tagged with the pass number.
-        def one_pass(epoch):
-            order = tf.data.Dataset.range(n).shard(w, i)
-            order = order.shuffle(n, seed=seed + epoch, reshuffle_each_iteration=False)
-            return order.map(lambda k: (k, alternating_flips(k, epoch, seed)))
-
-        batches = tf.data.Dataset.counter().flat_map(one_pass).batch(batch_size, drop_remainder=True)
-    else:
-        order = tf.data.Dataset.range(n).shard(w, i).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        batches = order.repeat().batch(batch_size, drop_remainder=True)
+        # Each pass is exactly one shuffled shard, so an element's position says its epoch.
+        stream = stream.enumerate().map(lambda p, k: (k, alternating_flips(k, p // shard_size, seed)))
+    batches = stream.batch(batch_size, drop_remainder=True)
 
     def augment(batch, s):
         k, flips = batch if aug.flip == "alternating" else (batch, None)

@@ -189,3 +189,30 @@ def test_new_flags_are_checked():
     ):
         with pytest.raises(config.ConfigError, match=flag):
             config.check_config(TrainConfig(model_dir="x", train_steps=1, **changes))
+
+
+def test_alternating_flips_mirror_every_training_image_every_other_epoch():
+    from keras_resnet import data, sources
+
+    images, labels = sources._digits_images(32)
+    train = images[sources.held_out_split(labels, sources.DIGITS_TEST_FRACTION)[0]]
+    keys = [im.tobytes() for im in train]
+    unique = {k for k in keys if keys.count(k) == 1}
+    ds = data.load(
+        "digits", batch_size=len(train), flip="alternating", translate=0, seed=5
+    )  # a batch per epoch
+    batches = iter(ds.train)
+    status = []  # per epoch: {image: mirrored?}
+    for _ in range(3):
+        views = next(batches)[0].numpy()
+        seen = {}
+        for v in views:
+            plain = np.rint(v + ds.info.mean).astype(np.uint8).tobytes()
+            mirrored = np.rint(v[:, ::-1] + ds.info.mean).astype(np.uint8).tobytes()
+            if (plain in unique) != (mirrored in unique):  # symmetric digits say nothing
+                seen[plain if plain in unique else mirrored] = mirrored in unique
+        status.append(seen)
+    common = set(status[0]) & set(status[1]) & set(status[2])
+    assert len(common) > 1000  # nearly every training digit, once per epoch
+    assert all(status[0][k] != status[1][k] and status[0][k] == status[2][k] for k in common)
+    assert 0.3 < np.mean([status[0][k] for k in common]) < 0.7  # which ones start mirrored is mixed
