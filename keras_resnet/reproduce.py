@@ -13,7 +13,7 @@ skips finished runs and resumes interrupted ones from their checkpoints; `--dry_
 plan and its estimated time. The figures and CSV files go to `--results` (default
 `results/reproduction`), rewritten from whatever runs have finished.
 
-`--budget` is the length of every run: `cpu` (2,000 iterations, about 5 epochs: a few hours of
+`--budget` is the length of every run: `cpu` (4,000 iterations, about 10 epochs: about 3 hours of
 2 CPU cores for Fig. 6 and 7 together), `64k` (the paper's 64,000), or a number of iterations.
 """
 
@@ -37,7 +37,7 @@ from keras_resnet.callbacks import duration
 from keras_resnet.config import ConfigError, TrainConfig, check_config
 
 EXPERIMENTS = ("degradation", "responses", "shortcuts", "table6")
-BUDGETS = {"cpu": 2000, "64k": 64000}
+BUDGETS = {"cpu": 4000, "64k": 64000}
 DEFAULT_MODELS = {
     "degradation": ("plain20", "plain56", "resnet20", "resnet56"),
     "responses": ("plain20", "plain56", "resnet20", "resnet56"),
@@ -50,9 +50,9 @@ PAPER_TABLE6 = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56"
 REFERENCE_TABLE6 = {"resnet20": 8.27, "resnet32": 7.37, "resnet44": 6.90, "resnet56": 6.61, "resnet110": 6.32}
 # Table 3, ImageNet val top-1 error (%, 10-crop) of ResNet-34 with each shortcut option.
 PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
-# Training throughput measured here (2-core AMD EPYC, float32, oneDNN): ResNet-20's train.py path
-# at about 200 img/s, i.e. this many multiply-adds per second counting the backward pass as 2x.
-MACS_PER_SECOND = 200 * 3 * 40.6e6
+# Training throughput measured here (2-core AMD EPYC Zen 3, float32, oneDNN): ResNet-20's train.py
+# path at about 450 img/s, i.e. this many multiply-adds per second counting the backward pass as 2x.
+MACS_PER_SECOND = 450 * 3 * 40.6e6
 
 
 @dataclasses.dataclass
@@ -375,7 +375,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         prog="python -m keras_resnet.reproduce", description=__doc__.split("\n")[0]
     )
     parser.add_argument("experiment", choices=EXPERIMENTS)
-    parser.add_argument("--budget", default="cpu", help="iterations per run: cpu (2,000), 64k, or a number")
+    parser.add_argument("--budget", default="cpu", help="iterations per run: cpu (4,000), 64k, or a number")
     parser.add_argument(
         "--models", default="", help="comma list, e.g. plain20,plain56,resnet20,resnet56,resnet110"
     )

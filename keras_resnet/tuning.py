@@ -19,11 +19,8 @@ trial that was running resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
 import os
 import pathlib
 import shutil
@@ -34,158 +31,13 @@ from typing import Any
 import keras
 import keras_tuner
 
-from keras_resnet import distribute, files, models, optimization, plots, specs, training, workarounds
+from keras_resnet import distribute, files, models, optimization, training, workarounds
 from keras_resnet.callbacks import duration
 from keras_resnet.config import ConfigError, TrainConfig, check_config, run_length
+from keras_resnet.search_space import apply_values, make_space, space_size
+from keras_resnet.tuning_report import OBJECTIVE, format_value, trial_rows, write_results
 
-SEARCHABLE = ("plain", "shortcut", "depth", "learning_rate", "weight_decay")
 TUNERS = ("grid", "random", "bayesian", "hyperband")
-OBJECTIVE = "val_error"
-
-# Values tried when `--search` names a hyperparameter without values. The configured value (the
-# paper's by default) is always tried first: GridSearch starts from the defaults.
-CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # Table 6 without 1202, which takes weeks on one GPU
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
-LEARNING_RATES = (0.1, 0.05, 0.2)  # the paper's 0.1, halved and doubled
-WEIGHT_DECAYS = (1e-4, 5e-5, 5e-4)  # the paper's 1e-4, and the 5e-4 of later CIFAR work
-
-
-# ----------------------------------------------------------------------------- search space
-
-
-def parse_search(items: Sequence[str] | str) -> dict[str, tuple | None]:
-    """Parses `--search` entries: `name` (default values) or `name=v1/v2/...` (those values).
-
-    Returns:
-        {name: values or None}, in the order given.
-
-    Raises:
-        ValueError: no entry, an unknown or repeated name, or an unparsable value.
-    """
-    if isinstance(items, str):
-        items = items.split(",")
-    parsed: dict[str, tuple | None] = {}
-    for item in items:
-        item = item.strip()
-        if not item:
-            continue
-        name, _, raw = item.partition("=")
-        name = name.strip()
-        if name not in SEARCHABLE:
-            raise ValueError(
-                f"--search: unknown hyperparameter {name!r}; searchable: {', '.join(SEARCHABLE)} "
-                "(e.g. --search=shortcut,depth=20/56)."
-            )
-        if name in parsed:
-            raise ValueError(f"--search names {name!r} twice.")
-        if not _:
-            parsed[name] = None
-            continue
-        if name == "plain":
-            raise ValueError("--search: `plain` takes no values (it always compares plain and residual).")
-        values = tuple(v.strip() for v in raw.split("/") if v.strip())
-        if not values:
-            raise ValueError(f"--search: {name}= lists no values; write e.g. {name}=a/b or just {name}.")
-        try:
-            parsed[name] = tuple(_parse_value(name, v) for v in values)
-        except ValueError as err:
-            raise ValueError(f"--search: bad value in {item!r}: {err}") from None
-    if not parsed:
-        raise ValueError(
-            "The search space is empty: --search must name at least one of "
-            f"{', '.join(SEARCHABLE)} (e.g. --search=shortcut)."
-        )
-    return parsed
-
-
-def _parse_value(name: str, raw: str) -> Any:
-    if name == "shortcut":
-        return specs.check_shortcut(raw)
-    if name == "depth":
-        return int(raw)
-    value = float(raw)
-    if not (math.isfinite(value) and value >= 0) or (name == "learning_rate" and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if name == 'learning_rate' else '>= 0'}, got {raw}")
-    return value
-
-
-def base_values(cfg: TrainConfig) -> dict[str, Any]:
-    """The configured value of every searchable hyperparameter."""
-    return {
-        "plain": not cfg.spec.residual,
-        "shortcut": specs.check_shortcut(cfg.resolved_shortcut),
-        "depth": cfg.spec.depth,
-        "learning_rate": float(cfg.learning_rate),
-        "weight_decay": float(cfg.weight_decay),
-    }
-
-
-def apply_values(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
-    """`cfg` with the searchable hyperparameters in `values` replaced (same model family)."""
-    merged = {**base_values(cfg), **values}
-    model = f"{'plain' if merged['plain'] else 'resnet'}{merged['depth']}"
-    family = cfg.spec.family
-    # A CIFAR depth that is also a Table 1 depth (50, 152) needs the family spelled out.
-    implied = specs.get_spec(model).family if merged["depth"] in specs.IMAGENET_SPECS else specs.CIFAR
-    return dataclasses.replace(
-        cfg,
-        model=model,
-        family=cfg.family or ("" if implied == family else family),
-        shortcut=merged["shortcut"],
-        learning_rate=merged["learning_rate"],
-        weight_decay=merged["weight_decay"],
-    )
-
-
-def make_space(cfg: TrainConfig, search: Sequence[str] | str) -> dict[str, tuple]:
-    """The search space: {name: values}, the configured value first, in `SEARCHABLE` order.
-
-    Raises:
-        ValueError: an empty space, a depth the model family lacks, a shortcut search on a plain
-            net, or a space with a single configuration.
-    """
-    parsed = parse_search(search)
-    base = base_values(cfg)
-    family = cfg.spec.family
-    defaults = {
-        "plain": (False, True),
-        "shortcut": specs.SHORTCUTS,
-        "depth": CIFAR_DEPTHS if family == specs.CIFAR else IMAGENET_DEPTHS,
-        "learning_rate": LEARNING_RATES,
-        "weight_decay": WEIGHT_DECAYS,
-    }
-    space = {}
-    for name in SEARCHABLE:
-        if name not in parsed:
-            continue
-        values = parsed[name] or defaults[name]
-        if parsed[name] is None or name == "plain":
-            values = (base[name], *values)  # the configured value first, even when not a paper value
-        space[name] = tuple(dict.fromkeys(values))
-    for depth in space.get("depth", ()):
-        try:
-            specs.get_spec(f"resnet{depth}", family)
-        except ValueError as err:
-            raise ValueError(f"--search: depth={depth}: {err}") from None
-    if "shortcut" in space and base["plain"] and "plain" not in space:
-        raise ValueError(
-            f"--search=shortcut compares shortcuts of a residual net, but --model={cfg.model} is plain: "
-            f"use --model=resnet{base['depth']}, or add `plain` to --search to compare both."
-        )
-    if space_size(space) < 2:
-        raise ValueError(
-            f"The search space {space} holds a single configuration: nothing to compare. Give a "
-            "hyperparameter two values or more (e.g. --search=shortcut or depth=20/56)."
-        )
-    return space
-
-
-def space_size(space: dict[str, tuple]) -> int:
-    """Configurations in `space` (shortcuts only count for residual nets)."""
-    others = math.prod(len(v) for k, v in space.items() if k not in ("plain", "shortcut"))
-    shortcuts = len(space.get("shortcut", (None,)))
-    plain = space.get("plain", (False,))
-    return others * sum(1 if p else shortcuts for p in plain)
 
 
 # ----------------------------------------------------------------------------- trials
@@ -391,139 +243,6 @@ def check_tuner(tuner: str, max_trials: int | None) -> None:
         isinstance(max_trials, bool) or int(max_trials) != max_trials or max_trials < 1
     ):
         raise ValueError(f"--max_trials must be an integer >= 1, got {max_trials!r}.")
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def trial_rows(tuner: keras_tuner.Tuner, space: dict[str, tuple]) -> list[dict[str, Any]]:
-    """One row per trial, in trial order: its values, status and metrics."""
-    rows = []
-    for trial_id in sorted(tuner.oracle.trials):
-        trial = tuner.oracle.trials[trial_id]
-        values = trial.hyperparameters.values
-
-        def metric(name, trial=trial):
-            return float(trial.metrics.get_last_value(name)) if trial.metrics.exists(name) else None
-
-        row = {"trial": trial_id, "status": trial.status}
-        row.update({name: values.get(name, "") for name in space})
-        error = metric(OBJECTIVE)
-        row.update(
-            val_error=error,
-            steps=metric("steps"),
-            params=metric("params"),
-            macs=metric("macs"),
-            train_time_s=metric("train_time_s"),
-            train_images_per_sec=metric("train_images_per_sec"),
-        )
-        for key in ("steps", "params", "macs"):
-            row[key] = None if row[key] is None else int(row[key])
-        rows.append(row)
-    return rows
-
-
-def write_results(
-    rows: list[dict[str, Any]], directory: str | os.PathLike, title: str = ""
-) -> dict[str, pathlib.Path]:
-    """Writes `results.csv`, `results.md` and `results.png` (each atomically) and returns their paths."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {ext: directory / f"results.{ext}" for ext in ("csv", "md", "png")}
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    files.write_text(paths["csv"], buffer.getvalue())
-    files.write_text(paths["md"], markdown_table(rows, title))
-    try:
-        _plot(rows, paths["png"], title)
-    except Exception as err:  # the table is the result; the figure only shows it
-        print(f"[tune] could not draw {paths['png']} ({type(err).__name__}: {err})", flush=True)
-    return paths
-
-
-def markdown_table(rows: list[dict[str, Any]], title: str = "") -> str:
-    """The trials as a Markdown table, best validation error in bold, with a one-line verdict."""
-    if not rows:
-        return f"{title}\n\nNo trial yet.\n" if title else "No trial yet.\n"
-    hp_names = [k for k in rows[0] if k in SEARCHABLE]
-    best = _best_row(rows)
-    header = ["trial", *hp_names, "val error", "steps", "params", "mult-adds", "time", "img/s", "status"]
-    lines = [f"# {title}", ""] if title else []
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for row in rows:
-        error = "" if row["val_error"] is None else f"{100 * row['val_error']:.2f}%"
-        if row is best:
-            error = f"**{error}**"
-        steps = "" if row["steps"] is None else f"{row['steps']:,}"
-        cells = [row["trial"], *(_format_value(row[n]) for n in hp_names), error, steps]
-        cells += [
-            _count_text(row["params"]),
-            _millions(row["macs"]),
-            ("" if row["train_time_s"] is None else duration(row["train_time_s"])),
-            "" if row["train_images_per_sec"] is None else f"{row['train_images_per_sec']:.0f}",
-            row["status"],
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    if best is not None:
-        chosen = ", ".join(f"{n}={_format_value(best[n])}" for n in hp_names if best[n] != "")
-        lines += [
-            "",
-            f"Best: trial {best['trial']} ({chosen}), validation error {100 * best['val_error']:.2f}%.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _best_row(rows):
-    done = [r for r in rows if r["status"] == "COMPLETED" and r["val_error"] is not None]
-    return min(done, key=lambda r: r["val_error"]) if done else None
-
-
-def _label(row, hp_names) -> str:
-    return ", ".join(f"{n}={_format_value(row[n])}" for n in hp_names if row[n] != "") or row["trial"]
-
-
-def _plot(rows, path: pathlib.Path, title: str) -> None:
-    """A horizontal bar per completed trial: validation error, labelled with its values and size."""
-    plt = plots.pyplot()
-    done = [r for r in rows if r["status"] == "COMPLETED" and r["val_error"] is not None]
-    hp_names = [k for k in (rows[0] if rows else {}) if k in SEARCHABLE]
-    best = _best_row(rows)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(done), 1)))
-    labels = [_label(r, hp_names) for r in done]
-    errors = [100 * r["val_error"] for r in done]
-    colors = ["tab:green" if r is best else "tab:blue" for r in done]
-    bars = ax.barh(range(len(done)), errors, color=colors)
-    ax.set_yticks(range(len(done)), labels)
-    ax.invert_yaxis()
-    for bar, row in zip(bars, done, strict=True):
-        ax.annotate(
-            f" {bar.get_width():.2f}%  ({_count_text(row['params'])} params)",
-            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-            va="center",
-            fontsize=8,
-        )
-    ax.set_xlabel("final validation error (%)")
-    ax.set_xlim(0, max(errors + [1]) * 1.35)
-    ax.set_title(title or "keras-tuner search", fontsize=10)
-    fig.tight_layout()
-    files.save_figure(fig, path)
-
-
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _count_text(n) -> str:
-    return "" if n is None else f"{n:,}"
-
-
-def _millions(n) -> str:
-    return "" if n is None else f"{n / 1e6:.1f}M"
 
 
 # ----------------------------------------------------------------------------- the search
@@ -819,11 +538,11 @@ def _finish(
 
 
 def _space_text(space: dict[str, tuple]) -> str:
-    return ", ".join(f"{k}={'/'.join(_format_value(v) for v in vs)}" for k, vs in space.items())
+    return ", ".join(f"{k}={'/'.join(format_value(v) for v in vs)}" for k, vs in space.items())
 
 
 def _values_text(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_format_value(v)}" for k, v in values.items())
+    return ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
 
 
 def _flagfile_text(cfg: TrainConfig, values: dict[str, Any], trial) -> str:

@@ -96,5 +96,5 @@ def test_bad_arguments_and_dry_run(tmp_path, capsys):
     assert "only in residual nets" in capsys.readouterr().err
     assert reproduce.main(["degradation", "--dry_run", f"--out={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "4 run(s) of 2,000 iterations (plain20, plain56, resnet20, resnet56)" in out and "estimated" in out
+    assert "4 run(s) of 4,000 iterations (plain20, plain56, resnet20, resnet56)" in out and "estimated" in out
     assert not any(tmp_path.iterdir())  # a dry run trains nothing
