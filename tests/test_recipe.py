@@ -214,5 +214,10 @@ def test_alternating_flips_mirror_every_training_image_every_other_epoch():
         status.append(seen)
     common = set(status[0]) & set(status[1]) & set(status[2])
     assert len(common) > 1000  # nearly every training digit, once per epoch
-    assert all(status[0][k] != status[1][k] and status[0][k] == status[2][k] for k in common)
+    # Training batches may arrive out of order (parallel map, deterministic=False), so which batch
+    # is which epoch is unknown: between two whole epochs every digit flips, or none does, and
+    # among three epochs two have one parity and one the other.
+    changed = {(a, b): {status[a][k] != status[b][k] for k in common} for a, b in ((0, 1), (0, 2), (1, 2))}
+    assert all(len(c) == 1 for c in changed.values()), changed
+    assert sorted(c.pop() for c in changed.values()) == [False, True, True]
     assert 0.3 < np.mean([status[0][k] for k in common]) < 0.7  # which ones start mirrored is mixed
