@@ -84,10 +84,11 @@ def config_from_flags() -> TrainConfig:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         sys.exit(f"train.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.")
-    from keras_resnet import runtime, training
+    from keras_resnet import runtime, training, workarounds
 
     runtime.quiet(FLAGS.verbosity if FLAGS["verbosity"].present else None)
     cfg = config_from_flags()
+    code: int | str = 0
     try:
         if FLAGS.tune:
             from keras_resnet import tuning
@@ -103,10 +104,12 @@ def main(argv: list[str]) -> None:
         else:
             training.run(cfg)
     except ConfigError as err:
-        sys.exit(f"train.py: error: {err}")
+        print(f"train.py: error: {err}", file=sys.stderr)
+        code = 1
     except training.TrainingStopped as err:
-        print(f"train.py: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+        print(f"train.py: {err}", file=sys.stderr)
+        code = err.exit_code
+    workarounds.exit_before_finalization(code)
 
 
 if __name__ == "__main__":

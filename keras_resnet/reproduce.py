@@ -458,4 +458,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from keras_resnet import workarounds
+
+    workarounds.exit_before_finalization(main())

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import os
 import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
 from packaging.version import Version
 
@@ -20,6 +23,30 @@ def affected(version: str, first: str, last: str) -> bool:
     """True when `version` lies in [first, last] (last: the newest release checked to have the bug)."""
     v = Version(version).release
     return Version(first).release <= v <= Version(last).release + (99,) * (3 - len(Version(last).release))
+
+
+# ----------------------------------------------------------------------------- process exit
+
+
+def exit_before_finalization(code: int = 0) -> NoReturn:
+    """Ends a command line whose work is done, without Python's interpreter finalization.
+
+    TensorFlow can deadlock while the interpreter finalizes: a tf.data iterator still referenced
+    at exit is destroyed inside Py_FinalizeEx and waits forever for its thread pool
+    (tensorflow#21277). Seen with TensorFlow 2.21: a resumed `train.py` run wrote every output,
+    printed its last line and never ended (the main thread blocked in ~IteratorResource). By the
+    time a command calls this, its files are written atomically and closed and its locks released,
+    so the streams are flushed and the process leaves. Unaffected versions exit normally.
+    """
+    import tensorflow as tf
+
+    if not affected(tf.__version__, "2.0", "2.21"):
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------- Python / Keras graphs
