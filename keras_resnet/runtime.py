@@ -71,6 +71,12 @@ def import_tensorflow() -> None:
     if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    # `python -m keras_resnet[.reproduce]`: runpy imports this package while sys.argv[0] is still
+    # "-m", before the command's own code could set anything. TensorFlow reads its C++ log level
+    # once, at import: a command line of this package shows C++ warnings and errors only (as
+    # train.py does), unless --verbosity asks for more. Other importers keep TensorFlow's default.
+    if sys.argv[:1] == ["-m"] and not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with filtered_stderr():
         import tensorflow as tf
 
