@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
 
     runtime.quiet(FLAGS.verbosity if FLAGS["verbosity"].present else None)
     cfg = config_from_flags()
-    code: int | str = 0
+    code = 0
     try:
         if FLAGS.tune:
             from keras_resnet import tuning
@@ -110,6 +110,7 @@ def main(argv: list[str]) -> None:
         print(f"train.py: {err}", file=sys.stderr)
         code = err.exit_code
     workarounds.exit_before_finalization(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

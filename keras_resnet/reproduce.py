@@ -460,4 +460,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     from keras_resnet import workarounds
 
-    workarounds.exit_before_finalization(main())
+    code = main()
+    workarounds.exit_before_finalization(code)
+    raise SystemExit(code)

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import NoReturn
 
 from packaging.version import Version
 
@@ -28,20 +27,22 @@ def affected(version: str, first: str, last: str) -> bool:
 # ----------------------------------------------------------------------------- process exit
 
 
-def exit_before_finalization(code: int = 0) -> NoReturn:
-    """Ends a command line whose work is done, without Python's interpreter finalization.
+def exit_before_finalization(code: int) -> None:
+    """Ends a process whose work is done before TensorFlow can block its exit; returns where unaffected.
 
-    TensorFlow can deadlock while the interpreter finalizes: a tf.data iterator still referenced
-    at exit is destroyed inside Py_FinalizeEx and waits forever for its thread pool
-    (tensorflow#21277). Seen with TensorFlow 2.21: a resumed `train.py` run wrote every output,
-    printed its last line and never ended (the main thread blocked in ~IteratorResource). By the
-    time a command calls this, its files are written atomically and closed and its locks released,
-    so the streams are flushed and the process leaves. Unaffected versions exit normally.
+    TensorFlow can deadlock when a tf.data iterator that is still referenced late in a process's
+    life is destroyed: the destructor waits for ever for a thread of its pool (tensorflow#21277).
+    Seen with TensorFlow 2.21 twice: a resumed `train.py` run wrote every output, printed its last
+    line and never ended (blocked in ~IteratorResource during interpreter finalization), and a
+    pytest session printed "180 passed" and then blocked in the same destructor during pytest's
+    final `gc.collect()`. Callers call this when every file is written and closed and every lock
+    released: the streams are flushed and the process leaves with `code`. On unaffected versions
+    it returns and the caller exits normally.
     """
     import tensorflow as tf
 
     if not affected(tf.__version__, "2.0", "2.21"):
-        sys.exit(code)
+        return
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+_EXIT_STATUS = pytest.StashKey[int]()
 DATA_ROOT = pathlib.Path(os.environ["KERAS_RESNET_DATA"]) if os.environ.get("KERAS_RESNET_DATA") else None
 
 # Logical devices must be configured before the first TensorFlow op: two CPU replicas let
@@ -51,3 +52,16 @@ def mirrored_strategy() -> tf.distribute.MirroredStrategy:
     from keras_resnet import distribute
 
     return distribute.make_strategy("mirrored")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the report: leave before pytest's final gc.collect() can block in a tf.data
+    iterator's destructor (tensorflow#21277; see `workarounds.exit_before_finalization`)."""
+    from keras_resnet import workarounds
+
+    workarounds.exit_before_finalization(config.stash.get(_EXIT_STATUS, 1))
