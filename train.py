@@ -18,9 +18,14 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags
+# TensorFlow reads its C++ log level once, when it is imported (importing keras_resnet imports
+# it, so absl parses the flags after that): warnings and errors only, unless --verbosity is given.
+if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_resnet.config import ConfigError, TrainConfig
+from absl import app, flags  # noqa: E402
+
+from keras_resnet.config import ConfigError, TrainConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -18,6 +18,8 @@ import pathlib
 import tempfile
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
 
 # isort: split

@@ -8,11 +8,14 @@ writes `/models/resnet20/<next free version>/` atomically (see export/README.md 
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_resnet import files, runtime, serving
+from absl import app, flags  # noqa: E402
+
+from keras_resnet import files, runtime, serving  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
 flags.DEFINE_string(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pathlib
 import re
 import sys
 import tempfile
@@ -64,16 +63,6 @@ def filtered_stderr(noise: re.Pattern = NOISE) -> Iterator[None]:
                 print("\n".join(kept), file=sys.stderr, flush=True)
 
 
-def _project_command_line() -> bool:
-    """True in `python -m keras_resnet[.module]` and in this checkout's scripts (train.py, export/,
-    bench/) run as the main program: the processes whose output this project owns."""
-    if sys.argv[:1] == ["-m"]:  # runpy imports the package while sys.argv[0] is still "-m"
-        return True
-    main = getattr(sys.modules.get("__main__"), "__file__", None)
-    root = pathlib.Path(__file__).resolve().parents[1]
-    return bool(main) and pathlib.Path(main).resolve().parent in (root, root / "export", root / "bench")
-
-
 def import_tensorflow() -> None:
     """Imports TensorFlow with oneDNN on and its start-up noise filtered out (once).
 
@@ -82,9 +71,11 @@ def import_tensorflow() -> None:
     if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    # TensorFlow reads its C++ log level once, at import: this project's command lines show C++
-    # warnings and errors only, unless --verbosity asks for more. Other importers keep its default.
-    if _project_command_line() and not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    # `python -m keras_resnet[.reproduce]`: runpy imports this package while sys.argv[0] is still
+    # "-m", before the command's own code could set anything. TensorFlow reads its C++ log level
+    # once, at import: a command line of this package shows C++ warnings and errors only (as
+    # train.py does), unless --verbosity asks for more. Other importers keep TensorFlow's default.
+    if sys.argv[:1] == ["-m"] and not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with filtered_stderr():
         import tensorflow as tf
