@@ -104,7 +104,9 @@ def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
     """Training time of unfinished runs from their multiply-adds (evaluations add about 10%)."""
     total = 0.0
     for cfg in cfgs:
-        if (pathlib.Path(cfg.model_dir) / "summary.json").exists():
+        model_dir = pathlib.Path(cfg.model_dir)
+        # A finished run has its summary; a finished search (shortcuts) its results table.
+        if (model_dir / "summary.json").exists() or (model_dir / "tuning" / "results.csv").exists():
             continue
         spec = cfg.spec
         blocks = sum(r for _, _, r in spec.stages)
@@ -235,7 +237,7 @@ def shortcuts(options: Options) -> dict[str, pathlib.Path]:
     rows = []
     for model in options.models:
         for seed in range(options.seeds):
-            cfg = paper_config(model, options, seed=seed, name=f"{model}-shortcuts-seed{seed}")
+            cfg = paper_config(model, options, seed=seed, name=_search_name(model, seed))
             print(f"[reproduce] shortcut search: {model}, seed {seed}", flush=True)
             result = tuning.search(cfg, tuner="grid", search=["shortcut"])
             for row in result.rows:
@@ -255,6 +257,10 @@ def shortcuts(options: Options) -> dict[str, pathlib.Path]:
     out["md"] = files.write_text(options.results / "shortcuts.md", summary)
     print(summary, flush=True)
     return out
+
+
+def _search_name(model: str, seed: int) -> str:
+    return f"{model}-shortcuts-seed{seed}"
 
 
 def table6(options: Options) -> dict[str, pathlib.Path]:
@@ -420,7 +426,7 @@ def plan(options: Options) -> list[TrainConfig]:
     """The training runs an experiment makes (a search counts its three trials)."""
     if options.experiment == "shortcuts":
         return [
-            dataclasses.replace(paper_config(m, options, seed=s), shortcut=o)
+            dataclasses.replace(paper_config(m, options, seed=s, name=_search_name(m, s)), shortcut=o)
             for m in options.models
             for s in range(options.seeds)
             for o in specs.SHORTCUTS

@@ -85,6 +85,12 @@ def test_shortcuts_search_a_b_c_per_seed_and_summarize(tmp_path):
     for option in "ABC":
         errors = [100 * float(r["val_error"]) for r in rows if r["shortcut"] == option]
         assert f"| {option} |" in table and f"{np.mean(errors):.2f} ± {np.std(errors, ddof=1):.2f}" in table
+    # The plan names the searches' own directories, and counts finished searches as done.
+    options, _ = reproduce.parse(["shortcuts", *args])
+    cfgs = reproduce.plan(options)
+    names = {pathlib.Path(c.model_dir).name for c in cfgs}
+    assert names == {"resnet8-shortcuts-seed0", "resnet8-shortcuts-seed1"}
+    assert reproduce.estimate_seconds(cfgs) == 0
 
 
 def test_bad_arguments_and_dry_run(tmp_path, capsys):
