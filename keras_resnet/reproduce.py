@@ -362,8 +362,10 @@ def _plot_responses(rows: list[dict[str, Any]], path: pathlib.Path) -> pathlib.P
         style = "--" if model.startswith("plain") else "-"
         top.plot(range(1, len(stds) + 1), stds, style, label=model)
         bottom.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), style, label=model)
-    top.set(xlabel="layer index (original)", ylabel="std")
-    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
+    # Log scale: a net whose early BN scales grew (plain-56 after a blow-up) reaches std 20, and a
+    # linear axis would flatten the differences around 1 that Fig. 7 is about.
+    top.set(xlabel="layer index (original)", ylabel="std (log scale)", yscale="log")
+    bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std (log scale)", yscale="log")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
