@@ -30,51 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-class Block(nn.Module):
-    """Basic block with the option-A shortcut (strided identity, zero channels appended)."""
-
-    def __init__(self, cin: int, cout: int, stride: int, tf_padding: bool = False):
-        super().__init__()
-        # TensorFlow's "same" padding of a stride-2 3x3 convolution on an even size pads one pixel
-        # at the bottom and right only; PyTorch's padding=1 pads one on every side.
-        self.tf_pad = tf_padding and stride > 1
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 0 if self.tf_pad else 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.stride, self.pad = stride, cout - cin
-
-    def forward(self, x):
-        y = self.c1(F.pad(x, (0, 1, 0, 1)) if self.tf_pad else x)
-        y = self.b2(self.c2(F.relu(self.b1(y))))
-        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-        if self.pad:
-            shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.pad))
-        return F.relu(y + shortcut)
-
-
-class CifarResNet(nn.Module):
-    """Section 4.2's 6n+2-layer net: 16/32/64 filters, n blocks per stage."""
-
-    def __init__(self, depth: int, tf_padding: bool = False):
-        super().__init__()
-        n = (depth - 2) // 6
-        self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
-        blocks, cin = [], 16
-        for stage, cout in enumerate((16, 32, 64)):
-            for b in range(n):
-                blocks.append(Block(cin, cout, 2 if (stage > 0 and b == 0) else 1, tf_padding))
-                cin = cout
-        self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, 10)
-        for module in self.modules():  # as the reference PyTorch reproduction (akamaster)
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight)
-
-    def forward(self, x):
-        x = self.blocks(F.relu(self.bn(self.conv(x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+from torch_resnet20 import CifarResNet  # the same net as the speed baseline (bench/ is on sys.path)
 
 
 def main() -> int:
@@ -100,7 +56,10 @@ def main() -> int:
     data = np.load(args.npz)
     images, labels = data["x"].astype(np.float32), data["y"].astype(np.int64)
     images -= images.mean(0)  # the paper's per-pixel mean, 0-255 scale like this project
-    model = CifarResNet(args.depth, tf_padding=args.padding == "tf")
+    model = CifarResNet((args.depth - 2) // 6, tf_padding=args.padding == "tf")
+    for module in model.modules():  # He init, as the reference PyTorch reproduction (akamaster)
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
     if args.decay == "all":  # PyTorch's usual, and the reference reproduction's
         groups = [{"params": list(model.parameters()), "weight_decay": 1e-4}]
     else:  # kernels only, like this project's L2 penalty

@@ -23,28 +23,39 @@ from torch import nn
 
 
 class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    """Basic block with the option-A shortcut (strided identity, zero channels appended).
+
+    `tf_padding`: pad a stride-2 convolution's input one pixel at the bottom and right only, as
+    TensorFlow's "same" padding does on even sizes (PyTorch's padding=1 pads every side).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, tf_padding: bool = False):
         super().__init__()
-        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.tf_pad = tf_padding and stride > 1
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 0 if self.tf_pad else 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
         self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
         self.stride, self.extra = stride, cout - cin
 
     def forward(self, x):
-        y = self.b2(self.c2(F.relu(self.b1(self.c1(x)))))
+        y = self.c1(F.pad(x, (0, 1, 0, 1)) if self.tf_pad else x)
+        y = self.b2(self.c2(F.relu(self.b1(y))))
         shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         if self.extra:  # option A: zero channels appended
             shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra))
         return F.relu(y + shortcut)
 
 
-class ResNet20(nn.Module):
-    def __init__(self, n: int = 3):
+class CifarResNet(nn.Module):
+    """Section 4.2's 6n+2-layer net (16/32/64 filters, n blocks per stage); n=3 is ResNet-20."""
+
+    def __init__(self, n: int = 3, tf_padding: bool = False):
         super().__init__()
         self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
         blocks, cin = [], 16
         for i, cout in enumerate((16, 32, 64)):
             for b in range(n):
-                blocks.append(Block(cin, cout, 2 if i > 0 and b == 0 else 1))
+                blocks.append(Block(cin, cout, 2 if i > 0 and b == 0 else 1, tf_padding))
                 cin = cout
         self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, 10)
 
@@ -61,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = ResNet20().to(memory_format=torch.channels_last)
+    model = CifarResNet().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.rand(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))

@@ -106,7 +106,7 @@ def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
     for cfg in cfgs:
         model_dir = pathlib.Path(cfg.model_dir)
         # A finished run has its summary; a finished search (shortcuts) its results table.
-        if (model_dir / "summary.json").exists() or (model_dir / "tuning" / "results.csv").exists():
+        if (model_dir / "summary.json").exists() or (tuning.default_tune_dir(cfg) / "results.csv").exists():
             continue
         spec = cfg.spec
         blocks = sum(r for _, _, r in spec.stages)

@@ -264,6 +264,11 @@ class SearchResult:
     export_path: pathlib.Path | None = None
 
 
+def default_tune_dir(cfg: TrainConfig) -> pathlib.Path:
+    """Where `search(cfg)` keeps its search unless told otherwise: `<cfg.model_dir>/tuning`."""
+    return pathlib.Path(cfg.model_dir) / "tuning"
+
+
 def search(
     cfg: TrainConfig,
     *,
@@ -311,7 +316,7 @@ def search(
     check_config(cfg)
     # Tune on held-out training images; the test set only scores the winner.
     tune_cfg = dataclasses.replace(cfg, validation_split=True, eval_test=False)
-    tune_dir = pathlib.Path(tune_dir or pathlib.Path(cfg.model_dir) / "tuning")
+    tune_dir = pathlib.Path(tune_dir or default_tune_dir(cfg))
     size = space_size(space)
     # Hyperband's trials include continuations of earlier ones: only --max_trials caps them.
     if tuner != "hyperband" and (max_trials is None or max_trials > size):
