@@ -464,7 +464,9 @@ def _stopped_early(checkpointer, step: int, total_steps: int) -> None:
             "--warmup, then run again with --allow_config_change.",
             exit_code=3,
         )
-    if checkpointer.interrupted:
+    # A stop that lands on the last step has nothing left to interrupt: the run finishes (summary,
+    # model) instead of exiting 130 and training a step too many when run again.
+    if checkpointer.interrupted and step < total_steps:
         raise TrainingStopped(
             f"interrupted at step {step}/{total_steps}; checkpoint saved in {checkpointer.read_dir}. "
             "Run the same command again to resume.",

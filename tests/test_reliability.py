@@ -4,6 +4,7 @@ unwritable outputs, a saved model loaded elsewhere, signals in a search. Digits 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -12,9 +13,11 @@ import sys
 import textwrap
 import time
 
+import keras
 import pytest
 
 from keras_resnet import files, training
+from keras_resnet.callbacks import global_step
 from keras_resnet.config import ConfigError, TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,6 +61,27 @@ def _unfinished_copy(finished, tmp_path) -> TrainConfig:
     for name in ("summary.json", "model.keras"):
         (model_dir / name).unlink()
     return TrainConfig(**{**cfg.to_json(), "model_dir": str(model_dir)})
+
+
+class _CtrlCAtStep(keras.callbacks.Callback):
+    """Sends this process a SIGINT as global step `step` begins, where a Ctrl-C could land."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if global_step(self.model) == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_during_the_last_step_finishes_the_run(tmp_path):
+    cfg = TrainConfig(**TINY, train_steps=12, eval_test=False, model_dir=str(tmp_path / "run"))
+    summary = training.run(cfg, verbose=0, callbacks=[_CtrlCAtStep(12)])
+    assert summary["steps"] == 12
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    # Run again: finished, nothing trained (not a 13th step).
+    assert training.run(cfg, verbose=0) == summary
 
 
 @pytest.mark.slow
