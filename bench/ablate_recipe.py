@@ -9,7 +9,8 @@ back to the paper's choice (below), plus the flags after `--` (a shorter budget 
 still reports the final model's test error at the end; this table never reads it). Levers are
 compared at the same number of epochs, so the rows measure accuracy, not speed, and may share the
 machine with other work. Running the command again skips finished runs and resumes interrupted ones
-(train.py's own resume); the CSV is rewritten from every finished run. With `--seeds=0,1` each row
+(train.py's own resume); the CSV holds the rows of the levers and seeds asked for (a finished run
+is read back, not trained again), `wall_s` being its last process's time. With `--seeds=0,1` each row
 is run per seed and the table shows the mean and the spread (half the range), which is what a
 lever's effect must exceed to count.
 """
@@ -65,9 +66,16 @@ def main() -> int:
             flags = [f"--flagfile={args.flagfile}", *args.train_flags, *LEVERS[lever]]
             flags += ["--validation_split", "--noeval_test", f"--seed={seed}", f"--model_dir={model_dir}"]
             print(f"[ablate] {lever}, seed {seed}: train.py {' '.join(flags)}", flush=True)
-            done = subprocess.run([sys.executable, str(repo / "train.py"), *flags], check=False)
-            if done.returncode != 0:
-                print(f"[ablate] {lever}, seed {seed}: train.py exited {done.returncode}; row left out")
+            child = subprocess.Popen([sys.executable, str(repo / "train.py"), *flags])
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:  # the terminal's Ctrl-C reached train.py too: let it checkpoint
+                code = child.wait()
+            if code == 130:
+                print("[ablate] interrupted; run the same command again to resume", flush=True)
+                return 130
+            if code != 0:
+                print(f"[ablate] {lever}, seed {seed}: train.py exited {code}; row left out", flush=True)
                 continue
             summary = json.loads((model_dir / "summary.json").read_text())
             rows.append(
