@@ -11,15 +11,20 @@ TensorFlow does. Two runs in two interpreters (PyTorch is never this project's d
 
 (the .npz as in bench/torch_cifar_start.py). The Keras run trains with train.py's own model and
 compile (`models.build_model`, `optimization.compile_model`, `train_on_batch`); the PyTorch run
-prints the comparison: cross-entropy and kernels' squared norm per step, and the relative
-difference of each kernel's first-step gradient norm from PyTorch's float64 gradient.
+prints the comparison: the first batch's logits, the largest relative difference of the kernels'
+first-step gradient norms from PyTorch's float64 ones, then cross-entropy and the kernels' squared
+norm per step.
 
-Measured here (2-core AMD EPYC, TensorFlow 2.21 / Keras 3.15, PyTorch 2.13, 40 steps): logits of
-the first batch agree to 2.5e-5 (of 15.8), first-step gradients agree with float64 to 3.4e-4
-(PyTorch's own float32: 1.8e-4), cross-entropy agrees to 5e-6 (relative) for two steps and then the runs
-part (step 3: 22.78 vs 22.90). PyTorch against itself with 1 thread instead of 2 parts one step
-later and as far (step 12: kernels' squared norm 7,809 vs 14,056): the blow-up is chaotic, and
-float32 rounding alone decides where a run goes.
+Measured here (2-core AMD EPYC, TensorFlow 2.21 / Keras 3.15, PyTorch 2.13, 40 steps, two Keras
+runs): the first batch's logits agree to 2.5e-5 and 6.6e-5 (largest 15.8), the first-step gradient
+norms with float64 to 3.4e-4 and 6.6e-4 (PyTorch's own float32: 1.8e-4), the cross-entropy to 1e-4
+(relative) for two steps; then the runs part (step 3: 22.78 and 22.85 against 22.90). The same
+holds within each framework: the two Keras runs (same weights, same batches; TensorFlow's CPU
+kernels are not bitwise reproducible) part at step 2 (26.366 vs 26.368) and by step 12 their
+kernels' squared norms are 6,818 and 5,855; PyTorch with 1 thread instead of 2 is bit-identical for
+three steps, then parts, and by step 12 is at 7,809 against 14,056. In the blow-up a rounding
+difference grows until the runs are unrelated: which run lands where is not a property of either
+framework.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ def keras_side(args) -> None:
         ce = keras.losses.sparse_categorical_crossentropy(ys[0], logits(xs[0], training=True), True)
         ce = tf.reduce_mean(ce)
     grads = [float(tf.norm(g)) for g in tape.gradient(ce, kernels)]
+    np.save(args.out / "keras_logits.npy", logits(xs[0], training=True).numpy())
     for layer in bns:  # that forward pass moved them; training mode never reads them anyway
         layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
         layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
@@ -114,10 +120,12 @@ def torch_side(args) -> None:
                 bn.eps = float(init["eps"])
         return model, [c.weight for c in convs] + [model.fc.weight]
 
-    first = {}
+    first, logits = {}, None
     for dtype in (torch.float64, torch.float32):
         model, kernels = build(dtype)
-        ce = F.cross_entropy(model(xs[0].to(dtype)), ys[0])
+        out = model(xs[0].to(dtype))
+        logits = out.detach().numpy()
+        ce = F.cross_entropy(out, ys[0])
         first[dtype] = np.array([float(g.norm()) for g in torch.autograd.grad(ce, kernels)])
     others = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": kernels, "weight_decay": WEIGHT_DECAY}, {"params": others, "weight_decay": 0.0}]
@@ -132,8 +140,15 @@ def torch_side(args) -> None:
         rows.append({"step": step + 1, "ce": float(loss.detach()), "kernel_sq_norm": norm})
     _write(args.out / f"torch_threads{args.threads}.csv", rows)
 
+    keras_logits = args.out / "keras_logits.npy"
+    if keras_logits.exists():
+        theirs = np.load(keras_logits)
+        print(
+            f"first batch's logits (training mode): Keras - PyTorch float32 at most "
+            f"{np.abs(theirs - logits).max():.1e}, largest logit {np.abs(logits).max():.1f}"
+        )
     exact = first[torch.float64]
-    print("first-step gradient norms, largest relative difference from PyTorch float64:")
+    print("first-step gradient norm of each kernel, largest relative difference from PyTorch float64:")
     print(f"  PyTorch float32 {np.abs(first[torch.float32] / exact - 1).max():.1e}")
     keras_grads = args.out / "keras_grads.json"
     if keras_grads.exists():

@@ -2,13 +2,13 @@
 
 Measured here (2-core AMD EPYC, PyTorch 2.13, seed 0 unless said): the same ResNet-56 (option A,
 He-initialised convolutions and classifier as in the reference PyTorch reproduction) on the same
-per-pixel-mean-subtracted CIFAR-10 at lr 0.1 blows up as this project's does (mean loss 5.0 and
-89% training error over the first 30 iterations). Training error over iterations 271-300, seeds
-0-3: 75.2%, 88.8%, 80.7%, 64.5% (this project's seeds 0 and 1: 89.0%, 86.5%): when a run
-recovers is chance. Seed 0, 571-600: 62.2% (63.0% with `--decay=kernels`, this project's
-choice). Seed 0 with TensorFlow's padding of the stride-2 convolutions (`--padding=tf`): 79.6%
-over 271-300; with per-image crops and flips (`--augment=image`): 74.3% over 211-240. CSVs:
-results/reproduction/torch_*.csv.
+per-pixel-mean-subtracted CIFAR-10 at lr 0.1 blows up as this project's does (mean loss 5.0 and 89%
+training error over the first 30 iterations). Training error over iterations 271-300, seeds 0-3:
+75.2% (1 thread), 88.8%, 80.7%, 64.5% (`--threads=2`); this project's seeds 0 and 1: 89.0% and 86.5%
+over 226-295 and 226-300: when a run recovers is chance. Seed 0, 571-600: 62.2% (63.0% with
+`--decay=kernels`, this project's choice). Seed 0 with TensorFlow's padding of the stride-2
+convolutions (`--padding=tf`): 79.6% over 271-300; with per-image crops and flips
+(`--augment=image`): 74.3% over 211-240. CSVs: results/reproduction/torch_*.csv.
 
 Run it in a Python with PyTorch and NumPy (not the project's venv), on an .npz of the
 training set that the project's venv writes:
