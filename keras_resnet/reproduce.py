@@ -101,7 +101,10 @@ def paper_config(
 
 
 def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
-    """Training time of unfinished runs from their multiply-adds (evaluations add about 10%)."""
+    """Training time left from the multiply-adds of the iterations not yet checkpointed.
+
+    Evaluations add about 10%.
+    """
     total = 0.0
     for cfg in cfgs:
         model_dir = pathlib.Path(cfg.model_dir)
@@ -111,7 +114,8 @@ def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
         spec = cfg.spec
         blocks = sum(r for _, _, r in spec.stages)
         macs = 40.6e6 * (blocks / 9)  # CIFAR nets: cost grows with the number of blocks
-        total += 1.1 * cfg.train_steps * cfg.batch_size * 3 * macs / MACS_PER_SECOND
+        steps = max(cfg.train_steps - training.resumes_at(model_dir), 0)
+        total += 1.1 * steps * cfg.batch_size * 3 * macs / MACS_PER_SECOND
     return total
 
 
@@ -451,7 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if dry_run:
         for cfg in cfgs:
             macs = counting.count(models.build_model(cfg.model, shortcut=cfg.shortcut or None)).macs
-            print(f"  {cfg.model_dir}  ({macs / 1e6:.1f}M multiply-adds)")
+            done = training.resumes_at(cfg.model_dir)
+            resumes = f", resumes at step {done:,}" if done else ""
+            print(f"  {cfg.model_dir}  ({macs / 1e6:.1f}M multiply-adds{resumes})")
         return 0
     try:
         outputs = RUNNERS[options.experiment](options)

@@ -228,6 +228,12 @@ def _finished(cfg: TrainConfig) -> dict | None:
     return summary
 
 
+def resumes_at(model_dir: str | os.PathLike) -> int:
+    """The step a run in `model_dir` resumes from: its newest checkpoint's (0 if it has none)."""
+    newest = Checkpointer(pathlib.Path(model_dir) / "checkpoints", verbose=False).candidates()
+    return int(newest[0]["step"]) if newest else 0
+
+
 def _percent(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.2%}"
 
@@ -284,8 +290,7 @@ def _train(cfg, strategy, chief, precision, start, verbose, extra, score_test) -
             files.remove_stale_temporaries(model_dir)
             files.remove_stale_temporaries(model_dir / "checkpoints")
         # A resumed run must not replay the batches (and augmentations) it started with.
-        newest = Checkpointer(model_dir / "checkpoints", verbose=False).candidates()
-        datasets = load_data(cfg, strategy, seed=cfg.seed + (int(newest[0]["step"]) if newest else 0))
+        datasets = load_data(cfg, strategy, seed=cfg.seed + resumes_at(model_dir))
         info = datasets.info
         total_steps, steps_per_epoch, epochs = run_length(cfg, datasets.steps_per_epoch)
         if chief:
@@ -483,5 +488,6 @@ __all__ = [
     "load_data",
     "make_strategy",
     "precision_policy",
+    "resumes_at",
     "run",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import pathlib
 
 import keras
@@ -104,3 +105,20 @@ def test_bad_arguments_and_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 run(s) of 4,000 iterations (plain20, plain56, resnet20, resnet56)" in out and "estimated" in out
     assert not any(tmp_path.iterdir())  # a dry run trains nothing
+
+
+def test_estimate_and_dry_run_count_the_checkpointed_iterations(tmp_path, capsys):
+    from keras_resnet import training
+
+    args = ["degradation", "--models=resnet8", "--budget=8", "--dataset=digits", f"--out={tmp_path}"]
+    (cfg,) = reproduce.plan(reproduce.parse(args)[0])
+    fresh = reproduce.estimate_seconds([cfg])
+    assert fresh > 0
+    # Half the run trained and checkpointed, no summary yet: as an interruption leaves it.
+    training.run(dataclasses.replace(cfg, train_steps=4), verbose=0)
+    (pathlib.Path(cfg.model_dir) / "summary.json").unlink()
+    assert training.resumes_at(cfg.model_dir) == 4
+    assert reproduce.estimate_seconds([cfg]) == pytest.approx(fresh / 2)
+    capsys.readouterr()
+    assert reproduce.main([*args, "--dry_run"]) == 0
+    assert "resumes at step 4" in capsys.readouterr().out
