@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_resnet import files, runtime, serving  # noqa: E402
+from keras_resnet import files, models, runtime, serving  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
 flags.DEFINE_string(
@@ -27,6 +27,12 @@ flags.DEFINE_integer(
     "max_pixels",
     serving.DEFAULT_MAX_PIXELS,
     "Encoded images declaring more pixels (height x width) are refused before decoding.",
+)
+flags.DEFINE_enum(
+    "tta",
+    None,
+    list(models.TTA_VIEWS),
+    "Test-time augmentation inside the SavedModel (the mean over the views); default: the run's own.",
 )
 flags.mark_flags_as_required(["model_dir", "export_base"])
 FLAGS = flags.FLAGS
@@ -43,6 +49,7 @@ def main(argv: list[str]) -> None:
             version=FLAGS.version,
             top_k=FLAGS.top_k,
             max_pixels=FLAGS.max_pixels,
+            tta=FLAGS.tta,
         )
     except (OSError, ValueError, files.Locked) as err:  # missing run, unwritable base, version taken
         sys.exit(f"export.py: error: {err}")

@@ -18,6 +18,7 @@ indices, best first) and `class_names` tf.string [batch, k].
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import keras
@@ -110,11 +111,13 @@ def _export_version(model, info, base: pathlib.Path, version, top_k, max_pixels,
             f"{target} already exists: versions are never overwritten. Pass another version, or "
             f"none to take the next free one ({next_version(base)})."
         )
+    # Decided on the model itself: the averaged model ends in an Average layer either way.
+    softmax_inside = getattr(model.layers[-1], "activation", None) is keras.activations.softmax
     served = models.with_test_time_augmentation(model, tta)
     # Built in a hidden, non-numeric folder beside the target (TF Serving's poller ignores it; the
     # rename stays on one filesystem and is atomic), readable by a server running as another user.
     with files.staging_dir(target) as tmp:
-        archive = _archive(served, info, min(top_k, info.num_classes), max_pixels)
+        archive = _archive(served, info, min(top_k, info.num_classes), max_pixels, softmax_inside)
         archive.write_out(str(tmp), verbose=False)
         (tmp / "assets").mkdir(exist_ok=True)  # TF Serving's documented layout has it, even empty.
         extra = tmp / "assets.extra"
@@ -146,10 +149,12 @@ def export_run(
     version: int | None = None,
     top_k: int = 5,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    tta: str | None = None,
 ) -> pathlib.Path:
     """Exports a training run: `<model_dir>/model.keras` with its `<model_dir>/data_info.json`.
 
-    See `export` for the other arguments.
+    `tta` None serves the run's own test-time augmentation (its `config.json`), which is what the
+    run's test error was measured with. See `export` for the other arguments.
     """
     model_dir = pathlib.Path(model_dir)
     missing = [n for n in ("model.keras", "data_info.json") if not (model_dir / n).is_file()]
@@ -160,7 +165,15 @@ def export_run(
         )
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
     info = DataInfo.load(model_dir)
-    return export(model, info, export_base, version=version, top_k=top_k, max_pixels=max_pixels)
+    if tta is None:
+        try:
+            tta = json.loads((model_dir / "config.json").read_text()).get("tta", "none")
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{model_dir / 'config.json'} cannot be read ({type(err).__name__}) to find the run's "
+                "test-time augmentation: pass --tta."
+            ) from None
+    return export(model, info, export_base, version=version, top_k=top_k, max_pixels=max_pixels, tta=tta)
 
 
 def _check_model(model: keras.Model, info: DataInfo) -> None:
@@ -238,10 +251,10 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
     return tf.map_fn(one, (tf.range(tf.size(images)), images), fn_output_signature=view)
 
 
-def _archive(model: keras.Model, info: DataInfo, k: int, max_pixels: int) -> keras.export.ExportArchive:
+def _archive(
+    model: keras.Model, info: DataInfo, k: int, max_pixels: int, softmax_inside: bool
+) -> keras.export.ExportArchive:
     names = tf.constant(list(info.class_names), tf.string)
-    last = model.layers[-1]
-    softmax_inside = getattr(last, "activation", None) is keras.activations.softmax
 
     def classify(views: tf.Tensor) -> dict[str, tf.Tensor]:
         out = tf.cast(model(views, training=False), tf.float32)

@@ -26,7 +26,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from keras_resnet import build_model, serving
+from keras_resnet import build_model, files, models, serving
+from keras_resnet.config import TrainConfig
 from keras_resnet.preprocessing import DataInfo, eval_preprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -406,6 +407,27 @@ def test_logits_model_serves_probabilities_and_mismatches_are_refused(cifar, tmp
     with pytest.raises(FileNotFoundError, match="--model_dir"):
         serving.export_run(tmp_path / "no_run", tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_tta_export_serves_the_mean_over_views_and_a_run_exports_with_its_own_tta(cifar, tmp_path):
+    views = eval_preprocess(cifar.pixels, cifar.info)
+    plain = cifar.model(views, training=False).numpy()
+    want = models.with_test_time_augmentation(cifar.model, "flip")(views, training=False).numpy()
+    assert np.abs(want - plain).max() > 1e-3  # the flipped view answers differently
+    run = tmp_path / "run"  # a finished run trained with --tta=flip, as train.py leaves it
+    run.mkdir()
+    cifar.model.save(run / "model.keras")
+    cifar.info.save(run)
+    files.write_json(run / "config.json", TrainConfig(tta="flip").to_json())
+    exports = [
+        (serving.export(cifar.model, cifar.info, tmp_path / "direct", tta="flip"), want),
+        (serving.export_run(run, tmp_path / "run_export"), want),  # the run's own TTA
+        (serving.export_run(run, tmp_path / "run_export", tta="none"), plain),  # export.py --tta=none
+    ]
+    for path, expected in exports:
+        served = tf.saved_model.load(str(path)).signatures["predict_pixels_uint8"]
+        out = served(pixels=tf.constant(cifar.pixels))
+        np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=ATOL)
 
 
 def test_example_models_config_parses():
