@@ -352,8 +352,11 @@ def search(
 def _search(
     cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks, role, wait_for_chief
 ) -> SearchResult | None:
-    _check_same_search(tune_dir, tune_cfg, tuner, space, chief=role in (None, CHIEF))
+    settings = _check_same_search(tune_dir, tune_cfg, tuner, space, chief=role in (None, CHIEF))
     data = training.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
+    if settings is not None:  # a new search, recorded once its data loads (a typo must not pin it)
+        tune_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(tune_dir / "search.json", settings)
     total_steps, _, epochs = run_length(tune_cfg, data.steps_per_epoch)
     hypermodel = ResNetHyperModel(tune_cfg, space)
     with training.STOP.handling():
@@ -560,11 +563,12 @@ def _flagfile_text(cfg: TrainConfig, values: dict[str, Any], trial) -> str:
 
 def _check_same_search(
     tune_dir: pathlib.Path, cfg: TrainConfig, tuner: str, space, chief: bool = True
-) -> None:
+) -> dict | None:
     """Refuses to continue a search in `tune_dir` that was started with other settings.
 
     The chief (or a single machine) writes the settings to `search.json` when it starts; a worker
-    refuses to take trials of a search whose settings differ from its own flags.
+    refuses to take trials of a search whose settings differ from its own flags. Returns the
+    settings to record for a new search (the caller writes them once the data loads), else None.
     """
     settings = json.loads(
         json.dumps(
@@ -592,9 +596,8 @@ def _check_same_search(
                 f"--tune_dir={tune_dir} holds a search with other settings ({'; '.join(changed)}). "
                 "Run it again with its own flags to continue it, or pass a new --tune_dir."
             )
-        return
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    files.write_json(path, settings)
+        return None
+    return settings
 
 
 def _report_failures(kt: keras_tuner.Tuner) -> None:

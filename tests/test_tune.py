@@ -92,6 +92,15 @@ def test_bad_search_space_is_refused_before_any_work(tmp_path, search, match):
     assert not (tmp_path / "tuning").exists()
 
 
+def test_search_whose_data_fails_to_load_records_no_settings(tmp_path):
+    # The corrected command must not then be refused as "a search with other settings".
+    missing = tmp_path / "no_images"
+    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2, dataset=f"folder:{missing}")
+    with pytest.raises(ConfigError, match="no_images"):
+        tuning.search(cfg)
+    assert not (tuning.default_tune_dir(cfg) / "search.json").exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
