@@ -46,7 +46,6 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_JPEG_END = b"\xff\xd9"  # the end-of-image marker
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC
 
@@ -222,15 +221,21 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
             start = tf.maximum(length - len(marker), 0)
             return tf.equal(tf.strings.substr(image, start, len(marker)), marker)
 
+        def has_jpeg_end() -> tf.Tensor:
+            # Anywhere, not only last: phones append data after it (motion photos' video, trailers),
+            # which decoders skip. Entropy-coded data escapes FF, so FF D9 is only ever a marker.
+            data = tf.io.decode_raw(image, tf.uint8)
+            return tf.reduce_any(tf.logical_and(tf.equal(data[:-1], 0xFF), tf.equal(data[1:], 0xD9)))
+
         with tf.control_dependencies([known]):
-            complete = tf.cond(is_jpeg, lambda: ends_with(_JPEG_END), lambda: ends_with(_PNG_END))
+            complete = tf.cond(is_jpeg, has_jpeg_end, lambda: ends_with(_PNG_END))
         whole = tf.debugging.Assert(
             complete,
             [
                 "Image",
                 index,
-                "of the request is truncated: a JPEG must end with its end-of-image marker (FF D9), a PNG "
-                "with its IEND chunk.",
+                "of the request is truncated: a JPEG must hold its end-of-image marker (FF D9), a PNG "
+                "end with its IEND chunk.",
             ],
         )
         small = tf.debugging.Assert(

@@ -357,8 +357,11 @@ def test_bad_images_give_invalid_argument(cifar):
     for data, message in cases.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             served(images=tf.constant([good, data]))
-    # The guard did not break the good path: the same request without the bad image is served.
-    assert served(images=tf.constant([good, jpeg]))["classes"].shape == (2, cifar.k)
+    # The guard did not break the good path: the same request without the bad image is served,
+    # and a JPEG with data after its end marker (a phone's motion photo) answers as the JPEG.
+    answers = served(images=tf.constant([good, jpeg, jpeg + b"\x00\x00\x00\x18ftypmp42" + bytes(500)]))
+    assert answers["classes"].shape == (3, cifar.k)
+    np.testing.assert_array_equal(answers["probabilities"][2], answers["probabilities"][1])
     # An empty request gets an empty answer, not a shape error from inside the network.
     empty = served(images=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, 10) and empty["class_names"].shape == (0, cifar.k)
