@@ -221,7 +221,8 @@ def eval_preprocess(images: tf.Tensor, info: DataInfo) -> tf.Tensor:
     """Evaluation view of a batch of 0-255 images of any size: float32 [B, S, S, 3], mean-subtracted.
 
     cifar: resized to S x S when not already that size (the paper evaluates the original view).
-    imagenet: shorter side resized to `resize_size`, then an S x S center crop.
+    imagenet: shorter side resized to `resize_size`, then an S x S center crop. Resizing is
+    bilinear, antialiased when it shrinks.
     """
     images = tf.cast(images, tf.float32)
     size = info.image_size
@@ -230,7 +231,7 @@ def eval_preprocess(images: tf.Tensor, info: DataInfo) -> tf.Tensor:
         images = tf.cond(
             tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size)),
             lambda: images,
-            lambda: tf.image.resize(images, (size, size)),
+            lambda: tf.image.resize(images, (size, size), antialias=True),
         )
     else:
         images = _resize_shorter_side(images, info.resize_size)
@@ -271,7 +272,8 @@ def _resize_shorter_side(images: tf.Tensor, side: int) -> tf.Tensor:
     h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     scale = tf.cast(side, tf.float32) / tf.minimum(h, w)
     new = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
-    return tf.image.resize(images, tf.maximum(new, side))
+    # Antialiased: a photo many times the view's size must not alias (upscaling is unaffected).
+    return tf.image.resize(images, tf.maximum(new, side), antialias=True)
 
 
 def _center_crop(images: tf.Tensor, size: int) -> tf.Tensor:

@@ -164,14 +164,16 @@ def export_run(
         )
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True, compile=False)
     info = DataInfo.load(model_dir)
-    if tta is None:
+    config = model_dir / "config.json"  # absent: a model put there by hand, served as it is
+    if tta is None and config.is_file():
         try:
-            tta = json.loads((model_dir / "config.json").read_text()).get("tta", "none")
-        except (OSError, ValueError) as err:
+            tta = json.loads(config.read_text()).get("tta", "none")
+        except (OSError, ValueError, AttributeError) as err:
             raise ValueError(
-                f"{model_dir / 'config.json'} cannot be read ({type(err).__name__}) to find the run's "
-                "test-time augmentation: pass --tta."
+                f"{config} cannot be read ({type(err).__name__}) to find the run's test-time "
+                "augmentation: pass --tta."
             ) from None
+    tta = tta or "none"
     return export(model, info, export_base, version=version, top_k=top_k, max_pixels=max_pixels, tta=tta)
 
 
