@@ -103,7 +103,14 @@ class DataInfo:
 
     @classmethod
     def load(cls, directory: str | pathlib.Path) -> DataInfo:
-        return cls.from_json(json.loads((pathlib.Path(directory) / "data_info.json").read_text()))
+        path = pathlib.Path(directory) / "data_info.json"
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not this record
+            raise ValueError(
+                f"{path} is not a data description this version writes ({type(err).__name__}: "
+                f"{str(err)[:80]}): take it from the training run's --model_dir, or train again."
+            ) from None
 
 
 def scale_range(image_size: int) -> tuple[int, int]:

@@ -409,6 +409,12 @@ def test_logits_model_serves_probabilities_and_mismatches_are_refused(cifar, tmp
             serving.export(cifar.model, dataclasses.replace(cifar.info, **change), tmp_path / "bad")
     with pytest.raises(FileNotFoundError, match="--model_dir"):
         serving.export_run(tmp_path / "no_run", tmp_path / "bad")
+    damaged = tmp_path / "damaged_run"  # a run whose data_info.json was cut off
+    damaged.mkdir()
+    cifar.model.save(damaged / "model.keras")
+    (damaged / "data_info.json").write_text('{"name": "cifar10", "rec')
+    with pytest.raises(ValueError, match=r"damaged_run/data_info.json is not a data description"):
+        serving.export_run(damaged, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 
