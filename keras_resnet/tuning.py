@@ -92,6 +92,7 @@ class _Tuner(keras_tuner.Tuner):
     """
 
     total_trials: int | None = None
+    run_steps: tuple[int, int] | None = None  # (iterations, iterations per Keras epoch) of a run
     trained = 0  # trials run by this process
 
     def trial_config(self, trial) -> TrainConfig:
@@ -99,7 +100,10 @@ class _Tuner(keras_tuner.Tuner):
         changes: dict[str, Any] = {"model_dir": self.get_trial_dir(trial.trial_id), "export_dir": ""}
         epochs = trial.hyperparameters.values.get("tuner/epochs")
         if epochs:  # Hyperband's budget for the trial, in checkpoint intervals (Keras epochs)
-            if cfg.checkpoint_steps:
+            if self.run_steps:  # never past the configured run (its epoch count was rounded up)
+                total, chunk = self.run_steps
+                changes.update(train_steps=min(int(epochs) * chunk, total), epochs=0)
+            elif cfg.checkpoint_steps:
                 changes.update(train_steps=int(epochs) * cfg.checkpoint_steps, epochs=0)
             else:
                 changes.update(epochs=int(epochs), train_steps=0)
@@ -357,13 +361,14 @@ def _search(
     if settings is not None:  # a new search, recorded once its data loads (a typo must not pin it)
         tune_dir.mkdir(parents=True, exist_ok=True)
         files.write_json(tune_dir / "search.json", settings)
-    total_steps, _, epochs = run_length(tune_cfg, data.steps_per_epoch)
+    total_steps, chunk, epochs = run_length(tune_cfg, data.steps_per_epoch)
     hypermodel = ResNetHyperModel(tune_cfg, space)
     with training.STOP.handling():
         kt = make_tuner(
             hypermodel, tuner, max_trials=max_trials, directory=tune_dir, max_epochs=epochs, seed=cfg.seed
         )
         kt.total_trials = max_trials if tuner != "hyperband" else None
+        kt.run_steps = (total_steps, chunk)
         if role is None:
             where = ""
         elif role == CHIEF:

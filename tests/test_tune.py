@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import keras
+import keras_tuner
 import pytest
 
 from keras_resnet import build_model, count, training, tuning
@@ -140,6 +141,21 @@ def test_trial_values_become_training_flags():
     # 50 = 6*8+2 is a CIFAR depth too: the trial must not turn into the ImageNet ResNet-50.
     assert tuning.apply_values(cfg, {"depth": 50}).spec.family == "cifar"
     assert tuning.apply_values(cfg, {"plain": True}).spec.residual is False
+
+
+def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
+    # 1,000 iterations in checkpoint intervals of 300: Hyperband's longest budget is 4 intervals
+    # (rounded up); its trials must stop at 1,000, not 1,200, and shorter ones at whole intervals.
+    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=1000, validation_split=True)
+    hypermodel = tuning.ResNetHyperModel(cfg, tuning.make_space(cfg, ["shortcut"]))
+    kt = tuning.make_tuner(hypermodel, "hyperband", max_trials=None, directory=tmp_path, max_epochs=4)
+    kt.run_steps = (1000, 300)
+    for epochs, steps in ((4, 1000), (2, 600)):
+        hp = keras_tuner.HyperParameters()
+        hypermodel.build(hp)
+        hp.values["tuner/epochs"] = epochs
+        trial = keras_tuner.engine.trial.Trial(hp, trial_id=f"t{epochs}")
+        assert kt.trial_config(trial).train_steps == steps
 
 
 # ----------------------------------------------------------------------------- searches on CIFAR-10
