@@ -6,6 +6,7 @@ Paths, each timed for float32 and bfloat16 (mixed precision):
   train.py             `keras_resnet.training.run`: the tf.data pipeline with the paper's
                        augmentation, MirroredStrategy, every callback, fused batch norm (the default)
   train.py Keras BN    the same with --nofused_bn: Keras' own batch-norm computation
+  train.py one device  the same with --distribution=one_device instead of MirroredStrategy
   plain keras          the same network with Keras' batch norm, compiled and fitted on in-memory
                        arrays, no augmentation, no tf.distribute, no callbacks
   pytorch              with --torch_python=<a Python with PyTorch>: bench/torch_resnet20.py, the
@@ -46,7 +47,8 @@ WARMUP_STEPS = 5  # as training.Progress: the first steps trace the graph
 BATCH = 128
 
 
-def bench_train_py(precision: str, steps: int, data_dir: str | None, fused_bn: bool = True) -> dict:
+def bench_train_py(precision: str, steps: int, data_dir: str | None, **flags) -> dict:
+    """`training.run` with `flags` (TrainConfig fields) on top of the benchmark's own."""
     with tempfile.TemporaryDirectory() as model_dir:
         cfg = config.TrainConfig(
             model="resnet20",
@@ -54,10 +56,10 @@ def bench_train_py(precision: str, steps: int, data_dir: str | None, fused_bn: b
             train_steps=steps,
             checkpoint_steps=steps,
             precision=precision,
-            fused_bn=fused_bn,
             eval_test=False,
             data_dir=data_dir or "",
             model_dir=model_dir,
+            **flags,
         )
         summary = training.run(cfg, verbose=0)
     return {"params": summary["params"], "images_per_sec": summary["images_per_sec"]}
@@ -122,6 +124,7 @@ def bench_pytorch(precision: str, steps: int, torch_python: str) -> dict:
 PATHS = {
     "train.py": bench_train_py,
     "train.py Keras BN": lambda p, s, d: bench_train_py(p, s, d, fused_bn=False),
+    "train.py one device": lambda p, s, d: bench_train_py(p, s, d, distribution="one_device"),
     "plain keras": bench_plain_keras,
 }
 
