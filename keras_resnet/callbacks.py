@@ -519,6 +519,8 @@ class Checkpointer(keras.callbacks.Callback):
             self.nan_step = global_step(self.model)
             self.model.stop_training = True
             return
+        if self.model.stop_training and not self.interrupted:
+            return  # the run's last step (StopAtStep, called first): saved at the epoch's end as usual
         if self.interrupted or self.stop_requested():
             self.interrupted = True
             # Resuming restarts this epoch's count, so the epoch boundaries shift; steps stay exact.

@@ -417,6 +417,13 @@ def _train(cfg, strategy, chief, precision, start, verbose, extra, score_test) -
                 f"{model_dir} (model.keras, history.csv, curves.png, summary.json)",
                 flush=True,
             )
+        if STOP.requested:
+            # Asked to stop at the last step or after it: the run is complete, and whoever runs
+            # several (reproduce, a search, a script) must still stop.
+            raise TrainingStopped(
+                f"{STOP.requested} after the last step: the run is complete ({model_dir}/summary.json).",
+                exit_code=130,
+            )
         return summary
     finally:
         if scratch:
@@ -469,9 +476,7 @@ def _stopped_early(checkpointer, step: int, total_steps: int) -> None:
             "--warmup, then run again with --allow_config_change.",
             exit_code=3,
         )
-    # A stop that lands on the last step has nothing left to interrupt: the run finishes (summary,
-    # model) instead of exiting 130 and training a step too many when run again.
-    if checkpointer.interrupted and step < total_steps:
+    if checkpointer.interrupted:
         raise TrainingStopped(
             f"interrupted at step {step}/{total_steps}; checkpoint saved in {checkpointer.read_dir}. "
             "Run the same command again to resume.",

@@ -75,13 +75,18 @@ class _CtrlCAtStep(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_during_the_last_step_finishes_the_run(tmp_path):
+def test_ctrl_c_during_the_last_step_finishes_the_run_then_reports_the_stop(tmp_path):
     cfg = TrainConfig(**TINY, train_steps=12, eval_test=False, model_dir=str(tmp_path / "run"))
-    summary = training.run(cfg, verbose=0, callbacks=[_CtrlCAtStep(12)])
+    with pytest.raises(training.TrainingStopped, match="after the last step: the run is complete") as stop:
+        training.run(cfg, verbose=0, callbacks=[_CtrlCAtStep(12)])
+    assert stop.value.exit_code == 130  # a caller running several runs stops here
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 12
-    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
-    # Run again: finished, nothing trained (not a 13th step).
-    assert training.run(cfg, verbose=0) == summary
+    assert training.run(cfg, verbose=0) == summary  # finished: nothing to do
+    # Even without its outputs the run is at its end: no 13th step.
+    for name in ("summary.json", "model.keras"):
+        (tmp_path / "run" / name).unlink()
+    assert training.run(cfg, verbose=0)["steps"] == 12
 
 
 @pytest.mark.slow
