@@ -206,16 +206,6 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
             tf.logical_or(is_jpeg, is_png),
             ["Image", index, "of the request is neither JPEG nor PNG (bad or empty image bytes)."],
         )
-        with tf.control_dependencies([known]):
-            # Read the size from the header so that an oversized image is refused before decoding.
-            height_width = tf.cond(
-                is_jpeg,
-                lambda: tf.cast(tf.io.extract_jpeg_shape(image)[:2], tf.int64),
-                lambda: tf.cast(
-                    tf.io.decode_raw(tf.strings.substr(image, 16, 8), tf.int32, little_endian=False)[::-1],
-                    tf.int64,
-                ),
-            )
         # A cut-off file would fail inside the decoder with no word of which image it was.
         length = tf.strings.length(image)
 
@@ -224,10 +214,27 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
             return tf.equal(tf.strings.substr(image, start, len(marker)), marker)
 
         def has_jpeg_end() -> tf.Tensor:
-            # Anywhere, not only last: phones append data after it (motion photos' video, trailers),
-            # which decoders skip. Entropy-coded data escapes FF, so FF D9 is only ever a marker.
-            data = tf.io.decode_raw(image, tf.uint8)
-            return tf.reduce_any(tf.logical_and(tf.equal(data[:-1], 0xFF), tf.equal(data[1:], 0xD9)))
+            # FF D9 anywhere after the scan starts, not only as the last bytes: phones append data
+            # (motion photos' video, vendor trailers), which decoders skip. The header's segments
+            # are stepped over by their lengths, as an EXIF thumbnail in them ends in FF D9 of its
+            # own; inside the scan the coder escapes FF bytes, so FF D9 there is the end marker.
+            data = tf.cast(tf.io.decode_raw(image, tf.uint8), tf.int32)
+            n = tf.size(data)
+
+            def in_header(pos):
+                safe = tf.minimum(pos, tf.maximum(n - 2, 0))
+                return tf.logical_and(
+                    pos + 3 < n,
+                    tf.logical_and(tf.equal(data[safe], 0xFF), tf.not_equal(data[safe + 1], 0xDA)),
+                )
+
+            def next_segment(pos):
+                safe = tf.minimum(pos, tf.maximum(n - 4, 0))
+                return pos + 2 + data[safe + 2] * 256 + data[safe + 3]  # the length counts itself
+
+            scan = tf.while_loop(in_header, next_segment, [tf.constant(2)])[0]
+            end = tf.logical_and(tf.equal(data[:-1], 0xFF), tf.equal(data[1:], 0xD9))
+            return tf.reduce_any(tf.logical_and(end, tf.range(tf.maximum(n - 1, 0)) >= scan))
 
         with tf.control_dependencies([known]):
             complete = tf.cond(is_jpeg, has_jpeg_end, lambda: ends_with(_PNG_END))
@@ -240,6 +247,18 @@ def _decode_images(images: tf.Tensor, info: DataInfo, max_pixels: int) -> tf.Ten
                 "end with its IEND chunk.",
             ],
         )
+        # After the completeness check, which must speak first: a JPEG cut inside its header fails
+        # in the header reader too, without the image's index.
+        with tf.control_dependencies([whole]):
+            # Read the size from the header so that an oversized image is refused before decoding.
+            height_width = tf.cond(
+                is_jpeg,
+                lambda: tf.cast(tf.io.extract_jpeg_shape(image)[:2], tf.int64),
+                lambda: tf.cast(
+                    tf.io.decode_raw(tf.strings.substr(image, 16, 8), tf.int32, little_endian=False)[::-1],
+                    tf.int64,
+                ),
+            )
         small = tf.debugging.Assert(
             height_width[0] * height_width[1] <= max_pixels,
             [

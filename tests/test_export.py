@@ -344,6 +344,10 @@ def test_bad_images_give_invalid_argument(cifar):
     served = tf.saved_model.load(str(cifar.path)).signatures["serving_default"]
     good = cifar.encoded[0]
     jpeg = tf.io.encode_jpeg(cifar.pixels[0]).numpy()
+    # A camera JPEG: an APP1 (EXIF) segment after the start marker holds a thumbnail, itself a
+    # JPEG ending in FF D9; cut off inside the scan, the photo must still count as truncated.
+    thumbnail = b"Exif\x00\x00" + tf.io.encode_jpeg(cifar.pixels[1][::4, ::4]).numpy()
+    camera = jpeg[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + jpeg[2:]
     # A PNG header declaring 100000 x 100000 pixels: refused from the header, before any decoding.
     huge_png = good[:16] + np.array([100_000, 100_000], ">u4").tobytes() + good[24:]
     cases = {
@@ -351,6 +355,7 @@ def test_bad_images_give_invalid_argument(cifar):
         b"": "neither JPEG nor PNG",
         b"GIF89a" + good[6:]: "neither JPEG nor PNG",
         jpeg[: len(jpeg) // 2]: r"\[Image\] \[1\] \[of the request is truncated",
+        camera[: len(camera) - len(jpeg) // 2]: r"\[Image\] \[1\] \[of the request is truncated",
         good[:40]: r"\[Image\] \[1\] \[of the request is truncated",
         huge_png: r"\[Image\] \[1\] \[of the request is too large",
     }
@@ -359,9 +364,11 @@ def test_bad_images_give_invalid_argument(cifar):
             served(images=tf.constant([good, data]))
     # The guard did not break the good path: the same request without the bad image is served,
     # and a JPEG with data after its end marker (a phone's motion photo) answers as the JPEG.
-    answers = served(images=tf.constant([good, jpeg, jpeg + b"\x00\x00\x00\x18ftypmp42" + bytes(500)]))
-    assert answers["classes"].shape == (3, cifar.k)
-    np.testing.assert_allclose(answers["probabilities"][2], answers["probabilities"][1], atol=ATOL)
+    motion = camera + b"\x00\x00\x00\x18ftypmp42" + bytes(500)
+    answers = served(images=tf.constant([good, jpeg, motion, camera]))
+    assert answers["classes"].shape == (4, cifar.k)
+    for same in (2, 3):
+        np.testing.assert_allclose(answers["probabilities"][same], answers["probabilities"][1], atol=ATOL)
     # An empty request gets an empty answer, not a shape error from inside the network.
     empty = served(images=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, 10) and empty["class_names"].shape == (0, cifar.k)
