@@ -100,13 +100,13 @@ class _Tuner(keras_tuner.Tuner):
         changes: dict[str, Any] = {"model_dir": self.get_trial_dir(trial.trial_id), "export_dir": ""}
         epochs = trial.hyperparameters.values.get("tuner/epochs")
         if epochs:  # Hyperband's budget for the trial, in checkpoint intervals (Keras epochs)
-            if self.run_steps:  # never past the configured run (its epoch count was rounded up)
-                total, chunk = self.run_steps
-                changes.update(train_steps=min(int(epochs) * chunk, total), epochs=0)
-            elif cfg.checkpoint_steps:
+            if cfg.checkpoint_steps:
                 changes.update(train_steps=int(epochs) * cfg.checkpoint_steps, epochs=0)
             else:
                 changes.update(epochs=int(epochs), train_steps=0)
+            # Never past the configured run, whose count of intervals was rounded up.
+            if self.run_steps and int(epochs) * self.run_steps[1] > self.run_steps[0]:
+                changes.update(train_steps=self.run_steps[0], epochs=0)
         return dataclasses.replace(cfg, **changes)
 
     def run_trial(self, trial, callbacks=(), **kwargs):
@@ -216,10 +216,13 @@ def make_tuner(
     directory: str | os.PathLike,
     max_epochs: int = 1,
     seed: int = 0,
+    run_steps: tuple[int, int] | None = None,
 ) -> _Tuner:
     """A keras-tuner tuner over `hypermodel`'s space minimizing the validation error.
 
     The project lives in `<directory>/search` and is reloaded when it exists (never overwritten).
+    `run_steps` (iterations, iterations per Keras epoch) of the configured run cap Hyperband's
+    trials at its length.
     """
     check_tuner(tuner, max_trials)
     objective = keras_tuner.Objective(OBJECTIVE, "min")
@@ -237,7 +240,9 @@ def make_tuner(
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
         }[tuner]
         oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed)
-    return _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name="search")
+    tuner_ = _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name="search")
+    tuner_.run_steps = run_steps
+    return tuner_
 
 
 def check_tuner(tuner: str, max_trials: int | None) -> None:
@@ -365,10 +370,15 @@ def _search(
     hypermodel = ResNetHyperModel(tune_cfg, space)
     with training.STOP.handling():
         kt = make_tuner(
-            hypermodel, tuner, max_trials=max_trials, directory=tune_dir, max_epochs=epochs, seed=cfg.seed
+            hypermodel,
+            tuner,
+            max_trials=max_trials,
+            directory=tune_dir,
+            max_epochs=epochs,
+            seed=cfg.seed,
+            run_steps=(total_steps, chunk),
         )
         kt.total_trials = max_trials if tuner != "hyperband" else None
-        kt.run_steps = (total_steps, chunk)
         if role is None:
             where = ""
         elif role == CHIEF:

@@ -145,11 +145,12 @@ def test_trial_values_become_training_flags():
 
 def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
     # 1,000 iterations in checkpoint intervals of 300: Hyperband's longest budget is 4 intervals
-    # (rounded up); its trials must stop at 1,000, not 1,200, and shorter ones at whole intervals.
-    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=1000, validation_split=True)
+    # (rounded up); those trials must stop at 1,000, not 1,200; shorter ones run whole intervals.
+    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=1000, checkpoint_steps=300)
     hypermodel = tuning.ResNetHyperModel(cfg, tuning.make_space(cfg, ["shortcut"]))
-    kt = tuning.make_tuner(hypermodel, "hyperband", max_trials=None, directory=tmp_path, max_epochs=4)
-    kt.run_steps = (1000, 300)
+    kt = tuning.make_tuner(
+        hypermodel, "hyperband", max_trials=None, directory=tmp_path, max_epochs=4, run_steps=(1000, 300)
+    )
     for epochs, steps in ((4, 1000), (2, 600)):
         hp = keras_tuner.HyperParameters()
         hypermodel.build(hp)
