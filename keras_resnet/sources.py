@@ -500,7 +500,8 @@ def _digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     if size != pixels.shape[1]:
-        # The same bilinear resize that an exported model applies to an 8x8 image it is sent.
+        # Bilinear, as an exported model enlarges an 8x8 image it is sent (antialiasing only
+        # acts when shrinking).
         resized = tf.image.resize(tf.constant(pixels, tf.float32), (size, size)).numpy()
         pixels = np.clip(np.round(resized), 0, 255).astype(np.uint8)
     return np.repeat(pixels, 3, axis=-1), digits.target.astype(np.int32)

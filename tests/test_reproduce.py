@@ -114,7 +114,7 @@ def test_estimate_and_dry_run_count_the_checkpointed_iterations(tmp_path, capsys
     (cfg,) = reproduce.plan(reproduce.parse(args)[0])
     fresh = reproduce.estimate_seconds([cfg])
     assert fresh > 0
-    # Half the run trained and checkpointed, no summary yet: as an interruption leaves it.
+    # Half the run's iterations checkpointed and no summary: what the estimate reads of a run.
     training.run(dataclasses.replace(cfg, train_steps=4), verbose=0)
     (pathlib.Path(cfg.model_dir) / "summary.json").unlink()
     assert training.resumes_at(cfg.model_dir) == 4
