@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -214,15 +215,14 @@ def make_tuner(
     *,
     max_trials: int | None,
     directory: str | os.PathLike,
-    max_epochs: int = 1,
     seed: int = 0,
-    run_steps: tuple[int, int] | None = None,
+    run_steps: tuple[int, int] = (1, 1),
 ) -> _Tuner:
     """A keras-tuner tuner over `hypermodel`'s space minimizing the validation error.
 
     The project lives in `<directory>/search` and is reloaded when it exists (never overwritten).
-    `run_steps` (iterations, iterations per Keras epoch) of the configured run cap Hyperband's
-    trials at its length.
+    `run_steps` is (iterations, iterations per Keras epoch) of the configured run: Hyperband's
+    budget in Keras epochs, rounded up, and the cap on its trials' length.
     """
     check_tuner(tuner, max_trials)
     objective = keras_tuner.Objective(OBJECTIVE, "min")
@@ -230,7 +230,7 @@ def make_tuner(
     seed = seed or 1
     if tuner == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(
-            objective=objective, max_epochs=max_epochs, factor=3, seed=seed
+            objective=objective, max_epochs=math.ceil(run_steps[0] / run_steps[1]), factor=3, seed=seed
         )
         oracle.max_trials = max_trials  # Hyperband sizes itself; --max_trials caps it
     else:
@@ -366,7 +366,7 @@ def _search(
     if settings is not None:  # a new search, recorded once its data loads (a typo must not pin it)
         tune_dir.mkdir(parents=True, exist_ok=True)
         files.write_json(tune_dir / "search.json", settings)
-    total_steps, chunk, epochs = run_length(tune_cfg, data.steps_per_epoch)
+    total_steps, chunk, _ = run_length(tune_cfg, data.steps_per_epoch)
     hypermodel = ResNetHyperModel(tune_cfg, space)
     with training.STOP.handling():
         kt = make_tuner(
@@ -374,7 +374,6 @@ def _search(
             tuner,
             max_trials=max_trials,
             directory=tune_dir,
-            max_epochs=epochs,
             seed=cfg.seed,
             run_steps=(total_steps, chunk),
         )

@@ -149,7 +149,7 @@ def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
     cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=1000, checkpoint_steps=300)
     hypermodel = tuning.ResNetHyperModel(cfg, tuning.make_space(cfg, ["shortcut"]))
     kt = tuning.make_tuner(
-        hypermodel, "hyperband", max_trials=None, directory=tmp_path, max_epochs=4, run_steps=(1000, 300)
+        hypermodel, "hyperband", max_trials=None, directory=tmp_path, run_steps=(1000, 300)
     )
     for epochs, steps in ((4, 1000), (2, 600)):
         hp = keras_tuner.HyperParameters()
