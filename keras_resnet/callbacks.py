@@ -89,7 +89,10 @@ class Evaluation(keras.callbacks.Callback):
     `test_every` chunks and at the last step) to the epoch's logs, as the paper's curves show them.
 
     `model` is what is evaluated: the trained model, its weight average, or either averaged over
-    test-time views; it must be compiled with the loss and metrics.
+    test-time views; it must be compiled with the loss and metrics. "Every `test_every` chunks"
+    is counted in global steps (the first chunk end at or past each multiple of `test_every`
+    chunks' steps), so a resumed run tests where the uninterrupted run would, not `test_every`
+    chunks after the resume.
     """
 
     def __init__(
@@ -103,17 +106,22 @@ class Evaluation(keras.callbacks.Callback):
         super().__init__()
         self.evaluated, self.validation, self.test = model, validation, test
         self.total_steps, self.test_every = total_steps, max(int(test_every), 1)
-        self.chunks = 0
+        self.step = 0  # at the previous chunk end (or where the run resumed)
+
+    def on_train_begin(self, logs=None):
+        self.step = global_step(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not math.isfinite(logs.get("loss", 0.0)):
             return
-        self.chunks += 1
         if self.validation is not None:
             results = self.evaluated.evaluate(self.validation, verbose=0, return_dict=True)
             logs.update({f"val_{k}": float(v) for k, v in results.items()})
-        last = global_step(self.model) >= self.total_steps
-        if self.test is not None and (last or self.chunks % self.test_every == 0):
+        step, previous = global_step(self.model), self.step
+        self.step = step
+        period = self.test_every * (self.params.get("steps") or 1)  # Keras' steps per chunk
+        due = step // period > previous // period or step >= self.total_steps
+        if self.test is not None and due:
             results = self.evaluated.evaluate(self.test, verbose=0, return_dict=True)
             logs.update({f"test_{k}": float(v) for k, v in results.items()})
 

@@ -3,6 +3,7 @@ unwritable outputs, a saved model loaded elsewhere, signals in a search. Digits 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pathlib
@@ -87,6 +88,18 @@ def test_ctrl_c_during_the_last_step_finishes_the_run_then_reports_the_stop(tmp_
     for name in ("summary.json", "model.keras"):
         (tmp_path / "run" / name).unlink()
     assert training.run(cfg, verbose=0)["steps"] == 12
+
+
+def test_a_resumed_run_tests_where_the_uninterrupted_run_would(tmp_path):
+    # Test set every 3 chunks of 10 steps: at step 30 and the last. A Ctrl-C at step 25 makes the
+    # resumed chunks end at 35 and 40; the first of them at or past step 30 is the one tested.
+    cfg = TrainConfig(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
+    with pytest.raises(training.TrainingStopped):
+        training.run(cfg, verbose=0, callbacks=[_CtrlCAtStep(25)])
+    training.run(cfg, verbose=0)
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [int(r["step"]) for r in rows] == [10, 20, 25, 35, 40]
+    assert [int(r["step"]) for r in rows if r.get("test_error")] == [35, 40]
 
 
 @pytest.mark.slow
