@@ -464,20 +464,25 @@ class Checkpointer(keras.callbacks.Callback):
             if self.skipped:
                 raise RuntimeError(f"no usable checkpoint in {self.read_dir}: {'; '.join(self.skipped)}")
             return 0
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+        # Built as they were when saved (under a distribution strategy Keras builds even the
+        # evaluation-only optimizer of the average at its first evaluation), or Keras skips their
+        # variables with a warning at every resume.
+        for built in (model, self.average):
+            if built is not None and built.optimizer is not None and not built.optimizer.built:
+                built.optimizer.build(built.trainable_variables)
         for manifest in candidates:
             step = int(manifest["step"])
             reason = self._verify(manifest)
             if reason is None:
-                try:
-                    model.load_weights(self.read_dir / manifest["weights"])
-                    if self.average is not None and manifest.get("average"):
-                        self.average.load_weights(self.read_dir / manifest["average"])
-                except Exception as err:  # h5py raises OSError, Keras ValueError for a wrong layout
-                    reason = (
-                        f"{manifest['weights']} cannot be loaded ({type(err).__name__}: {str(err)[:120]})"
-                    )
+                loads = [(model, manifest["weights"])]
+                if self.average is not None and manifest.get("average"):
+                    loads.append((self.average, manifest["average"]))
+                for target, name in loads:
+                    try:
+                        target.load_weights(self.read_dir / name)
+                    except Exception as err:  # h5py raises OSError, Keras ValueError for a wrong layout
+                        reason = f"{name} cannot be loaded ({type(err).__name__}: {str(err)[:120]})"
+                        break
             if reason is None and global_step(model) != step:
                 reason = f"{manifest['weights']} holds step {global_step(model)}, not {step}"
             if reason is not None:
