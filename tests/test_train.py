@@ -185,7 +185,7 @@ def test_lr_applied_per_step_with_warmup():
             seen.append(float(logs["error"]))
 
     control = callbacks.LearningRateControl(cfg, model.optimizer._learning_rate, verbose=False)
-    model.fit(ds.train, steps_per_epoch=12, epochs=1, callbacks=[control, Record()], verbose=0)
+    model.fit(ds.train, steps_per_epoch=12, epochs=1, shuffle=False, callbacks=[control, Record()], verbose=0)
     lrs, errors = seen[0::2], seen[1::2]
     # Rule: 0.01 while warming; warming ends after the step whose running error < 0.8, or step 4.
     expected, warming = [], True
