@@ -72,6 +72,9 @@ class TrainConfig:
     flip: str = _field("", "Horizontal flips; empty: random, or none for digits.", FLIPS)
     translate: int = _field(4, "cifar recipe: random translation by up to N pixels (the paper: 4).")
     cutout: int = _field(0, "cifar recipe: zero a random N x N square of each image; 0: off.")
+    skip_corrupt: bool = _field(
+        False, "Image folders: leave corrupt or unreadable files out (with a warning) instead of stopping."
+    )
     # Outputs.
     model_dir: str = _field("", "Where every output goes (checkpoints, history, model).", operational=True)
     export_dir: str = _field("", "Also export the final model for TF Serving here.", operational=True)

@@ -95,6 +95,7 @@ def load(
     eval_batch_size: int | None = None,
     validation_split: bool = False,
     seed: int = 0,
+    start_step: int = 0,
     deterministic: bool = False,
     image_size: int | None = None,
     color_augmentation: bool = False,
@@ -122,15 +123,18 @@ def load(
         validation_split: hold out 10% of train, stratified and fixed (CIFAR's 45k/5k); the mean
             is then computed on the remaining 90%.
         seed: shuffling and augmentation seed.
+        start_step: the training step the batches start at (a resumed run): its batches and
+            augmentations differ from the first run's, and alternating flips continue the
+            run's alternation (exactly when it resumes at an epoch boundary).
         deterministic: keep the training order reproducible across runs (parallel maps may then
             wait for slow elements); evaluation order is always the split's.
         image_size: model input side (default 32 for cifar and digits, 224 for imagenet2012, 128
             otherwise).
-        color_augmentation: PCA lighting noise (imagenet recipe).
+        color_augmentation: PCA lighting noise (imagenet recipe only).
         flip: "random" (the paper), "alternating" (cifar recipe: every other epoch per image),
             "none"; empty: random, except for digits (none: a mirrored digit is another shape).
-        translate: cifar recipe: largest random translation in pixels (the paper: 4).
-        cutout: cifar recipe: side of a random square zeroed in each training image (0: off).
+        translate: cifar recipe only: largest random translation in pixels (the paper: 4).
+        cutout: cifar recipe only: side of a random square zeroed in each training image (0: off).
         skip_corrupt: leave out corrupt/unreadable folder images (counted in `Datasets.skipped`)
             instead of raising.
         cache_dir: where the mean is cached (default `$KERAS_RESNET_CACHE` or ~/.cache/keras_resnet).
@@ -184,8 +188,19 @@ def load(
             f"{src.name}: lower --batch_size."
         )
     flip = flip or ("random" if src.mirror else "none")
-    if flip == "alternating" and info.recipe != CIFAR_RECIPE:
-        raise ValueError("flip='alternating' is implemented for the cifar recipe only; use random.")
+    # An option the recipe does not apply is refused, not ignored.
+    if info.recipe == CIFAR_RECIPE and color_augmentation:
+        raise ValueError(
+            f"--color_augmentation is part of the imagenet recipe; {src.name} uses the cifar recipe: drop it."
+        )
+    if info.recipe != CIFAR_RECIPE:
+        if flip == "alternating":
+            raise ValueError("--flip=alternating is implemented for the cifar recipe only; use random.")
+        if translate != CIFAR_PAD or cutout:
+            raise ValueError(
+                f"--translate and --cutout belong to the cifar recipe; {src.name} uses the imagenet "
+                "recipe (scale augmentation): leave them at their defaults."
+            )
     w, i = num_workers, worker_index
     eval_batch_size = eval_batch_size or batch_size
 
@@ -198,7 +213,7 @@ def load(
 
     augment = _Augmentation(color_augmentation, flip, translate, cutout)
     return Datasets(
-        train=finish(_train_dataset(train, info, batch_size, seed, augment, w, i), deterministic),
+        train=finish(_train_dataset(train, info, batch_size, seed, start_step, augment, w, i), deterministic),
         validation=evaluation(validation),
         test=evaluation(test),
         info=info,
@@ -239,7 +254,14 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 
 def _cifar_train(
-    split: sources.ImageArray, info: DataInfo, batch_size: int, seed: int, aug: _Augmentation, w, i
+    split: sources.ImageArray,
+    info: DataInfo,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    aug: _Augmentation,
+    w,
+    i,
 ):
     """Small images in memory: gather and augment whole batches."""
     mean = tf.constant(info.mean, tf.float32)
@@ -247,10 +269,12 @@ def _cifar_train(
     n = split.num_examples
     order = tf.data.Dataset.range(n).shard(w, i)
     shard_size = len(range(i, n, w))
-    stream = order.shuffle(shard_size, seed=seed, reshuffle_each_iteration=True).repeat()
+    stream = order.shuffle(shard_size, seed=seed + start_step, reshuffle_each_iteration=True).repeat()
     if aug.flip == "alternating":
-        # Each pass is exactly one shuffled shard, so an element's position says its epoch.
-        stream = stream.enumerate().map(lambda p, k: (k, alternating_flips(k, p // shard_size, seed)))
+        # Each pass is exactly one shuffled shard, so an element's position says its epoch. A
+        # resumed run starts a new pass, counted as the epoch nearest to where it stopped.
+        first = round(start_step * batch_size / shard_size)
+        stream = stream.enumerate().map(lambda p, k: (k, alternating_flips(k, first + p // shard_size, seed)))
     batches = stream.batch(batch_size, drop_remainder=True)
 
     def augment(batch, s):
@@ -260,21 +284,30 @@ def _cifar_train(
         x = cifar_augment(tf.gather(images, k), mean, s, pad=aug.translate, flips=flips, cutout=aug.cutout)
         return x, tf.gather(labels, k)
 
-    return tf.data.Dataset.zip(batches, _seeds(seed + 1)).map(augment, num_parallel_calls=AUTOTUNE)
+    seeds = _seeds(seed + start_step + 1)
+    return tf.data.Dataset.zip(batches, seeds).map(augment, num_parallel_calls=AUTOTUNE)
 
 
 def _train_dataset(
-    split: sources.Split, info: DataInfo, batch_size: int, seed: int, aug: _Augmentation, w, i
+    split: sources.Split,
+    info: DataInfo,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    aug: _Augmentation,
+    w,
+    i,
 ):
     if info.recipe == CIFAR_RECIPE:
-        return _cifar_train(split, info, batch_size, seed, aug, w, i)
+        return _cifar_train(split, info, batch_size, seed, start_step, aug, w, i)
+    seed += start_step
     mean = tf.constant(info.mean, tf.float32)
     size, scale = info.image_size, scale_range(info.image_size)
 
     # ImageNet crops one image at a time, even when all have one size: measured on imagenette,
     # per-image maps spread over the cores better than one crop_and_resize per batch (1.3-1.8x).
     def crop(image, label, s):
-        return imagenet_augment(image[None], size, scale, s)[0], label
+        return imagenet_augment(image[None], size, scale, s, mirror=aug.flip == "random")[0], label
 
     def normalize(images, labels, s):
         if aug.color:  # one pass over the pixels: subtract (mean - shift)

@@ -185,14 +185,16 @@ def alternating_flips(index: tf.Tensor, epoch: tf.Tensor, seed: int) -> tf.Tenso
     return tf.equal(tf.math.floormod(start + tf.cast(epoch, tf.int64), 2), 1)
 
 
-def imagenet_augment(images: tf.Tensor, size: int, scale: tuple[int, int], seed: tf.Tensor) -> tf.Tensor:
+def imagenet_augment(
+    images: tf.Tensor, size: int, scale: tuple[int, int], seed: tf.Tensor, mirror: bool = True
+) -> tf.Tensor:
     """Section 3.4 training crops of a 0-255 batch [B, H, W, 3]: float32 [B, size, size, 3], mean not removed.
 
     Resizing the shorter side to L ~ U[scale] and cropping size x size equals cropping a square of
     side size * min(H, W) / L from the original and resizing only that window: the same view for
     a fraction of the work, and one `crop_and_resize` op for the whole batch. The window's corner
     pixels map to the output's corner pixels (bilinear), so every sample lies inside the image.
-    A random horizontal flip is the same window read right to left.
+    A random horizontal flip (unless `mirror` is False) is the same window read right to left.
     """
     s_scale, s_top, s_left, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     shape = tf.shape(images)
@@ -203,7 +205,7 @@ def imagenet_augment(images: tf.Tensor, size: int, scale: tuple[int, int], seed:
     side = tf.clip_by_value(tf.round(size * short / target), 1.0, short)
     top = tf.floor(tf.random.stateless_uniform([batch], s_top) * (h - side + 1))
     left = tf.floor(tf.random.stateless_uniform([batch], s_left) * (w - side + 1))
-    flip = tf.random.stateless_uniform([batch], s_flip) < 0.5
+    flip = tf.random.stateless_uniform([batch], s_flip) < (0.5 if mirror else 0.0)
     y1, y2 = top / (h - 1), (top + side - 1) / (h - 1)
     x1, x2 = left / (w - 1), (left + side - 1) / (w - 1)
     x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)

@@ -269,12 +269,12 @@ def _hold_out(train: Split, validation_split: bool) -> tuple[Split, Split | None
 
 
 def cached(
-    cache_dir: pathlib.Path, kind: str, key: dict, compute: Callable[[], dict]
+    cache_dir: pathlib.Path, kind: str, key: dict, compute: Callable[[], dict], names: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
-    """`compute()` (named arrays) once per `key`, then read back from `cache_dir/<kind>-*.npz`.
+    """`compute()` (the arrays `names`) once per `key`, then read back from `cache_dir/<kind>-*.npz`.
 
-    The key is written beside it as JSON for humans. A damaged cache is recomputed; an
-    unwritable cache directory only costs the recomputation next time.
+    The key is written beside it as JSON for humans. A damaged cache (unreadable, or without one
+    of `names`) is recomputed; an unwritable cache directory only costs the recomputation next time.
     """
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() else "_" for c in str(key.get("dataset", "data")))[-40:]
@@ -282,9 +282,11 @@ def cached(
     if path.exists():
         try:
             with np.load(path) as f:
-                return dict(f)
-        except (OSError, ValueError) as e:
-            log.warning("Ignoring unreadable cache %s (%s); recomputing.", path, e)
+                found = {name: f[name] for name in names}  # KeyError if one is missing
+            return found
+        # A cut or emptied file: zipfile.BadZipFile / EOFError; not our arrays: KeyError and others.
+        except Exception as e:
+            log.warning("Ignoring unreadable cache %s (%s: %s); recomputing.", path, type(e).__name__, e)
     value = {k: np.asarray(v) for k, v in compute().items()}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +299,8 @@ def cached(
 
 
 def _cached_mean(cache_dir: pathlib.Path, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    return cached(cache_dir, "mean", key, lambda: {"mean": np.asarray(compute(), np.float32)})["mean"]
+    found = cached(cache_dir, "mean", key, lambda: {"mean": np.asarray(compute(), np.float32)}, ("mean",))
+    return found["mean"]
 
 
 def _mean_image(images: np.ndarray) -> np.ndarray:
@@ -694,18 +697,17 @@ def _folder_split(
             _, sums, pixels, bad = _scan_files(tuple(paths), False, verbose)
             return {"sums": sums, "pixels": pixels, "bad": bad}
 
-        found = cached(cache_dir, "scan", {"dataset": name, "split": split, "files": fingerprint}, scan)
+        key = {"dataset": name, "split": split, "files": fingerprint}
+        found = cached(cache_dir, "scan", key, scan, ("sums", "pixels", "bad"))
         bad = found["bad"]
         good = np.setdiff1d(np.arange(len(paths)), bad)
         out = ImageFiles(np.asarray(paths)[good], np.asarray(labels, np.int32)[good])
         sums, pixels = found["sums"][good], found["pixels"][good]
     if len(bad) and not skip_corrupt:
-        listed = "\n  ".join(paths[i] for i in bad[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise ValueError(
-            f"{len(bad)} corrupt or unreadable image file(s) in the {split!r} split of {name}:\n"
-            f"  {listed}{more}\n"
-            f"Fix or delete them, or pass skip_corrupt=True to data.load to leave them out."
+            f"{len(bad)} corrupt or unreadable image file(s) in the {split!r} split of {name} (the first: "
+            f"{paths[bad[0]]}): fix or delete them, or leave them out with --skip_corrupt "
+            "(data.load(skip_corrupt=True))."
         )
     if len(bad):
         log.warning("Skipping %d unreadable image(s) in %s/%s, e.g. %s", len(bad), name, split, paths[bad[0]])

@@ -146,8 +146,9 @@ def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     return strategy
 
 
-def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, seed: int | None = None) -> data.Datasets:
-    """The datasets of --dataset, sharded for this worker: infinite global batches, validation, test."""
+def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: int = 0) -> data.Datasets:
+    """The datasets of --dataset, sharded for this worker: infinite global batches from `start_step`
+    on, validation, test."""
     try:
         return data.load(
             cfg.dataset,
@@ -156,13 +157,15 @@ def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, seed: int | No
             batch_size=cfg.batch_size,
             eval_batch_size=cfg.eval_batch_size or None,
             validation_split=cfg.validation_split,
-            seed=cfg.seed if seed is None else seed,
+            seed=cfg.seed,
+            start_step=start_step,
             deterministic=cfg.deterministic,
             image_size=cfg.image_size or None,
             color_augmentation=cfg.color_augmentation,
             flip=cfg.flip,
             translate=cfg.translate,
             cutout=cfg.cutout,
+            skip_corrupt=cfg.skip_corrupt,
             # Each worker reads its own shard; batches stay global (tf.distribute splits them).
             num_workers=distribute.num_workers(strategy),
             worker_index=distribute.worker_index(strategy),
@@ -290,7 +293,7 @@ def _train(cfg, strategy, chief, precision, start, verbose, extra, score_test) -
             files.remove_stale_temporaries(model_dir)
             files.remove_stale_temporaries(model_dir / "checkpoints")
         # A resumed run must not replay the batches (and augmentations) it started with.
-        datasets = load_data(cfg, strategy, seed=cfg.seed + resumes_at(model_dir))
+        datasets = load_data(cfg, strategy, start_step=resumes_at(model_dir))
         info = datasets.info
         total_steps, steps_per_epoch, epochs = run_length(cfg, datasets.steps_per_epoch)
         if chief:

@@ -85,8 +85,12 @@ def test_imagenet_augment_without_scaling_is_the_image_or_its_mirror():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
     out = preprocessing.imagenet_augment(images, 24, (24, 24), _seed(4)).numpy()
+    mirrored = [not np.allclose(out[b], images[b], atol=1e-3) for b in range(16)]
     for b in range(16):
-        assert np.allclose(out[b], images[b], atol=1e-3) or np.allclose(out[b], images[b, :, ::-1], atol=1e-3)
+        assert np.allclose(out[b], images[b, :, ::-1] if mirrored[b] else images[b], atol=1e-3)
+    assert 0 < sum(mirrored) < 16
+    unmirrored = preprocessing.imagenet_augment(images, 24, (24, 24), _seed(4), mirror=False).numpy()
+    np.testing.assert_allclose(unmirrored, images, atol=1e-3)
 
 
 def test_pca_lighting_shifts_every_pixel_of_an_image_by_one_colour():
@@ -224,10 +228,75 @@ def test_folder_corrupt_file_is_named_or_skipped_and_counted(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     with pytest.raises(ValueError, match="corrupt or unreadable") as e:
         data.load(f"folder:{tmp_path}", batch_size=4, cache_dir=tmp_path / "c")
-    assert str(bad) in str(e.value) and "skip_corrupt" in str(e.value)
+    assert str(bad) in str(e.value) and "--skip_corrupt" in str(e.value) and "\n" not in str(e.value)
     ds = data.load(f"folder:{tmp_path}", batch_size=4, cache_dir=tmp_path / "c", skip_corrupt=True)
     assert ds.skipped == {"train": 1} and ds.info.train_examples == 24
     assert next(iter(ds.train))[0].shape[0] == 4
+
+
+def test_options_the_recipe_does_not_apply_are_refused_not_ignored(tmp_path):
+    _make_folder(tmp_path)  # the imagenet recipe
+    for option, flag in (({"cutout": 8}, "--cutout"), ({"translate": 0}, "--translate")):
+        with pytest.raises(ValueError, match=flag):
+            data.load(str(tmp_path), batch_size=4, cache_dir=tmp_path / "c", **option)
+    with pytest.raises(ValueError, match="--color_augmentation"):
+        data.load("digits", batch_size=4, color_augmentation=True)
+    # --flip=none is applied: every crop of a left-to-right ramp still rises to the right.
+    ramp = np.broadcast_to(np.linspace(0, 255, 24, dtype=np.float32)[None, :, None], (24, 24, 3))
+    for path in tmp_path.glob("*/*/*.png"):
+        _write_image(path, ramp.astype(np.uint8))
+    ds = data.load(str(tmp_path), batch_size=24, image_size=16, flip="none", cache_dir=tmp_path / "c2")
+    x = next(iter(ds.train))[0].numpy()
+    assert np.all(x[:, :, -1].mean(axis=(1, 2)) > x[:, :, 0].mean(axis=(1, 2)))
+
+
+def test_damaged_cache_files_are_recomputed(tmp_path):
+    _make_folder(tmp_path / "pets")
+    load = dict(batch_size=4, cache_dir=tmp_path / "c", cache_images=False)
+    mean = data.load(str(tmp_path / "pets"), **load).info.mean
+    caches = sorted((tmp_path / "c").glob("*.npz"))
+    assert caches
+    for damage in (b"", b"PK\x03\x04 cut", None):  # emptied, cut, not our arrays
+        for path in caches:
+            if damage is None:
+                np.savez(path, other=np.zeros(1))
+            else:
+                path.write_bytes(damage)
+        np.testing.assert_allclose(data.load(str(tmp_path / "pets"), **load).info.mean, mean)
+
+
+def _orientations(batches, images: np.ndarray, mean: np.ndarray) -> dict[int, bool]:
+    """{image index: shown mirrored} for translate=0 batches of `images` (the views are exact).
+
+    Images equal to another one or to their own mirror are left out (their view is ambiguous).
+    """
+    centred = images.astype(np.float32) - mean
+    views: dict[bytes, list] = {}
+    for k, image in enumerate(centred):
+        for mirrored, view in ((False, image), (True, np.ascontiguousarray(image[:, ::-1]))):
+            views.setdefault(view.tobytes(), []).append((k, mirrored))
+    seen = {}
+    for x, _ in batches:
+        for view in x.numpy():
+            found = views[view.tobytes()]  # KeyError: not a view of a training image
+            if len(found) == 1:
+                seen[found[0][0]] = found[0][1]
+    return seen
+
+
+def test_alternating_flips_continue_their_alternation_when_a_run_resumes():
+    # 1438 digits, 2 steps of 719 per epoch: a run resumed at step 4 begins epoch 2.
+    load = dict(batch_size=719, translate=0, flip="alternating")
+    ds = data.load("digits", **load)
+    images = sources.resolve("digits").train.images
+    batches = list(ds.train.take(6))
+    epochs = [_orientations(batches[e * 2 : e * 2 + 2], images, ds.info.mean) for e in range(3)]
+    assert len(epochs[2]) > 0.9 * len(images)
+    assert all(epochs[1][k] != epochs[2][k] for k in epochs[2])
+    resumed_batches = list(data.load("digits", start_step=4, **load).train.take(2))
+    resumed = _orientations(resumed_batches, images, ds.info.mean)
+    assert resumed == epochs[2]  # the same orientation per image...
+    assert not np.array_equal(resumed_batches[0][1], batches[4][1])  # ... in a new order
 
 
 @pytest.mark.parametrize(
