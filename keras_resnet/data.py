@@ -239,9 +239,11 @@ class _Augmentation:
     cutout: int = 0
 
 
-def _seeds(seed: int) -> tf.data.Dataset:
-    """Endless, reproducible stream of [2] int64 seeds for the stateless random ops."""
-    return tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+def _seeds(seed: int, worker: int) -> tf.data.Dataset:
+    """Endless, reproducible stream of [2] int64 seeds for the stateless random ops, its own for
+    each worker (the same crops and flips at the same batch positions on every worker otherwise)."""
+    pairs = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    return pairs if worker == 0 else pairs.map(lambda s: s + tf.constant([0, worker], tf.int64))
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -284,7 +286,7 @@ def _cifar_train(
         x = cifar_augment(tf.gather(images, k), mean, s, pad=aug.translate, flips=flips, cutout=aug.cutout)
         return x, tf.gather(labels, k)
 
-    seeds = _seeds(seed + start_step + 1)
+    seeds = _seeds(seed + start_step + 1, i)
     return tf.data.Dataset.zip(batches, seeds).map(augment, num_parallel_calls=AUTOTUNE)
 
 
@@ -315,9 +317,10 @@ def _train_dataset(
         return images - mean, labels
 
     ds = split.examples(seed, w, i)
-    ds = tf.data.Dataset.zip(ds, _seeds(seed + 1)).map(lambda x, s: crop(*x, s), num_parallel_calls=AUTOTUNE)
+    ds = tf.data.Dataset.zip(ds, _seeds(seed + 1, i))
+    ds = ds.map(lambda x, s: crop(*x, s), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-    return tf.data.Dataset.zip(ds, _seeds(seed + 2)).map(
+    return tf.data.Dataset.zip(ds, _seeds(seed + 2, i)).map(
         lambda x, s: normalize(*x, s), num_parallel_calls=AUTOTUNE
     )
 

@@ -265,6 +265,11 @@ def _hold_out(train: Split, validation_split: bool) -> tuple[Split, Split | None
     if not validation_split:
         return train, None, np.arange(train.num_examples)
     train_idx, val_idx = held_out_split(train.labels)
+    if not len(val_idx):
+        raise ValueError(
+            f"--validation_split holds out {VALIDATION_FRACTION:.0%} of each class, which is no image of "
+            f"these {train.num_examples} training images: add images, or drop --validation_split."
+        )
     return train.subset(train_idx), train.subset(val_idx), train_idx
 
 

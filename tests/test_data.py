@@ -348,6 +348,24 @@ def test_folder_sharding_per_worker_is_disjoint_and_complete(tmp_path):
     assert shards[0].steps_per_epoch == 12 // 2  # steps count global batches of the full split
 
 
+def test_each_worker_draws_its_own_augmentations():
+    # Cutout zeroes a square (the mean colour, 0 after its subtraction), seen where the mean is
+    # not 0 (digits' borders are 0 in every image): its place at each batch position, per worker.
+    kw = dict(batch_size=64, translate=0, cutout=8, flip="none", num_workers=2)
+    shards = [data.load("digits", worker_index=i, **kw) for i in (0, 1)]
+    varies = (shards[0].info.mean != 0).any(-1)
+    squares = [(next(iter(s.train))[0].numpy() == 0).all(-1) & varies for s in shards]
+    assert all(s.any(axis=(1, 2)).mean() > 0.9 for s in squares)
+    same_place = [np.array_equal(a, b) for a, b in zip(*squares, strict=True)]
+    assert np.mean(same_place) < 0.5  # the same seeds on both workers: 63 of 64
+
+
+def test_a_validation_split_that_would_hold_out_nothing_is_refused(tmp_path):
+    _make_folder(tmp_path, per_class=(4, 2), sizes=((8, 8),))
+    with pytest.raises(ValueError, match="--validation_split .* no image"):
+        data.load(str(tmp_path), batch_size=2, validation_split=True, cache_dir=tmp_path / "c")
+
+
 # ------------------------------------------------------------------------------------------------
 # TFDS names
 
