@@ -443,15 +443,15 @@ def _from_cifar(
     image_size: int | None,
     cache: pathlib.Path,
 ) -> Source:
-    full = _tfds_in_memory(name, tfds_dir, "train", download)
-    test = _tfds_in_memory(name, tfds_dir, "test", download)
-    train, validation, _ = _hold_out(full, validation_split)
-    native = train.images.shape[1]
+    native = 32  # CIFAR-10 and -100; checked before any download or decoding
     if image_size and image_size != native:
         raise ValueError(
             f"--image_size={image_size}: the cifar recipe trains on the original {native}x{native} view "
             f"(section 4.2); leave --image_size unset for {name}."
         )
+    full = _tfds_in_memory(name, tfds_dir, "train", download)
+    test = _tfds_in_memory(name, tfds_dir, "test", download)
+    train, validation, _ = _hold_out(full, validation_split)
     builder_dir = pathlib.Path(tfds_builder(name, tfds_dir, download).data_dir)
     key = {
         "dataset": name,

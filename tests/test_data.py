@@ -376,6 +376,9 @@ def test_unknown_name_and_missing_tfds_data_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         data.load("cifar100", data_dir=str(tmp_path), download=False)
     assert "cifar100" in str(e.value) and str(tmp_path) in str(e.value) and "--nodownload" in str(e.value)
+    # A size CIFAR cannot have is refused before the data is looked for (or downloaded).
+    with pytest.raises(ValueError, match="image_size=64.*original 32x32"):
+        data.load("cifar100", data_dir=str(tmp_path), download=False, image_size=64)
     with pytest.raises(FileNotFoundError) as e:
         data.load("imagenet2012", data_dir=str(tmp_path))  # a manual download: never fetched
     assert "ILSVRC2012_img_train.tar" in str(e.value)
