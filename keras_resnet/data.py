@@ -7,7 +7,8 @@
 `preprocessing`: training batches are infinite, shuffled and augmented, with the GLOBAL batch
 size (tf.distribute splits them across replicas); evaluation batches keep the split's order.
 Every random choice comes from stateless ops seeded from `seed`, so an augmented example only
-depends on the seed and its position in the stream. Each worker reads its own shard
+depends on the seed, its position in the stream and TensorFlow's global seed (tf.data combines
+op seeds with it; train.py sets it to --seed). Each worker reads its own shard
 (`num_workers`/`worker_index`) and tf.distribute's auto-sharding is off.
 """
 
