@@ -79,8 +79,12 @@ def paper_config(
 ) -> TrainConfig:
     """The paper's CIFAR-10 recipe (section 4.2) for `model`, scaled to the budget."""
     steps = options.budget
+    spec = specs.get_spec(model, specs.CIFAR)
     cfg = TrainConfig(
         model=model,
+        # resnet50 and resnet152 name ImageNet nets unless told; only those depths spell the family
+        # out, so the config.json of every other run stays as before (and resumes).
+        family=specs.CIFAR if spec.depth in specs.IMAGENET_SPECS else "",
         shortcut=shortcut,
         dataset=options.dataset,
         data_dir=options.data_dir,
@@ -91,7 +95,7 @@ def paper_config(
         checkpoint_steps=max(min(steps // 20, 390), 1),
         eval_batch_size=1000,
         # The paper warms ResNet-110 up at lr 0.01 until the training error is below 80%.
-        warmup=specs.get_spec(model).depth >= 110,
+        warmup=spec.depth >= 110,
         precision=options.precision,
         seed=seed,
         model_dir=str(options.out / options.budget_name / (name or model)),
@@ -454,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if dry_run:
         for cfg in cfgs:
-            macs = counting.count(models.build_model(cfg.model, shortcut=cfg.shortcut or None)).macs
+            built = models.build_model(cfg.model, shortcut=cfg.shortcut or None, family=cfg.family or None)
+            macs = counting.count(built).macs
             done = training.resumes_at(cfg.model_dir)
             resumes = f", resumes at step {done:,}" if done else ""
             print(f"  {cfg.model_dir}  ({macs / 1e6:.1f}M multiply-adds{resumes})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import pathlib
+import re
 
 import keras
 import numpy as np
@@ -105,6 +106,13 @@ def test_bad_arguments_and_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 run(s) of 4,000 iterations (plain20, plain56, resnet20, resnet56)" in out and "estimated" in out
     assert not any(tmp_path.iterdir())  # a dry run trains nothing
+    # 50 and 152 are CIFAR depths (6n+2) and ImageNet ones: these experiments mean CIFAR's.
+    assert reproduce.main(["table6", "--models=resnet50,resnet56", "--dry_run", f"--out={tmp_path}"]) == 0
+    macs = dict(re.findall(r"(resnet5[06])  \(([\d.]+)M multiply-adds", capsys.readouterr().out))
+    assert float(macs["resnet50"]) < float(macs["resnet56"]) == 125.5  # not ImageNet's 3,858M
+    resnet50, resnet56 = reproduce.plan(reproduce.parse(["table6", "--models=resnet50,resnet56"])[0])
+    assert resnet50.spec.family == "cifar" and resnet50.spec.stages[0][2] == 8  # 6 * 8 + 2
+    assert resnet56.family == ""  # as before: the config.json of runs under way is unchanged
 
 
 def test_estimate_and_dry_run_count_the_checkpointed_iterations(tmp_path, capsys):
