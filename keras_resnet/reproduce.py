@@ -104,6 +104,19 @@ def paper_config(
     return cfg
 
 
+def steps_done(cfg: TrainConfig) -> int:
+    """Iterations of the run of `cfg` already trained: all when finished, else the checkpointed ones."""
+    model_dir, tune_dir = pathlib.Path(cfg.model_dir), tuning.default_tune_dir(cfg)
+    # A finished run has its summary; a finished search (shortcuts) its results table.
+    if (model_dir / "summary.json").exists() or (tune_dir / "results.csv").exists():
+        return cfg.train_steps
+    # A search's run (one shortcut option) is a trial: done, or checkpointed in its own folder.
+    for values, status, trial_dir in tuning.trials_on_disk(tune_dir):
+        if values.get("shortcut") == cfg.shortcut:
+            return cfg.train_steps if status == "COMPLETED" else training.resumes_at(trial_dir)
+    return training.resumes_at(model_dir)
+
+
 def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
     """Training time left from the multiply-adds of the iterations not yet checkpointed.
 
@@ -111,14 +124,10 @@ def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
     """
     total = 0.0
     for cfg in cfgs:
-        model_dir = pathlib.Path(cfg.model_dir)
-        # A finished run has its summary; a finished search (shortcuts) its results table.
-        if (model_dir / "summary.json").exists() or (tuning.default_tune_dir(cfg) / "results.csv").exists():
-            continue
         spec = cfg.spec
         blocks = sum(r for _, _, r in spec.stages)
         macs = 40.6e6 * (blocks / 9)  # CIFAR nets: cost grows with the number of blocks
-        steps = max(cfg.train_steps - training.resumes_at(model_dir), 0)
+        steps = max(cfg.train_steps - steps_done(cfg), 0)
         total += 1.1 * steps * cfg.batch_size * 3 * macs / MACS_PER_SECOND
     return total
 
@@ -460,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cfg in cfgs:
             built = models.build_model(cfg.model, shortcut=cfg.shortcut or None, family=cfg.family or None)
             macs = counting.count(built).macs
-            done = training.resumes_at(cfg.model_dir)
-            resumes = f", resumes at step {done:,}" if done else ""
+            done = steps_done(cfg)
+            resumes = ", done" if done >= cfg.train_steps else f", resumes at step {done:,}" if done else ""
             print(f"  {cfg.model_dir}  ({macs / 1e6:.1f}M multiply-adds{resumes})")
         return 0
     try:

@@ -278,6 +278,19 @@ def default_tune_dir(cfg: TrainConfig) -> pathlib.Path:
     return pathlib.Path(cfg.model_dir) / "tuning"
 
 
+def trials_on_disk(tune_dir: pathlib.Path) -> list[tuple[dict[str, Any], str, pathlib.Path]]:
+    """(hyperparameter values, status, trial directory) of each trial a search in `tune_dir` has
+    started, read from keras-tuner's trial.json files without loading the tuner."""
+    found = []
+    for path in sorted((pathlib.Path(tune_dir) / "search").glob("trial_*/trial.json")):
+        try:
+            trial = json.loads(path.read_text())
+            found.append((trial["hyperparameters"]["values"], trial["status"], path.parent))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or damaged: counted as not started
+    return found
+
+
 def search(
     cfg: TrainConfig,
     *,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import pathlib
 import re
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
-from keras_resnet import build_model, reproduce
+from keras_resnet import build_model, reproduce, training, tuning
 
 
 def _read(path: pathlib.Path) -> list[dict[str, str]]:
@@ -93,6 +95,20 @@ def test_shortcuts_search_a_b_c_per_seed_and_summarize(tmp_path):
     names = {pathlib.Path(c.model_dir).name for c in cfgs}
     assert names == {"resnet8-shortcuts-seed0", "resnet8-shortcuts-seed1"}
     assert reproduce.estimate_seconds(cfgs) == 0
+    # An interrupted search (no results table yet) counts its finished trials as done too, and
+    # an unfinished trial from its own checkpoints.
+    elsewhere = [dataclasses.replace(c, model_dir=str(tmp_path / "new")) for c in cfgs]
+    fresh = reproduce.estimate_seconds(elsewhere)
+    for c in cfgs:
+        (pathlib.Path(c.model_dir) / "tuning" / "results.csv").unlink(missing_ok=True)
+    assert reproduce.estimate_seconds(cfgs) == 0
+    trials = tuning.trials_on_disk(tuning.default_tune_dir(cfgs[0]))
+    (trial,) = [d for values, _, d in trials if values["shortcut"] == "B"]
+    trial_json = json.loads((trial / "trial.json").read_text())
+    (trial / "trial.json").write_text(json.dumps({**trial_json, "status": "RUNNING"}))
+    assert reproduce.steps_done(dataclasses.replace(cfgs[0], shortcut="B")) == training.resumes_at(trial) == 4
+    shutil.rmtree(trial / "checkpoints")
+    assert reproduce.estimate_seconds(cfgs) == pytest.approx(fresh / 6)  # one run of six left
 
 
 def test_bad_arguments_and_dry_run(tmp_path, capsys):
