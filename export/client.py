@@ -53,6 +53,8 @@ def predict_rest(server: str, model_name: str, images: list[bytes], *, version=N
         raise RuntimeError(f"{server} answered {err.code}: {err.read().decode(errors='replace')}") from None
     except urllib.error.URLError as err:
         raise RuntimeError(f"Cannot reach {server} ({err.reason}): is the model server running?") from None
+    except TimeoutError:  # connected, but no answer in time (a read timeout is not a URLError)
+        raise RuntimeError(f"{server} did not answer within {timeout:g} s: raise --timeout?") from None
 
 
 def predict_request(images: list[bytes], model_name: str, *, version: int | None = None):
@@ -105,8 +107,13 @@ def main(argv: list[str]) -> None:
                 server, FLAGS.model_name, images, version=FLAGS.version, timeout=FLAGS.timeout
             )
         else:
-            import grpc
-
+            try:
+                import grpc
+                from tensorflow_serving.apis import predict_pb2  # noqa: F401  (checked here, used below)
+            except ImportError as err:
+                raise RuntimeError(
+                    f"--protocol=grpc needs {err.name}: pip install tensorflow-serving-api (or use REST)"
+                ) from None
             server = FLAGS.server or "localhost:8500"
             request = predict_request(images, FLAGS.model_name, version=FLAGS.version)
             try:

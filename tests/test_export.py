@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -290,6 +291,18 @@ def test_grpc_and_rest_requests_from_the_client_give_the_keras_answer(imagenette
     images = [base64.b64decode(row[serving.IMAGES]["b64"]) for row in body["instances"]]
     out = served.signatures[body["signature_name"]](images=tf.constant(images))
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=ATOL)
+
+
+def test_client_errors_are_one_line_for_a_server_that_never_answers_or_is_not_there():
+    client = _load_client()
+    with socket.socket() as silent:  # accepts the connection (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match=r"did not answer within 0.5 s: raise --timeout"):
+            client.predict_rest(server, "m", [b"x"], timeout=0.5)
+    with pytest.raises(RuntimeError, match="Cannot reach .* is the model server running"):
+        client.predict_rest(server, "m", [b"x"], timeout=0.5)  # closed now: refused
 
 
 def test_versions_count_up_and_are_never_overwritten(imagenette):
