@@ -134,7 +134,7 @@ def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
 
 def _train_all(cfgs: Sequence[TrainConfig], label: str) -> list[dict]:
     left = estimate_seconds(cfgs)
-    print(f"[reproduce] {label}: {len(cfgs)} run(s), about {duration(left)} left on this machine", flush=True)
+    print(f"[reproduce] {label}: {len(cfgs)} run(s), about {duration(left)} left (float32 speed)", flush=True)
     summaries = []
     for i, cfg in enumerate(cfgs, 1):
         print(f"[reproduce] run {i}/{len(cfgs)}: {cfg.model_dir}", flush=True)
@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"[reproduce] {options.experiment}: {len(cfgs)} run(s) of {options.budget:,} iterations "
         f"({', '.join(dict.fromkeys(c.model for c in cfgs))}); estimated {duration(estimate_seconds(cfgs))} "
-        f"of training left on this machine; runs in {options.out / options.budget_name}",
+        f"of training left at this machine's float32 speed; runs in {options.out / options.budget_name}",
         flush=True,
     )
     if dry_run:
