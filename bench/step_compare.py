@@ -63,7 +63,8 @@ def keras_side(args) -> None:
     xs, ys = images[idx], labels[idx]
     np.savez(args.out / "batches.npz", x=xs, y=ys)
 
-    model = models.build_model(f"resnet{args.depth}")
+    # TensorFlow's one-sided padding, as the PyTorch side's tf_padding=True (and as measured).
+    model = models.build_model(f"resnet{args.depth}", padding="same")
     optimization.compile_model(model, TrainConfig(), 64000)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -26,4 +26,4 @@ __all__ = [
     "list_models",
     "with_test_time_augmentation",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

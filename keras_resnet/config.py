@@ -25,6 +25,7 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 FLIPS = ("", "random", "alternating", "none")
 TTA = ("none", "flip", "flip_translate")
+PADDINGS = ("symmetric", "same")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,12 @@ class TrainConfig:
     bottleneck_stride: str = _field("1x1", "Where a bottleneck block strides.", ("1x1", "3x3"))
     zero_init_residual: bool = _field(
         False, "Start each residual block's last BN scale at 0 (not the paper)."
+    )
+    padding: str = _field(
+        "symmetric",
+        "Strided 3x3/7x7 convolutions and the max pool: symmetric as the paper's nets, or same "
+        "(TensorFlow's bottom/right padding, which runs made before this flag used).",
+        PADDINGS,
     )
     sync_bn: bool = _field(False, "Synchronized batch norm: statistics over the global batch.")
     fused_bn: bool = _field(
@@ -135,8 +142,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        """A saved configuration. One saved before `padding` existed was built with "same"."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{"padding": "same", **{k: v for k, v in d.items() if k in names}})
 
     def to_flags(self) -> str:
         """The configuration as an absl flag file (`train.py --flagfile=...`)."""

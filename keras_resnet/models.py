@@ -21,20 +21,41 @@ BN_EPSILON = 1e-5
 class _Factory:
     """The layer choices shared by every block: He init, no conv bias before BN, L2 on kernels."""
 
-    def __init__(self, weight_decay: float, sync_bn: bool, fused_bn: bool, zero_init_residual: bool = False):
+    def __init__(
+        self,
+        weight_decay: float,
+        sync_bn: bool,
+        fused_bn: bool,
+        zero_init_residual: bool = False,
+        padding: str = "symmetric",
+    ):
         self.sync_bn, self.fused_bn, self.zero_init_residual = sync_bn, fused_bn, zero_init_residual
+        self.padding = padding
         # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
         # l * ||w||^2, hence the half.
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
         # He et al. 2015 ("Delving deep into rectifiers"): zero-mean Gaussian, std sqrt(2/fan_in).
         self.initializer = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
 
+    def pad(self, x, kernel: int, strides: int, name: str):
+        """`x` padded for a strided `kernel` window, and the window's own padding argument.
+
+        TensorFlow's "same" pads an even input of a stride-2 window at the bottom and right only,
+        so a 3x3 window centres on pixel (2i+1, 2j+1) while the shortcut reads (2i, 2j). The
+        paper's nets (Caffe, Torch) pad (k - 1) / 2 on every side: both read (2i, 2j). The output
+        shapes are the same either way.
+        """
+        if self.padding == "same" or strides == 1 or kernel == 1:
+            return x, "same"
+        return keras.layers.ZeroPadding2D((kernel - 1) // 2, name=name)(x), "valid"
+
     def conv(self, x, filters: int, kernel: int, strides: int, name: str):
+        x, padding = self.pad(x, kernel, strides, name.removesuffix("_conv") + "_pad")
         return keras.layers.Conv2D(
             filters,
             kernel,
             strides=strides,
-            padding="same",
+            padding=padding,
             use_bias=False,
             kernel_initializer=self.initializer,
             kernel_regularizer=self.regularizer,
@@ -116,6 +137,7 @@ def build_model(
     sync_bn: bool = False,
     fused_bn: bool = True,
     zero_init_residual: bool = False,
+    padding: Literal["symmetric", "same"] = "symmetric",
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -138,6 +160,10 @@ def build_model(
             `keras_resnet.layers.BatchNormalization`); False keeps Keras' own computation.
         zero_init_residual: start the last BN scale of every residual block at 0, so that each
             block starts as its shortcut (not in the paper; plain nets are unaffected).
+        padding: of the strided 3x3 and 7x7 convolutions and the stem's max pool: "symmetric"
+            pads every side as the paper's nets (and Keras Applications' stem) do; "same" is
+            TensorFlow's bottom-and-right padding, which this package used before 0.3 (a run's
+            config.json without `padding` was made with it). Shapes and counts are the same.
 
     Returns:
         A `keras.Model` named after the network.
@@ -146,6 +172,8 @@ def build_model(
     option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
     if bottleneck_stride not in ("1x1", "3x3"):
         raise ValueError(f"bottleneck_stride must be '1x1' or '3x3', got {bottleneck_stride!r}.")
+    if padding not in ("symmetric", "same"):
+        raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}.")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
     num_classes = spec.default_num_classes if num_classes is None else num_classes
@@ -156,13 +184,15 @@ def build_model(
     blocks = sum(repeats for _, _, repeats in spec.stages)
     # ResNet-1202 is about 2,000 nodes deep: more than Keras' recursive graph walk allows by default.
     with workarounds.recursion_limit(1000 + 12 * blocks):
-        f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual)
+        f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding)
         inputs = keras.Input(shape=input_shape, name="image")
         if spec.family == specs.CIFAR:
             x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")
         else:
             x = f.conv_bn(inputs, 64, 7, 2, "conv1")
-            x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+            # Zeros pad the pool as well as -inf would: its input comes out of a ReLU.
+            x, pool_padding = f.pad(x, 3, 2, "pool1_pad")
+            x = keras.layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool1")(x)
         for stage, (block, filters, repeats) in enumerate(spec.stages):
             for b in range(repeats):
                 # The first stage keeps the resolution (the ImageNet stem already pooled).

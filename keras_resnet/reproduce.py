@@ -101,7 +101,22 @@ def paper_config(
         model_dir=str(options.out / options.budget_name / (name or model)),
     )
     check_config(cfg)
-    return cfg
+    return dataclasses.replace(cfg, padding=_saved_padding(cfg) or cfg.padding)
+
+
+def _saved_padding(cfg: TrainConfig) -> str | None:
+    """The padding of a run (or search) already under way in cfg's folder: one started before
+    --padding existed resumes, and counts as done once finished, with its own."""
+    for path, key in (
+        (pathlib.Path(cfg.model_dir) / "config.json", None),
+        (tuning.default_tune_dir(cfg) / "search.json", "config"),
+    ):
+        try:
+            saved = json.loads(path.read_text())
+            return TrainConfig.from_json(saved[key] if key else saved).padding
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # none, or damaged: training's own check of the folder says what is wrong
+    return None
 
 
 def steps_done(cfg: TrainConfig) -> int:
@@ -467,7 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if dry_run:
         for cfg in cfgs:
-            built = models.build_model(cfg.model, shortcut=cfg.shortcut or None, family=cfg.family or None)
+            built = models.build_model(
+                cfg.model, shortcut=cfg.shortcut or None, family=cfg.family or None, padding=cfg.padding
+            )
             macs = counting.count(built).macs
             done = steps_done(cfg)
             resumes = ", done" if done >= cfg.train_steps else f", resumes at step {done:,}" if done else ""

@@ -188,6 +188,7 @@ def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
         sync_bn=cfg.sync_bn,
         fused_bn=cfg.fused_bn,
         zero_init_residual=cfg.zero_init_residual,
+        padding=cfg.padding,
     )
 
 

@@ -610,6 +610,11 @@ def _check_same_search(
         )
     if path.is_file():
         saved = json.loads(path.read_text())
+        # Fields added since the search started count as their value for it (the defaults, and
+        # "same" padding), so a new flag alone does not refuse an old search.
+        if isinstance(saved.get("config"), dict):
+            config = TrainConfig.from_json(saved["config"]).training_fields()
+            saved["config"] = json.loads(json.dumps(config))
         if saved != settings:
             changed = [f"{k}" for k in settings if saved.get(k) != settings[k] and k != "config"]
             old, new = saved.get("config", {}), settings["config"]

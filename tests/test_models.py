@@ -89,6 +89,46 @@ def test_zero_pad_shortcut_exact_tensor():
     np.testing.assert_array_equal(y[..., 3:], 0.0)
 
 
+@pytest.mark.parametrize("padding, picks", [("symmetric", [0, 2, 8, 10]), ("same", [5, 7, 13, 15])])
+def test_a_strided_3x3_convolution_reads_where_its_shortcut_does(padding, picks):
+    # A 3x3 kernel that copies its centre pixel, stride 2, on a 4x4 image numbered 0..15: the
+    # paper's symmetric padding centres it on (2i, 2j), the pixels option A's shortcut keeps.
+    model = kr.build_model("resnet8", input_shape=(4, 4, 1), padding=padding)
+    image = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    conv = model.get_layer("conv3_block1_1_conv")
+    inputs = keras.Input((4, 4, 1))
+    x = model.get_layer("conv3_block1_1_pad")(inputs) if padding == "symmetric" else inputs
+    probe = keras.layers.Conv2D(1, 3, strides=2, padding=conv.padding, use_bias=False)
+    y = probe(x)
+    probe.kernel.assign(np.pad(np.ones((1, 1, 1, 1), "float32"), [(1, 1), (1, 1), (0, 0), (0, 0)]))
+    got = keras.Model(inputs, y)(image).numpy().ravel()
+    np.testing.assert_array_equal(got, picks)
+    shortcut = keras.ops.convert_to_numpy(kr.ZeroPadShortcut(1, 2)(image)).ravel()
+    assert (shortcut.tolist() == got.tolist()) == (padding == "symmetric")
+
+
+def test_padding_changes_no_shape_or_count_and_pads_the_stem_as_keras_applications():
+    for name in ("resnet18", "resnet20"):
+        sym, same = kr.build_model(name), kr.build_model(name, padding="same")
+        assert trainable(sym) == trainable(same) and kr.count(sym).macs == kr.count(same).macs
+        assert [la.output.shape for la in sym.layers if not isinstance(la, keras.layers.ZeroPadding2D)] == [
+            la.output.shape for la in same.layers
+        ]
+        assert not any(isinstance(la, keras.layers.ZeroPadding2D) for la in same.layers)
+    r18 = kr.build_model("resnet18")
+    pads = {la.name: la.padding for la in r18.layers if isinstance(la, keras.layers.ZeroPadding2D)}
+    assert pads["conv1_pad"] == ((3, 3), (3, 3)) and pads["pool1_pad"] == ((1, 1), (1, 1))
+    assert set(pads) == {
+        "conv1_pad",
+        "pool1_pad",
+        "conv3_block1_1_pad",
+        "conv4_block1_1_pad",
+        "conv5_block1_1_pad",
+    }
+    odd = kr.build_model("resnet18", input_shape=(225, 225, 3))  # odd sizes: "same"'s shapes too
+    assert odd.get_layer("conv2_block1_out").output.shape[1] == 57
+
+
 def test_option_a_block_uses_zero_padding_where_shape_changes():
     model = kr.build_model("resnet20", shortcut="A")
     pads = [la for la in model.layers if isinstance(la, kr.ZeroPadShortcut)]

@@ -4,6 +4,7 @@ unwritable outputs, a saved model loaded elsewhere, signals in a search. Digits 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -132,6 +133,19 @@ def test_unreadable_state_file_is_rebuilt_from_the_checkpoints(finished, tmp_pat
         summary = training.run(cfg, verbose=0)
         assert summary["resumed_from_step"] == 20 and summary["steps"] == 20
     assert "state.json is unreadable; rebuilt from the checkpoint files present" in capsys.readouterr().out
+
+
+def test_a_run_saved_before_the_padding_flag_resumes_only_with_its_own_padding(finished, tmp_path):
+    cfg = _unfinished_copy(finished, tmp_path)
+    saved = pathlib.Path(cfg.model_dir) / "config.json"
+    old = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("padding", "skip_corrupt")}
+    saved.write_text(json.dumps(old))  # as written before the two flags existed
+    with pytest.raises(ConfigError, match="--padding: 'same' -> 'symmetric'"):
+        training.run(cfg, verbose=0)
+    summary = training.run(dataclasses.replace(cfg, padding="same"), verbose=0)
+    assert summary["resumed_from_step"] == 20
+    model = keras.models.load_model(pathlib.Path(cfg.model_dir) / "model.keras")
+    assert not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in model.layers)
 
 
 def test_nothing_usable_left_is_one_line(finished, tmp_path):

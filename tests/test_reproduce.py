@@ -146,3 +146,16 @@ def test_estimate_and_dry_run_count_the_checkpointed_iterations(tmp_path, capsys
     capsys.readouterr()
     assert reproduce.main([*args, "--dry_run"]) == 0
     assert "resumes at step 4" in capsys.readouterr().out
+
+
+def test_a_run_started_before_the_padding_flag_resumes_with_its_own(tmp_path):
+    from keras_resnet.config import check_model_dir
+
+    args = ["table6", "--models=resnet20", f"--out={tmp_path}"]
+    (cfg,) = reproduce.plan(reproduce.parse(args)[0])
+    assert cfg.padding == "symmetric"
+    old = {k: v for k, v in cfg.to_json().items() if k != "padding"}  # a config.json from before
+    pathlib.Path(cfg.model_dir).mkdir(parents=True)
+    (pathlib.Path(cfg.model_dir) / "config.json").write_text(json.dumps(old))
+    (cfg,) = reproduce.plan(reproduce.parse(args)[0])
+    assert cfg.padding == "same" and check_model_dir(cfg) is False  # accepted, not finished

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -258,8 +259,15 @@ def test_interrupted_search_under_mirrored_strategy_resumes_without_repeating_fi
     assert [(r["shortcut"], r["status"]) for r in result.rows] == [(s, "COMPLETED") for s in "ABC"]
     assert len(read_csv(result.tables["csv"])) == 3 and result.model_path.is_file()
 
-    # A finished search run again trains nothing and gives the same answer.
-    again = tuning.search(cfg, callbacks=[Recorder(fits)])
+    # A finished search run again trains nothing and gives the same answer, also when it was
+    # started before the newest flags existed (its search.json without them).
+    settings = tmp_path / "run" / "tuning" / "search.json"
+    saved = json.loads(settings.read_text())
+    saved["config"] = {k: v for k, v in saved["config"].items() if k not in ("skip_corrupt", "padding")}
+    settings.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="--padding: 'same' -> 'symmetric'"):
+        tuning.search(cfg, callbacks=[Recorder(fits)])  # it was built with the old padding
+    again = tuning.search(dataclasses.replace(cfg, padding="same"), callbacks=[Recorder(fits)])
     assert len(Recorder(fits).fits()) == 4
     assert again.best_trial == result.best_trial
 
