@@ -497,7 +497,7 @@ def test_streamed_tfds_split_as_used_for_imagenet2012(tfds_dir, cifar_cache):
         np.array(preprocessing.IMAGENET_MEAN),
         300,
     )
-    train = data._train_dataset(split, info, 64, 0, data._Augmentation(color=True), 1, 0)
+    train = data._train_dataset(split, info, 64, 0, 0, data._Augmentation(color=True), 1, 0)
     x, y = next(iter(train))
     assert x.shape == (64, 24, 24, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
     test = list(data._eval_dataset(split, info, 128, 1, 0))

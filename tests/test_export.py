@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -265,6 +266,7 @@ def test_layout_and_warmup_requests_fit_their_signatures(cifar, tmp_path):
         np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0, atol=1e-5)
 
 
+@functools.cache  # once per process: the module defines absl flags
 def _load_client():
     spec = importlib.util.spec_from_file_location("serving_client", REPO / "export" / "client.py")
     client = importlib.util.module_from_spec(spec)
