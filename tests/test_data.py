@@ -285,8 +285,9 @@ def _orientations(batches, images: np.ndarray, mean: np.ndarray) -> dict[int, bo
 
 
 def test_alternating_flips_continue_their_alternation_when_a_run_resumes():
-    # 1438 digits, 2 steps of 719 per epoch: a run resumed at step 4 begins epoch 2.
-    load = dict(batch_size=719, translate=0, flip="alternating")
+    # 1438 digits, 2 steps of 719 per epoch: a run resumed at step 4 begins epoch 2. In order:
+    # a parallel map may otherwise hand out a batch of the next epoch first.
+    load = dict(batch_size=719, translate=0, flip="alternating", deterministic=True)
     ds = data.load("digits", **load)
     images = sources.resolve("digits").train.images
     batches = list(ds.train.take(6))
