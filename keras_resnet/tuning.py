@@ -39,6 +39,8 @@ from keras_resnet.search_space import apply_values, make_space, space_size
 from keras_resnet.tuning_report import OBJECTIVE, format_value, trial_rows, write_results
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
+# keras-tuner's project folder inside --tune_dir (its trial_*/ directories live there).
+PROJECT = "search"
 
 
 # ----------------------------------------------------------------------------- trials
@@ -240,7 +242,7 @@ def make_tuner(
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
         }[tuner]
         oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed)
-    tuner_ = _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name="search")
+    tuner_ = _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name=PROJECT)
     tuner_.run_steps = run_steps
     return tuner_
 
@@ -282,7 +284,7 @@ def trials_on_disk(tune_dir: pathlib.Path) -> list[tuple[dict[str, Any], str, pa
     """(hyperparameter values, status, trial directory) of each trial a search in `tune_dir` has
     started, read from keras-tuner's trial.json files without loading the tuner."""
     found = []
-    for path in sorted((pathlib.Path(tune_dir) / "search").glob("trial_*/trial.json")):
+    for path in sorted((pathlib.Path(tune_dir) / PROJECT).glob("trial_*/trial.json")):
         try:
             trial = json.loads(path.read_text())
             found.append((trial["hyperparameters"]["values"], trial["status"], path.parent))
