@@ -315,15 +315,24 @@ class Progress(keras.callbacks.Callback):
 class HistoryCSV(keras.callbacks.Callback):
     """One row per epoch in `history.csv` (and its plot `curves.png`), rewritten atomically.
 
-    Rows past the step a run resumed from are dropped. `columns`, called at every epoch end, adds
+    Its `epoch` column counts passes over the training data (`step / steps_per_epoch`, two
+    decimals) when `steps_per_epoch` is given: Keras' epoch index restarts its count after a resume
+    from the middle of an epoch, and is a --checkpoint_steps chunk rather than a pass. Rows past
+    the step a run resumed from are dropped. `columns`, called at every epoch end, adds
     columns that are not metrics (so they stay out of Keras' logs, which TensorBoard plots). A
     plot that fails is reported once and never stops training.
     """
 
-    def __init__(self, path: pathlib.Path, columns: Callable[[], dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        path: pathlib.Path,
+        columns: Callable[[], dict[str, Any]] | None = None,
+        steps_per_epoch: int | None = None,
+    ):
         super().__init__()
         self.path = pathlib.Path(path)
         self.columns = columns
+        self.steps_per_epoch = steps_per_epoch
         self.rows: list[dict] = []
         self.plot_failed = False
 
@@ -343,7 +352,10 @@ class HistoryCSV(keras.callbacks.Callback):
         if logs is None:
             return
         extra = self.columns() if self.columns else {}
-        self.rows.append({"epoch": epoch + 1, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs, **extra})
+        passes = epoch + 1
+        if self.steps_per_epoch and "step" in logs:
+            passes = round(int(logs["step"]) / self.steps_per_epoch, 2)
+        self.rows.append({"epoch": passes, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs, **extra})
         keys: list[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
@@ -595,8 +607,11 @@ def make_callbacks(
     verbose: bool = True,
     intra_epoch_log: bool = False,
     extra: tuple[keras.callbacks.Callback, ...] = (),
+    steps_per_epoch: int | None = None,
 ) -> RunCallbacks:
     """The callbacks of a run of `cfg`; `evaluated` is the model the evaluations score.
+
+    `steps_per_epoch` (one pass over the training data) numbers the history's epochs.
 
     Workers other than the chief pass a `scratch_dir` to write into (they still restore from
     --model_dir). `test` is None when the test set must not be seen (tuning trials).
@@ -612,7 +627,7 @@ def make_callbacks(
         ),
         learning_rate=lr,
         progress=Progress(total_steps, cfg.batch_size, intra_epoch=intra_epoch_log, quiet=not verbose),
-        history=HistoryCSV(out / "history.csv", columns=lr.pop_changes),
+        history=HistoryCSV(out / "history.csv", columns=lr.pop_changes, steps_per_epoch=steps_per_epoch),
         tensorboard=keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         checkpointer=Checkpointer(
             model_dir / "checkpoints",

@@ -320,6 +320,7 @@ def _train(cfg, strategy, chief, precision, start, verbose, extra, score_test) -
             verbose=chief,
             intra_epoch_log=not verbose,
             extra=extra,
+            steps_per_epoch=datasets.steps_per_epoch,
         )
         checkpointer, progress, history = (
             run_callbacks.checkpointer,

@@ -100,6 +100,9 @@ def test_a_resumed_run_tests_where_the_uninterrupted_run_would(tmp_path):
     training.run(cfg, verbose=0)
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [int(r["step"]) for r in rows] == [10, 20, 25, 35, 40]
+    # Epochs are passes over the data, also across the resume (Keras' own index would repeat 3).
+    per_step = [float(r["epoch"]) / int(r["step"]) for r in rows]
+    assert max(per_step) - min(per_step) < 0.01 / 10, rows
     assert [int(r["step"]) for r in rows if r.get("test_error")] == [35, 40]
 
 
