@@ -18,14 +18,9 @@ import dataclasses
 import os
 import sys
 
-# TensorFlow reads its C++ log level once, when it is imported (importing keras_resnet imports
-# it, so absl parses the flags after that): warnings and errors only, unless --verbosity is given.
-if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from keras_resnet.config import ConfigError, TrainConfig  # noqa: E402
+from keras_resnet.config import ConfigError, TrainConfig
 
 FLAGS = flags.FLAGS
 

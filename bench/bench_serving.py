@@ -18,20 +18,16 @@ import pathlib
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+import keras_resnet  # noqa: F401  (first: TensorFlow then starts with oneDNN and quietly)
 
 # isort: split
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
 
-from keras_resnet import build_model, files, serving  # noqa: E402
-from keras_resnet.preprocessing import CIFAR_RECIPE, DataInfo, eval_preprocess  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from keras_resnet import build_model, files, serving
+from keras_resnet.preprocessing import CIFAR_RECIPE, DataInfo, eval_preprocess
 
 flags.DEFINE_string("model", "resnet20", "Network to export (a build_model name).")
 flags.DEFINE_enum(
@@ -45,7 +41,7 @@ flags.DEFINE_integer("batch", 64, "Batch size of the throughput rows.")
 flags.DEFINE_integer("latency_calls", 200, "Calls with one image for the latency percentiles.")
 flags.DEFINE_integer("batch_calls", 20, "Calls with a full batch for the throughput rows.")
 flags.DEFINE_string(
-    "data", os.environ.get("KERAS_RESNET_DATA", str(REPO.parent / "shared" / "data")), "Real data root."
+    "data", os.environ.get("KERAS_RESNET_DATA"), "Real data root (default: $KERAS_RESNET_DATA)."
 )
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 FLAGS = flags.FLAGS
@@ -97,6 +93,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # absl's INFO default would print TensorFlow's save chatter
     recipe, batch = FLAGS.recipe, FLAGS.batch
     size = FLAGS.image_size or (32 if recipe == CIFAR_RECIPE else 224)
+    if not FLAGS.data:
+        raise SystemExit("bench_serving.py: no real data: pass --data=<root> or set KERAS_RESNET_DATA.")
     encoded, class_names = _real_images(recipe, pathlib.Path(FLAGS.data), max(batch, 64))
     pixels = [tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in encoded]
     mean = np.mean([p.reshape(-1, 3).mean(0) for p in pixels], 0).astype(np.float32)

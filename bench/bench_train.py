@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)

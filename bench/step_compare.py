@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import pathlib
 import sys
 
@@ -43,7 +42,6 @@ LR, MOMENTUM, WEIGHT_DECAY, BATCH = 0.1, 0.9, 1e-4, 128
 
 def keras_side(args) -> None:
     """Writes init.npz (weights in PyTorch's layout), batches.npz and keras.csv."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     import keras_resnet  # noqa: F401  (first: TensorFlow then starts with oneDNN and quietly)
 

@@ -8,14 +8,11 @@ writes `/models/resnet20/<next free version>/` atomically (see export/README.md 
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from keras_resnet import files, models, runtime, serving  # noqa: E402
+from keras_resnet import files, models, runtime, serving
 
 flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
 flags.DEFINE_string(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pathlib
 import re
 import sys
 import tempfile
@@ -63,6 +64,19 @@ def filtered_stderr(noise: re.Pattern = NOISE) -> Iterator[None]:
                 print("\n".join(kept), file=sys.stderr, flush=True)
 
 
+def _project_command() -> bool:
+    """Whether this process is a command of this project: train.py, bench/, export/ or `-m`."""
+    # `python -m keras_resnet[.reproduce]`: runpy imports this package while sys.argv[0] is still
+    # "-m", before the command's own code runs.
+    if sys.argv[:1] == ["-m"]:
+        return True
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not script:
+        return False
+    root = pathlib.Path(__file__).resolve().parents[1]
+    return pathlib.Path(script).resolve().parent in (root, root / "bench", root / "export")
+
+
 def import_tensorflow() -> None:
     """Imports TensorFlow with oneDNN on and its start-up noise filtered out (once).
 
@@ -71,11 +85,10 @@ def import_tensorflow() -> None:
     if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    # `python -m keras_resnet[.reproduce]`: runpy imports this package while sys.argv[0] is still
-    # "-m", before the command's own code could set anything. TensorFlow reads its C++ log level
-    # once, at import: a command line of this package shows C++ warnings and errors only (as
-    # train.py does), unless --verbosity asks for more. Other importers keep TensorFlow's default.
-    if sys.argv[:1] == ["-m"] and not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+    # TensorFlow reads its C++ log level once, at import: a command of this project shows C++
+    # warnings and errors only, unless --verbosity asks for more. Other importers (a notebook, a
+    # user's script) keep TensorFlow's default.
+    if _project_command() and not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with filtered_stderr():
         import tensorflow as tf
