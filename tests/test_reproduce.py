@@ -68,6 +68,22 @@ def test_responses_reuse_the_trained_nets_and_list_every_3x3_layer(tiny):
     assert (root / "results" / "responses.png").stat().st_size > 10_000
 
 
+def test_table6_puts_the_final_test_error_beside_the_papers_as_fractions(tiny, monkeypatch):
+    args, root = tiny
+    args = ["--models=resnet8" if a.startswith("--models=") else a for a in args]
+    monkeypatch.setitem(reproduce.PAPER_TABLE6, "resnet8", 8.75)  # the paper has no ResNet-8
+    assert reproduce.main(["table6", *args]) == 0
+    (row,) = _read(root / "results" / "table6-20.csv")
+    summary = json.loads((root / "runs" / "20" / "resnet8" / "summary.json").read_text())
+    assert float(row["test_error"]) == pytest.approx(summary["test_error"], abs=1e-4)
+    assert (row["model"], row["steps"], row["paper"], row["reference_pytorch"]) == (
+        "resnet8",
+        "20",
+        "0.0875",
+        "",
+    )
+
+
 def test_response_std_is_the_std_of_every_element_of_the_layer_output():
     model = build_model("resnet8", shortcut="B")
     rng = np.random.default_rng(0)
