@@ -46,7 +46,9 @@ def _define_flags() -> None:
     flags.DEFINE_enum(
         "tuner", "grid", ["grid", "random", "bayesian", "hyperband"], "--tune: search algorithm."
     )
-    flags.DEFINE_integer("max_trials", 10, "--tune: most trials to run.")
+    flags.DEFINE_integer(
+        "max_trials", None, "--tune: most trials to run; default: every configuration (Hyperband: no cap)."
+    )
     flags.DEFINE_string("tune_dir", "", "--tune: search state and trials; default <model_dir>/tuning.")
     flags.DEFINE_float(
         "tune_wait",
@@ -104,6 +106,13 @@ def main(argv: list[str]) -> None:
     except training.TrainingStopped as err:
         print(f"train.py: {err}", file=sys.stderr)
         code = err.exit_code
+    except RuntimeError as err:
+        from keras_resnet import tuning
+
+        if not isinstance(err, tuning.NoTrialCompleted):
+            raise
+        print(f"train.py: error: {err}", file=sys.stderr)
+        code = 1
     workarounds.exit_before_finalization(code)
     sys.exit(code)
 

@@ -117,8 +117,12 @@ class _Tuner(keras_tuner.Tuner):
         parent = trial.hyperparameters.values.get("tuner/trial_id")
         checkpoints = pathlib.Path(cfg.model_dir) / "checkpoints"
         if parent and not checkpoints.exists():
-            # Hyperband continues a trial: start from its last checkpoint, then train further.
-            shutil.copytree(pathlib.Path(self.get_trial_dir(parent)) / "checkpoints", checkpoints)
+            # Hyperband continues a trial: start from its last checkpoint, then train further. The
+            # copy appears whole or not at all (a copy cut short would be taken as the trial's own).
+            with files.staging_dir(checkpoints) as tmp:
+                shutil.copytree(
+                    pathlib.Path(self.get_trial_dir(parent)) / "checkpoints", tmp, dirs_exist_ok=True
+                )
         try:
             summary = training.run(cfg, callbacks=list(callbacks), score_test=False)
         except training.TrainingStopped as err:
@@ -165,6 +169,8 @@ class _Tuner(keras_tuner.Tuner):
             self.save()
             self._serve()
         else:
+            if self._is_worker():
+                workarounds.pause_when_idle(self.oracle)
             super().search(*fit_args, **fit_kwargs)
 
     def _serve(self) -> None:
@@ -180,11 +186,20 @@ class _Tuner(keras_tuner.Tuner):
         from keras_tuner.src import protos
         from keras_tuner.src.distribute import oracle_chief
 
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        # grpcio binds with SO_REUSEPORT by default: a second chief on the same port would start
+        # too, and the workers' requests would go to either search.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
         servicer = oracle_chief.OracleServicer(self.oracle)
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-        if not server.add_insecure_port(_chief_address()):
-            raise ConfigError(f"the chief cannot listen on {_chief_address()}: is the port in use?")
+        try:
+            bound = server.add_insecure_port(_chief_address())
+        except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+            bound = 0
+        if not bound:
+            raise ConfigError(
+                f"the chief cannot listen on {_chief_address()}: is the port in use (another search)? "
+                f"Set {ORACLE_PORT} to a free port, on the chief and every worker."
+            )
         server.start()
         print(f"[tune] chief: serving the oracle at {_chief_address()}", flush=True)
         reported = None
@@ -205,6 +220,10 @@ class _Tuner(keras_tuner.Tuner):
         super().on_trial_end(trial)
         if training.STOP.requested:
             raise _SearchStopped(f"{training.STOP.requested} after trial {trial.trial_id}")
+
+
+class NoTrialCompleted(RuntimeError):
+    """Every trial of a search failed: there is no winner to report, train or export."""
 
 
 class _SearchStopped(keras_tuner.errors.FatalError):
@@ -230,9 +249,17 @@ def make_tuner(
     objective = keras_tuner.Objective(OBJECTIVE, "min")
     # keras-tuner's seed=None draws one at random; 0 would too (`seed or random...`).
     seed = seed or 1
+    # keras-tuner ends a search with an error after 3 failed trials in a row, and on reload re-runs
+    # the third one, which fails again: a grid of diverging learning rates could never finish. A
+    # failed trial is a result here (its row says so); the search goes on.
+    failures = {"max_consecutive_failed_trials": None}
     if tuner == "hyperband":
         oracle = keras_tuner.oracles.HyperbandOracle(
-            objective=objective, max_epochs=math.ceil(run_steps[0] / run_steps[1]), factor=3, seed=seed
+            objective=objective,
+            max_epochs=math.ceil(run_steps[0] / run_steps[1]),
+            factor=3,
+            seed=seed,
+            **failures,
         )
         oracle.max_trials = max_trials  # Hyperband sizes itself; --max_trials caps it
     else:
@@ -241,7 +268,7 @@ def make_tuner(
             "random": keras_tuner.oracles.RandomSearchOracle,
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
         }[tuner]
-        oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed)
+        oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed, **failures)
     tuner_ = _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name=PROJECT)
     tuner_.run_steps = run_steps
     return tuner_
@@ -330,7 +357,7 @@ def search(
             bad training flags, a `tune_dir` holding a search with other settings (or, on a worker,
             settings other than the chief's), an unreachable chief.
         training.TrainingStopped: interrupted (Ctrl-C); the same call continues the search.
-        RuntimeError: no trial completed (each failure's error is printed).
+        NoTrialCompleted: no trial completed (each failure's error is printed).
     """
     try:
         check_tuner(tuner, max_trials)
@@ -512,7 +539,10 @@ def _finish(
     done = [t for t in kt.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
     best_trials = sorted(done, key=lambda t: (t.score, int(t.trial_id)))[:1]
     if not best_trials:
-        raise RuntimeError(f"No trial of the search in {tune_dir} completed; the errors are printed above.")
+        raise NoTrialCompleted(
+            f"no trial of the search in {tune_dir} completed (each one's error is printed above): change "
+            "the searched values or the training flags, with a new --tune_dir."
+        )
     best = best_trials[0]
     best_values = hypermodel.values(best.hyperparameters.copy())
     flagfile = tune_dir / "best.flags"
@@ -535,6 +565,14 @@ def _finish(
     with files.replacing(model_path) as tmp:
         shutil.copyfile(trial_dir / "model.keras", tmp)
     info.save(best_dir)
+    # The winner's settings (its --tta among them): `export.py --model_dir=<tune_dir>/best` then
+    # serves the model as it was scored.
+    files.write_json(
+        best_dir / "config.json", dataclasses.replace(best_cfg, model_dir=str(best_dir)).to_json()
+    )
+    previous = (
+        json.loads((best_dir / "summary.json").read_text()) if (best_dir / "summary.json").is_file() else {}
+    )
     summary = {
         "trial": best.trial_id,
         "values": best_values,
@@ -543,12 +581,23 @@ def _finish(
         "test_loss": float(test["loss"]),
         "flagfile": str(flagfile),
     }
-    files.write_json(best_dir / "summary.json", summary)
     export_path = None
     if cfg.export_dir:
         from keras_resnet import serving  # the TF Serving code is only needed here
 
-        export_path = serving.export(model, info, cfg.export_dir, tta=best_cfg.tta)
+        # Running a finished search again exports the winner once, not a new version each time.
+        done = previous.get("export")
+        if (
+            previous.get("trial") == best.trial_id
+            and done
+            and pathlib.Path(done).parent == pathlib.Path(cfg.export_dir)
+            and (pathlib.Path(done) / "saved_model.pb").is_file()
+        ):
+            export_path = pathlib.Path(done)
+        else:
+            export_path = serving.export(model, info, cfg.export_dir, tta=best_cfg.tta)
+        summary["export"] = str(export_path)
+    files.write_json(best_dir / "summary.json", summary)
 
     print(tables["md"].read_text(), flush=True)
     print(

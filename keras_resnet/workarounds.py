@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 from packaging.version import Version
@@ -143,12 +144,18 @@ def keras_multi_worker_logs() -> Iterator[None]:
 
 
 def resumable_grid_oracle():
-    """keras-tuner's GridSearchOracle class, able to continue a reloaded search (keras-tuner#1055).
+    """keras-tuner's GridSearchOracle class, able to continue a reloaded search (keras-tuner#1055),
+    and to hand out a trial to every worker of a cluster.
 
     keras-tuner 1.0-1.4.8 does not save the grid's ordered trial list and its queue of trials to
     expand: a reloaded grid search stops at once, or dies with a KeyError after re-running the
     interrupted trial. The subclass rebuilds both from the saved trials
-    (tests/test_tune.py::test_interrupted_search_...).
+    (tests/test_tune.py::test_interrupted_search_...). Its next configuration also comes only from
+    trials that have ended (in case a trial adds hyperparameters), so on a cluster two trials run
+    at a time and every other worker waits; this project's space is complete before the first
+    trial (the tuner builds the hypermodel once per conditional scope when it starts), so the
+    subclass goes on from the last configuration handed out
+    (tests/test_tune.py::test_grid_oracle_hands_every_worker_a_trial).
     """
     import keras_tuner
     from keras_tuner.src.tuners import gridsearch
@@ -172,7 +179,35 @@ def _resumable_grid_oracle_class():
                 self._ordered_ids.insert(trial_id)
             self._populate_next = list(self.start_order)
 
+        def populate_space(self, trial_id):
+            if not self._populate_next and self.trials:
+                values = {tid: t.hyperparameters.values for tid, t in self.trials.items()}
+                last = max(values, key=functools.cmp_to_key(lambda a, b: self._compare(values[a], values[b])))
+                self._populate_next.append(last)
+            return super().populate_space(trial_id)
+
     return ResumableGridSearchOracle
+
+
+def pause_when_idle(oracle, seconds: float = 1.0) -> None:
+    """Makes a keras-tuner worker wait `seconds` after the chief answers IDLE (keras-tuner 1.0-1.4.8).
+
+    `BaseTuner.search` asks again at once: a worker with nothing to do while the last trials run
+    sends the chief requests in a busy loop.
+    """
+    import keras_tuner
+
+    if not affected(keras_tuner.__version__, "1.0", "1.4.8"):
+        return
+    create = oracle.create_trial
+
+    def create_trial(tuner_id):
+        trial = create(tuner_id)
+        if trial.status == "IDLE":
+            time.sleep(seconds)
+        return trial
+
+    oracle.create_trial = create_trial
 
 
 # ----------------------------------------------------------------------------- Keras export

@@ -167,7 +167,7 @@ def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
 def abc_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("abc")
     recorder = Recorder(root / "fits.txt")
-    cfg = tiny_config(root / "run", export_dir=str(root / "export"))
+    cfg = tiny_config(root / "run", export_dir=str(root / "export"), tta="flip")
     result = tuning.search(cfg, callbacks=[recorder])
     return result, recorder, cfg
 
@@ -204,6 +204,70 @@ def test_grid_search_trains_each_shortcut_once_and_tabulates_them(abc_search):
     # --export_dir: the winner is served as version 1 of a TF Serving model.
     assert result.export_path == result.model_path.parents[3] / "export" / "1"
     assert (result.export_path / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+def test_a_finished_search_run_again_trains_and_exports_nothing_new(abc_search):
+    result, recorder, cfg = abc_search
+    again = tuning.search(cfg, callbacks=[recorder])
+    assert recorder.fits() == ["A 1", "B 1", "C 1"]
+    assert (again.best_trial, again.export_path) == (result.best_trial, result.export_path)
+    assert sorted(p.name for p in result.export_path.parent.glob("[!.]*")) == ["1"]  # no version 2
+    # best/ is a run directory with the winner's settings: re-exporting it serves what was scored.
+    best_dir = result.model_path.parent
+    saved = json.loads((best_dir / "config.json").read_text())
+    assert (saved["tta"], saved["shortcut"]) == ("flip", result.best_values["shortcut"])
+    assert json.loads((best_dir / "summary.json").read_text())["export"] == str(result.export_path)
+
+
+def test_a_search_whose_every_trial_diverges_ends_in_one_message_also_when_run_again(tmp_path):
+    # Four failures in a row: one more than keras-tuner's default limit, which raised from inside
+    # the oracle and, run again, re-ran the third trial forever.
+    cfg = tiny_config(tmp_path / "run", learning_rate=1e20, train_steps=4)
+    search = ["learning_rate=1e20/1e21/1e22/1e23"]
+    for _ in range(2):
+        with pytest.raises(tuning.NoTrialCompleted, match="no trial of the search in .* completed"):
+            tuning.search(cfg, search=search)
+        trials = tuning.trials_on_disk(tmp_path / "run" / "tuning")
+        assert [status for _, status, _ in trials] == ["FAILED"] * 4
+
+
+def test_grid_oracle_hands_every_worker_a_trial(tmp_path):
+    # keras-tuner's grid proposes a configuration only from ended trials: the third worker of a
+    # cluster got IDLE until one of the first two trials had ended.
+    from keras_resnet import workarounds
+
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("shortcut", ["A", "B", "C", "D"])
+    oracle = workarounds.resumable_grid_oracle()(objective=keras_tuner.Objective("e", "min"), seed=1)
+    oracle._set_project_dir(str(tmp_path), "search")
+    oracle.update_space(hp)
+    trials = [oracle.create_trial(f"tuner{i}") for i in range(5)]
+    assert [t.status for t in trials] == ["RUNNING"] * 4 + ["IDLE"]
+    assert [t.hyperparameters.values["shortcut"] for t in trials[:4]] == ["A", "B", "C", "D"]
+    oracle.end_trial(trials[0])
+    assert oracle.create_trial("tuner0").status == "IDLE"  # all handed out; still running
+    for trial in trials[1:4]:
+        oracle.end_trial(trial)
+    assert oracle.create_trial("tuner0").status == "STOPPED"
+
+
+def test_a_second_chief_on_a_port_in_use_is_refused(monkeypatch, tmp_path):
+    from concurrent import futures
+
+    import grpc
+
+    holder = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # grpcio's defaults, as keras-tuner's
+    port = holder.add_insecure_port("127.0.0.1:0")
+    holder.start()
+    try:
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+        monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+        monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: is the port in use"):
+            tuning.search(tiny_config(tmp_path / "run"))
+    finally:
+        holder.stop(grace=0)
 
 
 @pytest.mark.slow
