@@ -41,6 +41,7 @@ from keras_resnet.tuning_report import OBJECTIVE, format_value, trial_rows, writ
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 # keras-tuner's project folder inside --tune_dir (its trial_*/ directories live there).
 PROJECT = "search"
+HYPERBAND_FACTOR = 3  # keras-tuner's default: each round keeps a third of its trials, 3x longer
 
 
 # ----------------------------------------------------------------------------- trials
@@ -257,7 +258,7 @@ def make_tuner(
         oracle = keras_tuner.oracles.HyperbandOracle(
             objective=objective,
             max_epochs=math.ceil(run_steps[0] / run_steps[1]),
-            factor=3,
+            factor=HYPERBAND_FACTOR,
             seed=seed,
             **failures,
         )
@@ -272,6 +273,26 @@ def make_tuner(
     tuner_ = _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name=PROJECT)
     tuner_.run_steps = run_steps
     return tuner_
+
+
+def _check_hyperband_fits(size: int, total_steps: int, chunk: int) -> None:
+    """Refuses Hyperband when its first round wants more configurations than the space holds.
+
+    keras-tuner's Hyperband fills a bracket's first round with distinct random configurations
+    before it continues any trial; when they run out it stops: only the shortest trials would run,
+    and the "best" model would be one of them.
+    """
+    max_epochs = math.ceil(total_steps / chunk)
+    oracle = keras_tuner.oracles.HyperbandOracle(
+        objective=keras_tuner.Objective(OBJECTIVE, "min"), max_epochs=max_epochs, factor=HYPERBAND_FACTOR
+    )
+    needed = oracle._get_size(oracle._get_num_brackets() - 1, 0)
+    if size < needed:
+        raise ConfigError(
+            f"--tuner=hyperband over {max_epochs} checkpoint intervals starts with {needed} configurations, "
+            f"the space has {size}: it would stop after its shortest trials. Search more values "
+            "(e.g. --search=learning_rate=0.05/0.1/0.2/0.4,...) or use --tuner=grid."
+        )
 
 
 def check_tuner(tuner: str, max_trials: int | None) -> None:
@@ -405,10 +426,12 @@ def _search(
 ) -> SearchResult | None:
     settings = _check_same_search(tune_dir, tune_cfg, tuner, space, chief=role in (None, CHIEF))
     data = training.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
+    total_steps, chunk, _ = run_length(tune_cfg, data.steps_per_epoch)
+    if tuner == "hyperband":
+        _check_hyperband_fits(size, total_steps, chunk)
     if settings is not None:  # a new search, recorded once its data loads (a typo must not pin it)
         tune_dir.mkdir(parents=True, exist_ok=True)
         files.write_json(tune_dir / "search.json", settings)
-    total_steps, chunk, _ = run_length(tune_cfg, data.steps_per_epoch)
     hypermodel = ResNetHyperModel(tune_cfg, space)
     with training.STOP.handling():
         kt = make_tuner(

@@ -160,6 +160,17 @@ def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
         assert kt.trial_config(trial).train_steps == steps
 
 
+def test_hyperband_over_a_space_smaller_than_its_first_round_is_refused(tmp_path):
+    # 4 intervals: Hyperband's first round wants 5 configurations; shortcut has 3, so it would
+    # train only the 1-interval trials and report one of them as the best.
+    cfg = tiny_config(tmp_path / "run", train_steps=4, checkpoint_steps=1)
+    with pytest.raises(
+        ConfigError, match="hyperband over 4 .* starts with 5 configurations, the space has 3"
+    ):
+        tuning.search(cfg, tuner="hyperband")
+    assert not (tmp_path / "run" / "tuning" / "search.json").exists()
+
+
 # ----------------------------------------------------------------------------- searches on CIFAR-10
 
 
