@@ -168,11 +168,27 @@ class _Tuner(keras_tuner.Tuner):
     def search(self, *fit_args, **fit_kwargs):
         if distributed_role() == CHIEF:
             self.save()
-            self._serve()
+            if not self._all_trials_ended():  # a chief restarted after the last trial: no one will ask
+                self._serve()
         else:
             if self._is_worker():
                 workarounds.pause_when_idle(self.oracle)
             super().search(*fit_args, **fit_kwargs)
+
+    def _all_trials_ended(self) -> bool:
+        """Whether a search of bounded length has run all its trials to an end.
+
+        Read from the trials' own files: keras-tuner saves the oracle before it drops an ended
+        trial from its running ones, so a reloaded oracle always queues the last trial again.
+        (INVALID is final too: trials are not retried.)
+        """
+        remaining = self.oracle.remaining_trials()
+        ended = ("COMPLETED", "FAILED", "INVALID", "STOPPED")
+        return (
+            remaining is not None
+            and remaining <= 0
+            and all(t.status in ended for t in self.oracle.trials.values())
+        )
 
     def _serve(self) -> None:
         """The chief: serves the oracle over gRPC until every trial has ended (or a stop signal).

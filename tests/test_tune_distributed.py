@@ -73,6 +73,13 @@ def test_chief_and_two_workers_train_each_option_once(tmp_path):
     }
     assert (tmp_path / "run" / "tuning" / "best.flags").is_file()
 
+    # The chief started again (say its last step had failed): its workers are gone and will not
+    # ask for trials; it writes the results at once instead of serving forever.
+    again = _tune(tmp_path, "chief", port)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out[-4000:]
+    assert "[tune] best: trial" in out and "serving the oracle" not in out
+
 
 def test_a_killed_worker_comes_back_and_its_trial_resumes(tmp_path):
     port = _port()
