@@ -341,6 +341,9 @@ class HistoryCSV(keras.callbacks.Callback):
         if self.path.exists():
             with self.path.open() as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            if self.steps_per_epoch:  # rows written before the column counted passes
+                for row in self.rows:
+                    row["epoch"] = round(int(row["step"]) / self.steps_per_epoch, 2)
             if self.rows and "lr" in self.rows[0] and "lr_changes" not in self.rows[0]:
                 # A file from before the lr_changes column: carry its inferred changes over, or the
                 # rewritten file (with the column) would lose them.

@@ -41,6 +41,9 @@ from keras_resnet.tuning_report import OBJECTIVE, format_value, trial_rows, writ
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 # keras-tuner's project folder inside --tune_dir (its trial_*/ directories live there).
 PROJECT = "search"
+# A trial's final statuses (INVALID too: trials are not retried).
+ENDED = ("COMPLETED", "FAILED", "INVALID", "STOPPED")
+_ENDED = "search_ended.json"  # in the project folder: the chief's oracle stopped handing out trials
 HYPERBAND_FACTOR = 3  # keras-tuner's default: each round keeps a third of its trials, 3x longer
 
 
@@ -176,19 +179,15 @@ class _Tuner(keras_tuner.Tuner):
             super().search(*fit_args, **fit_kwargs)
 
     def _all_trials_ended(self) -> bool:
-        """Whether a search of bounded length has run all its trials to an end.
-
-        Read from the trials' own files: keras-tuner saves the oracle before it drops an ended
-        trial from its running ones, so a reloaded oracle always queues the last trial again.
-        (INVALID is final too: trials are not retried.)
-        """
+        """Whether the search ran all its trials: a grid's are counted, other tuners' are recorded
+        by the chief when its oracle stops (`_ENDED`), for the same --max_trials."""
+        if not all(t.status in ENDED for t in self.oracle.trials.values()):
+            return False
         remaining = self.oracle.remaining_trials()
-        ended = ("COMPLETED", "FAILED", "INVALID", "STOPPED")
-        return (
-            remaining is not None
-            and remaining <= 0
-            and all(t.status in ended for t in self.oracle.trials.values())
-        )
+        if remaining is not None and remaining <= 0:
+            return True
+        marker = pathlib.Path(self.project_dir) / _ENDED
+        return marker.is_file() and json.loads(marker.read_text()) == {"max_trials": self.oracle.max_trials}
 
     def _serve(self) -> None:
         """The chief: serves the oracle over gRPC until every trial has ended (or a stop signal).
@@ -230,6 +229,7 @@ class _Tuner(keras_tuner.Tuner):
                 if counts != reported:
                     reported = counts
                     print(f"[tune] chief: {counts[0]} trial(s) done, {counts[1]} running", flush=True)
+            files.write_json(pathlib.Path(self.project_dir) / _ENDED, {"max_trials": self.oracle.max_trials})
         finally:
             server.stop(grace=5)
 
@@ -271,13 +271,7 @@ def make_tuner(
     # failed trial is a result here (its row says so); the search goes on.
     failures = {"max_consecutive_failed_trials": None}
     if tuner == "hyperband":
-        oracle = keras_tuner.oracles.HyperbandOracle(
-            objective=objective,
-            max_epochs=math.ceil(run_steps[0] / run_steps[1]),
-            factor=HYPERBAND_FACTOR,
-            seed=seed,
-            **failures,
-        )
+        oracle = _hyperband_oracle(math.ceil(run_steps[0] / run_steps[1]), seed=seed, **failures)
         oracle.max_trials = max_trials  # Hyperband sizes itself; --max_trials caps it
     else:
         oracle_class = {
@@ -286,9 +280,20 @@ def make_tuner(
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
         }[tuner]
         oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed, **failures)
+    # Random draws of a new configuration give up after 20 repeats in a row: on a small space the
+    # search (or a Hyperband round) ended with configurations left. Draws are cheap; trials are not.
+    oracle._max_collisions = max(oracle._max_collisions, 1000)
     tuner_ = _Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name=PROJECT)
+    workarounds.drop_ended_trials_from_retry_queue(oracle, ENDED)
     tuner_.run_steps = run_steps
     return tuner_
+
+
+def _hyperband_oracle(max_epochs: int, **kwargs) -> keras_tuner.oracles.HyperbandOracle:
+    objective = keras_tuner.Objective(OBJECTIVE, "min")
+    return keras_tuner.oracles.HyperbandOracle(
+        objective=objective, max_epochs=max_epochs, factor=HYPERBAND_FACTOR, **kwargs
+    )
 
 
 def _check_hyperband_fits(size: int, total_steps: int, chunk: int) -> None:
@@ -299,9 +304,7 @@ def _check_hyperband_fits(size: int, total_steps: int, chunk: int) -> None:
     and the "best" model would be one of them.
     """
     max_epochs = math.ceil(total_steps / chunk)
-    oracle = keras_tuner.oracles.HyperbandOracle(
-        objective=keras_tuner.Objective(OBJECTIVE, "min"), max_epochs=max_epochs, factor=HYPERBAND_FACTOR
-    )
+    oracle = _hyperband_oracle(max_epochs)
     needed = oracle._get_size(oracle._get_num_brackets() - 1, 0)
     if size < needed:
         raise ConfigError(
@@ -465,10 +468,10 @@ def _search(
             where = "; this process is the chief: it serves the oracle and trains nothing"
         else:
             where = f"; worker {role} of the chief at {_chief_address()}"
+        trials = f"at most {max_trials} trials" if max_trials else "Hyperband's trials (no cap)"
         print(
-            f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, at most "
-            f"{max_trials} trials of {total_steps} steps; {strategy.num_replicas_in_sync} replica(s); "
-            f"in {tune_dir}{where}",
+            f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, {trials} of "
+            f"{total_steps} steps; {strategy.num_replicas_in_sync} replica(s); in {tune_dir}{where}",
             flush=True,
         )
         try:
@@ -625,14 +628,14 @@ def _finish(
         from keras_resnet import serving  # the TF Serving code is only needed here
 
         # Running a finished search again exports the winner once, not a new version each time.
-        done = previous.get("export")
+        exported = previous.get("export")
         if (
             previous.get("trial") == best.trial_id
-            and done
-            and pathlib.Path(done).parent == pathlib.Path(cfg.export_dir)
-            and (pathlib.Path(done) / "saved_model.pb").is_file()
+            and exported
+            and pathlib.Path(exported).parent.resolve() == pathlib.Path(cfg.export_dir).expanduser().resolve()
+            and (pathlib.Path(exported) / "saved_model.pb").is_file()
         ):
-            export_path = pathlib.Path(done)
+            export_path = pathlib.Path(exported)
         else:
             export_path = serving.export(model, info, cfg.export_dir, tta=best_cfg.tta)
         summary["export"] = str(export_path)

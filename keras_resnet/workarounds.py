@@ -189,6 +189,25 @@ def _resumable_grid_oracle_class():
     return ResumableGridSearchOracle
 
 
+def drop_ended_trials_from_retry_queue(oracle, final: tuple[str, ...]) -> None:
+    """Keeps a reloaded keras-tuner oracle from running an ended trial again (keras-tuner 1.0-1.4.8).
+
+    `Oracle.end_trial` saves the oracle before it removes the trial from its running ones; where
+    nothing saves it afterwards (the chief of a distributed search: trials end through its gRPC
+    servicer) the saved state lists the last ended trial as running, and `reload` queues it for a
+    retry: a chief started again handed it out again (a diverging one diverged again). Trials
+    whose own file gives a `final` status leave the queue
+    (tests/test_tune.py::test_a_reloaded_oracle_does_not_retry_the_last_ended_trial).
+    """
+    import keras_tuner
+
+    if not affected(keras_tuner.__version__, "1.0", "1.4.8"):
+        return
+    oracle._retry_queue = [
+        t for t in oracle._retry_queue if t not in oracle.trials or oracle.trials[t].status not in final
+    ]
+
+
 def pause_when_idle(oracle, seconds: float = 1.0) -> None:
     """Makes a keras-tuner worker wait `seconds` after the chief answers IDLE (keras-tuner 1.0-1.4.8).
 

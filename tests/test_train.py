@@ -227,6 +227,20 @@ def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp
         assert plots.lr_change_steps(list(csv.DictReader(f))) == [100, 350]
 
 
+def test_history_rows_from_before_the_passes_column_are_renumbered_on_resume(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,step,lr\n1,100,0.1\n2,150,0.1\n2,250,0.1\n")  # Keras' index, repeated
+    history = callbacks.HistoryCSV(path, steps_per_epoch=100)
+    history.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="m"))
+    history.model.compile(keras.optimizers.SGD())
+    history.model.optimizer.build(history.model.trainable_variables)
+    history.model.optimizer.iterations.assign(250)
+    history.on_train_begin()
+    history.on_epoch_end(0, {"lr": 0.1, "step": 300})
+    with path.open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1.0", "1.5", "2.5", "3.0"]
+
+
 def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monkeypatch):
     """ResNet-50 (bottlenecks, option B, fused BN, 2 replicas) through the ImageNet recipe.
 

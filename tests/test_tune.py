@@ -263,6 +263,28 @@ def test_grid_oracle_hands_every_worker_a_trial(tmp_path):
     assert oracle.create_trial("tuner0").status == "STOPPED"
 
 
+def test_a_reloaded_oracle_does_not_retry_the_last_ended_trial(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    hypermodel = tuning.ResNetHyperModel(cfg, tuning.make_space(cfg, ["shortcut"]))
+
+    def tuner(max_trials):
+        return tuning.make_tuner(hypermodel, "random", max_trials=max_trials, directory=tmp_path)
+
+    kt = tuner(10)
+    kt.save()  # as the chief does before serving; then only its oracle saves, at each trial's end
+    for _ in range(3):  # every configuration, each failed
+        trial = kt.oracle.create_trial("tuner0")
+        trial.status = "FAILED"
+        kt.oracle.end_trial(trial)
+    assert kt.oracle.create_trial("tuner0").status == "STOPPED"  # 3 configurations only
+    again = tuner(10)
+    assert again.oracle._retry_queue == []  # keras-tuner's reload queued trial 2 again
+    # A random search ends short of --max_trials: only the chief's record says it is over.
+    assert not again._all_trials_ended()
+    (pathlib.Path(again.project_dir) / tuning._ENDED).write_text('{"max_trials": 10}')
+    assert again._all_trials_ended() and not tuner(12)._all_trials_ended()
+
+
 def test_a_second_chief_on_a_port_in_use_is_refused(monkeypatch, tmp_path):
     from concurrent import futures
 

@@ -76,7 +76,10 @@ def test_chief_and_two_workers_train_each_option_once(tmp_path):
     # The chief started again (say its last step had failed): its workers are gone and will not
     # ask for trials; it writes the results at once instead of serving forever.
     again = _tune(tmp_path, "chief", port)
-    out = again.communicate(timeout=300)[0]
+    try:
+        out = again.communicate(timeout=300)[0]
+    finally:
+        again.kill()  # a chief that serves forever must not outlive the test
     assert again.returncode == 0, out[-4000:]
     assert "[tune] best: trial" in out and "serving the oracle" not in out
 
