@@ -213,15 +213,21 @@ def test_lr_change_markers_from_history_rows():
     assert plots.lr_change_steps(rows([0.01, 0.1])) == [100]  # warmup over
 
 
-def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp_path):
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,step,lr\n1,100,0.1\n2,200,0.01\n3,300,0.01\n")
-    history = callbacks.HistoryCSV(path, columns=lambda: {"lr_changes": "350"})
+def _history_resuming_at(step: int, path, **kwargs) -> callbacks.HistoryCSV:
+    """A HistoryCSV whose (tiny) model resumes at global step `step`."""
+    history = callbacks.HistoryCSV(path, **kwargs)
     history.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="m"))
     history.model.compile(keras.optimizers.SGD())
     history.model.optimizer.build(history.model.trainable_variables)
-    history.model.optimizer.iterations.assign(300)
+    history.model.optimizer.iterations.assign(step)
     history.on_train_begin()
+    return history
+
+
+def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,step,lr\n1,100,0.1\n2,200,0.01\n3,300,0.01\n")
+    history = _history_resuming_at(300, path, columns=lambda: {"lr_changes": "350"})
     history.on_epoch_end(3, {"lr": 0.001, "step": 400})
     with path.open() as f:
         assert plots.lr_change_steps(list(csv.DictReader(f))) == [100, 350]
@@ -230,12 +236,7 @@ def test_history_from_before_lr_changes_keeps_its_markers_when_a_run_resumes(tmp
 def test_history_rows_from_before_the_passes_column_are_renumbered_on_resume(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,step,lr\n1,100,0.1\n2,150,0.1\n2,250,0.1\n")  # Keras' index, repeated
-    history = callbacks.HistoryCSV(path, steps_per_epoch=100)
-    history.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="m"))
-    history.model.compile(keras.optimizers.SGD())
-    history.model.optimizer.build(history.model.trainable_variables)
-    history.model.optimizer.iterations.assign(250)
-    history.on_train_begin()
+    history = _history_resuming_at(250, path, steps_per_epoch=100)
     history.on_epoch_end(0, {"lr": 0.1, "step": 300})
     with path.open() as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1.0", "1.5", "2.5", "3.0"]
