@@ -106,13 +106,6 @@ def main(argv: list[str]) -> None:
     except training.TrainingStopped as err:
         print(f"train.py: {err}", file=sys.stderr)
         code = err.exit_code
-    except RuntimeError as err:
-        from keras_resnet import tuning
-
-        if not isinstance(err, tuning.NoTrialCompleted):
-            raise
-        print(f"train.py: error: {err}", file=sys.stderr)
-        code = 1
     workarounds.exit_before_finalization(code)
     sys.exit(code)
 

@@ -341,9 +341,8 @@ class HistoryCSV(keras.callbacks.Callback):
         if self.path.exists():
             with self.path.open() as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-            if self.steps_per_epoch:  # rows written before the column counted passes
-                for row in self.rows:
-                    row["epoch"] = round(int(row["step"]) / self.steps_per_epoch, 2)
+            for row in self.rows:  # rows written before the column counted passes
+                row["epoch"] = self._epoch(int(row["step"]), row["epoch"])
             if self.rows and "lr" in self.rows[0] and "lr_changes" not in self.rows[0]:
                 # A file from before the lr_changes column: carry its inferred changes over, or the
                 # rewritten file (with the column) would lose them.
@@ -351,13 +350,15 @@ class HistoryCSV(keras.callbacks.Callback):
                 for prev, row in zip([None, *self.rows], self.rows, strict=False):
                     row["lr_changes"] = prev["step"] if prev and int(prev["step"]) in inferred else ""
 
+    def _epoch(self, step: int, keras_epoch):
+        """Passes over the data at `step` when `steps_per_epoch` is known, else Keras' epoch."""
+        return round(step / self.steps_per_epoch, 2) if self.steps_per_epoch else keras_epoch
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         extra = self.columns() if self.columns else {}
-        passes = epoch + 1
-        if self.steps_per_epoch and "step" in logs:
-            passes = round(int(logs["step"]) / self.steps_per_epoch, 2)
+        passes = self._epoch(int(logs["step"]), epoch + 1) if "step" in logs else epoch + 1
         self.rows.append({"epoch": passes, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **logs, **extra})
         keys: list[str] = []
         for row in self.rows:

@@ -239,8 +239,11 @@ class _Tuner(keras_tuner.Tuner):
             raise _SearchStopped(f"{training.STOP.requested} after trial {trial.trial_id}")
 
 
-class NoTrialCompleted(RuntimeError):
-    """Every trial of a search failed: there is no winner to report, train or export."""
+class NoTrialCompleted(training.TrainingStopped):
+    """Every trial of a search failed: there is no winner to report, train or export (exit 1)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=1)
 
 
 class _SearchStopped(keras_tuner.errors.FatalError):
