@@ -1,7 +1,8 @@
 """Time to accuracy: one whole `train.py` command, timed from its start to each test-accuracy threshold.
 
     .venv/bin/python bench/bench_time_to_accuracy.py --flagfile=configs/cifar10_resnet20_fast.cfg \\
-        --model_dir=runs/fast1 [--json results/time_to_accuracy/fast1.json]
+        --model_dir=runs/fast1 [--json results/time_to_accuracy/fast1.json] [-- more train.py flags]
+    .venv/bin/python bench/bench_time_to_accuracy.py --plot results/time_to_accuracy   # redraw only
 
 Runs train.py as a user would (a fresh process: start-up, data loading and every evaluation
 count), then reads the run's own history: the wall time at which the test accuracy first
@@ -9,8 +10,10 @@ reached 85%, 88%, 90% and 91.25% (the paper's ResNet-20), the final model's test
 (after the fixed budget, never the best epoch), and images/s. The test set is only seen at the
 intervals the flags ask for (--eval_test_every), so a threshold's time is the first evaluation
 at or above it. Every run is appended to --log (default results/time_to_accuracy/runs.csv),
-including the ones that missed. Needs the machine to itself: anything running beside it voids
-the figure.
+including the ones that missed. With --json, the run's history is kept beside it
+(`<name>_history.csv`) and the folder's figure `time_to_accuracy.png` (test accuracy against wall
+minutes, every run in the folder, PyTorch's reference points) is redrawn. Needs the machine to
+itself: anything running beside it voids the figure.
 """
 
 from __future__ import annotations
@@ -27,27 +30,91 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from keras_resnet import files  # noqa: E402  (the timed process is the train.py child)
+from keras_resnet import files, plots  # noqa: E402  (the timed process is the train.py child)
 
 THRESHOLDS = (0.85, 0.88, 0.90, 0.9125)
 # PyTorch 2.13, the same ResNet-20 and CIFAR-10 copy, one-cycle recipe (../shared/reference), measured on
 # the 2-core AVX-512 machine the issue was written on: accuracy and wall minutes.
 PYTORCH_REFERENCE = {"30 epochs": (0.8696, 28.8), "55 epochs": (0.8819, 56.5)}
+FIGURE = "time_to_accuracy.png"
+
+
+def _minutes_since(started: str, stamp: str) -> float:
+    t0 = datetime.datetime.fromisoformat(started)
+    return (datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S") - t0).total_seconds() / 60
+
+
+def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
+    """Draws every run of `folder` (`<name>.json` + `<name>_history.csv`): test accuracy vs wall minutes."""
+    runs = [(j, j.with_name(f"{j.stem}_history.csv")) for j in sorted(folder.glob("*.json"))]
+    runs = [(j, h) for j, h in runs if h.exists()]
+    if not runs:
+        return None
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    for json_path, history in runs:
+        result = json.loads(json_path.read_text())
+        with history.open() as f:
+            points = [
+                (_minutes_since(result["started"], r["time"]), 100 * (1 - float(r["test_error"])))
+                for r in csv.DictReader(f)
+                if r.get("test_error")
+            ]
+        flags = " ".join(result.get("extra_flags", []))
+        accuracy, minutes = 100 * result["final_test_accuracy"], result["wall_s"] / 60
+        label = f"{json_path.stem}: {accuracy:.2f}% in {minutes:.1f} min"
+        ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label + (f" ({flags})" if flags else ""))
+    for name, (accuracy, minutes) in PYTORCH_REFERENCE.items():
+        ax.plot(minutes, 100 * accuracy, "k*", ms=10)
+        ax.annotate(
+            f"PyTorch, {name}\n(AVX-512 machine)",
+            (minutes, 100 * accuracy),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
+    for threshold in THRESHOLDS:
+        ax.axhline(100 * threshold, color="grey", lw=0.6, ls=":")
+    ax.set_xlim(0, max(ax.get_xlim()[1], 65))
+    ax.set(
+        xlabel="wall minutes (whole command)",
+        ylabel="test accuracy (%)",
+        ylim=(50, 95),
+        title="ResNet-20 on CIFAR-10, 2 CPU cores: time to accuracy",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return files.save_figure(fig, folder / FIGURE)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--flagfile", required=True)
-    parser.add_argument(
-        "--model_dir", required=True, help="a new directory (the run must start from scratch)"
-    )
+    parser.add_argument("--flagfile")
+    parser.add_argument("--model_dir", help="a new directory (the run must start from scratch)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--log", default="results/time_to_accuracy/runs.csv")
+    parser.add_argument("--plot", metavar="FOLDER", help=f"only redraw FOLDER/{FIGURE}")
     parser.add_argument("train_flags", nargs="*", help="more train.py flags, after --")
     args = parser.parse_args()
+    if args.plot:
+        png = plot_folder(pathlib.Path(args.plot))
+        if png is None:
+            parser.error(f"--plot={args.plot}: no <name>.json with a <name>_history.csv beside it")
+        print(png)
+        return
+    if not (args.flagfile and args.model_dir):
+        parser.error("--flagfile and --model_dir are required for a run (or --plot FOLDER)")
     model_dir = pathlib.Path(args.model_dir)
     if model_dir.exists() and any(model_dir.iterdir()):
         parser.error(f"--model_dir={model_dir} is not empty: a timed run must start from scratch")
+    # The result folders are made before the run: a bad path fails now, not after an hour.
+    for flag, path in (("--json", args.json), ("--log", args.log)):
+        try:
+            if path:
+                pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"{flag}={path}: cannot make its folder ({err.strerror}); give a writable path")
     repo = pathlib.Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(repo / "train.py"), f"--flagfile={args.flagfile}", f"--model_dir={model_dir}"]
     cmd += args.train_flags
@@ -92,9 +159,12 @@ def main() -> None:
     for name, (accuracy, minutes) in PYTORCH_REFERENCE.items():
         print(f"  PyTorch reference, {name}: {accuracy:.2%} in {minutes} min (another machine)")
     if args.json:
-        files.write_json(pathlib.Path(args.json), result)
+        json_path = pathlib.Path(args.json)
+        history = (model_dir / "history.csv").read_text()
+        files.write_text(json_path.with_name(f"{json_path.stem}_history.csv"), history)
+        files.write_json(json_path, result)
+        print(plot_folder(json_path.parent))
     log = pathlib.Path(args.log)
-    log.parent.mkdir(parents=True, exist_ok=True)
     fields = [
         "started",
         "flagfile",
