@@ -60,6 +60,8 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
                 for r in csv.DictReader(f)
                 if r.get("test_error")
             ]
+        if not points:  # a run that never evaluated the test set has no curve
+            continue
         flags = " ".join(result.get("extra_flags", []))
         accuracy, minutes = 100 * result["final_test_accuracy"], result["wall_s"] / 60
         label = f"{json_path.stem}: {accuracy:.2f}% in {minutes:.1f} min"
