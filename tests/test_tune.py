@@ -285,6 +285,22 @@ def test_a_reloaded_oracle_does_not_retry_the_last_ended_trial(tmp_path):
     assert again._all_trials_ended() and not tuner(12)._all_trials_ended()
 
 
+def test_a_random_search_hands_out_every_configuration_of_a_small_space(tmp_path):
+    # keras-tuner's random draws give up after 20 repeats in a row: this 24-configuration search
+    # stopped after 23, one configuration never tried.
+    cfg = tiny_config(tmp_path / "run")
+    rates = "/".join(str(r / 10) for r in range(1, 9))
+    space = tuning.make_space(cfg, ["shortcut", f"learning_rate={rates}"])
+    hypermodel = tuning.ResNetHyperModel(cfg, space)
+    oracle = tuning.make_tuner(hypermodel, "random", max_trials=100, directory=tmp_path).oracle
+    seen = set()
+    while (trial := oracle.create_trial("tuner0")).status == "RUNNING":
+        seen.add(tuple(trial.hyperparameters.values.values()))
+        trial.status = "FAILED"
+        oracle.end_trial(trial)
+    assert len(seen) == len(space["shortcut"]) * len(space["learning_rate"]) == 24
+
+
 def test_a_second_chief_on_a_port_in_use_is_refused(monkeypatch, tmp_path):
     from concurrent import futures
 
