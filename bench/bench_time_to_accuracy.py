@@ -39,9 +39,9 @@ PYTORCH_REFERENCE = {"30 epochs": (0.8696, 28.8), "55 epochs": (0.8819, 56.5)}
 FIGURE = "time_to_accuracy.png"
 
 
-def _minutes_since(started: str, stamp: str) -> float:
-    t0 = datetime.datetime.fromisoformat(started)
-    return (datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S") - t0).total_seconds() / 60
+def _seconds_since(started: datetime.datetime, stamp: str) -> float:
+    """Seconds from the command's start to a history row's `time`."""
+    return (datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S") - started).total_seconds()
 
 
 def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
@@ -54,9 +54,10 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for json_path, history in runs:
         result = json.loads(json_path.read_text())
+        started = datetime.datetime.fromisoformat(result["started"])
         with history.open() as f:
             points = [
-                (_minutes_since(result["started"], r["time"]), 100 * (1 - float(r["test_error"])))
+                (_seconds_since(started, r["time"]) / 60, 100 * (1 - float(r["test_error"])))
                 for r in csv.DictReader(f)
                 if r.get("test_error")
             ]
@@ -131,13 +132,10 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     summary = json.loads((model_dir / "summary.json").read_text())
 
-    def seconds_at(row) -> float:
-        return (datetime.datetime.strptime(row["time"], "%Y-%m-%dT%H:%M:%S") - started).total_seconds()
-
     reached = {}
     for threshold in THRESHOLDS:
         hit = next((r for r in rows if r.get("test_error") and 1 - float(r["test_error"]) >= threshold), None)
-        reached[f"{100 * threshold:g}%"] = round(seconds_at(hit)) if hit else None
+        reached[f"{100 * threshold:g}%"] = round(_seconds_since(started, hit["time"])) if hit else None
     result = {
         "flagfile": args.flagfile,
         "extra_flags": args.train_flags,
