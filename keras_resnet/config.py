@@ -79,6 +79,12 @@ class TrainConfig:
     flip: str = _field("", "Horizontal flips; empty: random, or none for digits.", FLIPS)
     translate: int = _field(4, "cifar recipe: random translation by up to N pixels (the paper: 4).")
     cutout: int = _field(0, "cifar recipe: zero a random N x N square of each image; 0: off.")
+    low_res_size: int = _field(
+        0,
+        "cifar recipe: train the first --low_res_epochs on images resized to N px (fewer "
+        "multiply-adds per image, the same net); 0: off.",
+    )
+    low_res_epochs: int = _field(0, "How many epochs --low_res_size applies to, from the start.")
     skip_corrupt: bool = _field(
         False, "Image folders: leave corrupt or unreadable files out (with a warning) instead of stopping."
     )
@@ -206,10 +212,25 @@ def check_config(cfg: TrainConfig) -> None:
             f"--image_size={cfg.image_size} is smaller than {cfg.model}'s total stride of {stride} px: use "
             f"at least {stride}, or 0 for the dataset's default."
         )
-    nonnegative = ("checkpoint_steps", "lr_warmup_steps", "translate", "cutout", "cpu_devices")
+    nonnegative = (
+        "checkpoint_steps",
+        "lr_warmup_steps",
+        "translate",
+        "cutout",
+        "cpu_devices",
+        "low_res_size",
+        "low_res_epochs",
+    )
     for name in nonnegative:
         if getattr(cfg, name) < 0:
             fail(f"--{name} must be >= 0, got {getattr(cfg, name)}.")
+    if bool(cfg.low_res_size) != bool(cfg.low_res_epochs):
+        fail(
+            f"--low_res_size={cfg.low_res_size} and --low_res_epochs={cfg.low_res_epochs}: give both "
+            "(e.g. --low_res_size=24 --low_res_epochs=12) or neither."
+        )
+    if 0 < cfg.low_res_size < stride:
+        fail(f"--low_res_size={cfg.low_res_size} is smaller than {cfg.model}'s total stride of {stride} px.")
     if cfg.eval_test_every < 1:
         fail(f"--eval_test_every must be >= 1, got {cfg.eval_test_every}.")
     if not (cfg.learning_rate > 0 and cfg.warmup_learning_rate > 0):

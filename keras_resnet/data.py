@@ -103,6 +103,8 @@ def load(
     flip: str = "",
     translate: int = CIFAR_PAD,
     cutout: int = 0,
+    low_res_size: int = 0,
+    low_res_epochs: int = 0,
     skip_corrupt: bool = False,
     cache_dir: str | None = None,
     num_workers: int = 1,
@@ -136,6 +138,9 @@ def load(
             "none"; empty: random, except for digits (none: a mirrored digit is another shape).
         translate: cifar recipe only: largest random translation in pixels (the paper: 4).
         cutout: cifar recipe only: side of a random square zeroed in each training image (0: off).
+        low_res_size, low_res_epochs: cifar recipe only: the training batches of the first
+            `low_res_epochs` epochs are resized (bilinear, antialiased) to `low_res_size` px after
+            their augmentation; evaluation keeps the full size.
         skip_corrupt: leave out corrupt/unreadable folder images (counted in `Datasets.skipped`)
             instead of raising.
         cache_dir: where the mean is cached (default `$KERAS_RESNET_CACHE` or ~/.cache/keras_resnet).
@@ -197,11 +202,13 @@ def load(
     if info.recipe != CIFAR_RECIPE:
         if flip == "alternating":
             raise ValueError("--flip=alternating is implemented for the cifar recipe only; use random.")
-        if translate != CIFAR_PAD or cutout:
+        if translate != CIFAR_PAD or cutout or low_res_size:
             raise ValueError(
-                f"--translate and --cutout belong to the cifar recipe; {src.name} uses the imagenet "
-                "recipe (scale augmentation): leave them at their defaults."
+                f"--translate, --cutout and --low_res_size belong to the cifar recipe; {src.name} uses "
+                "the imagenet recipe (scale augmentation): leave them at their defaults."
             )
+    if low_res_size >= size:
+        raise ValueError(f"--low_res_size={low_res_size} must be smaller than the {size} px images.")
     w, i = num_workers, worker_index
     eval_batch_size = eval_batch_size or batch_size
 
@@ -212,13 +219,15 @@ def load(
     def evaluation(split: sources.Split | None, ten: bool = False) -> tf.data.Dataset | None:
         return None if split is None else finish(_eval_dataset(split, info, eval_batch_size, w, i, ten))
 
-    augment = _Augmentation(color_augmentation, flip, translate, cutout)
+    steps_per_epoch = train.num_examples // batch_size
+    low_res = (low_res_size, low_res_epochs * steps_per_epoch) if low_res_size else (0, 0)
+    augment = _Augmentation(color_augmentation, flip, translate, cutout, low_res)
     return Datasets(
         train=finish(_train_dataset(train, info, batch_size, seed, start_step, augment, w, i), deterministic),
         validation=evaluation(validation),
         test=evaluation(test),
         info=info,
-        steps_per_epoch=train.num_examples // batch_size,
+        steps_per_epoch=steps_per_epoch,
         validation_examples=validation.num_examples if validation is not None else 0,
         test_examples=test.num_examples,
         skipped=src.skipped,
@@ -238,6 +247,7 @@ class _Augmentation:
     flip: str = "random"
     translate: int = CIFAR_PAD
     cutout: int = 0
+    low_res: tuple[int, int] = (0, 0)  # (side in px, training steps from the start)
 
 
 def _seeds(seed: int, worker: int) -> tf.data.Dataset:
@@ -280,15 +290,23 @@ def _cifar_train(
         stream = stream.enumerate().map(lambda p, k: (k, alternating_flips(k, first + p // shard_size, seed)))
     batches = stream.batch(batch_size, drop_remainder=True)
 
-    def augment(batch, s):
+    side, low_res_steps = aug.low_res
+
+    def augment(step, batch, s):
         k, flips = batch if aug.flip == "alternating" else (batch, None)
         if aug.flip == "none":
             flips = tf.zeros(tf.shape(k), tf.bool)
         x = cifar_augment(tf.gather(images, k), mean, s, pad=aug.translate, flips=flips, cutout=aug.cutout)
+        if low_res_steps > start_step:
+            # Fewer pixels, fewer multiply-adds: the early steps train the same net on smaller images.
+            x = tf.cond(
+                step < low_res_steps, lambda: tf.image.resize(x, (side, side), antialias=True), lambda: x
+            )
         return x, tf.gather(labels, k)
 
     seeds = _seeds(seed + start_step + 1, i)
-    return tf.data.Dataset.zip(batches, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    steps = tf.data.Dataset.zip(batches, seeds).enumerate(start_step)
+    return steps.map(lambda step, pair: augment(step, *pair), num_parallel_calls=AUTOTUNE)
 
 
 def _train_dataset(

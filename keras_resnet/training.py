@@ -165,6 +165,8 @@ def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: in
             flip=cfg.flip,
             translate=cfg.translate,
             cutout=cfg.cutout,
+            low_res_size=cfg.low_res_size,
+            low_res_epochs=cfg.low_res_epochs,
             skip_corrupt=cfg.skip_corrupt,
             # Each worker reads its own shard; batches stay global (tf.distribute splits them).
             num_workers=distribute.num_workers(strategy),
@@ -177,7 +179,7 @@ def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: in
 
 def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
     """The network of --model for `info`'s classes and image size (call inside strategy.scope())."""
-    return models.build_model(
+    model = models.build_model(
         cfg.model,
         shortcut=cfg.resolved_shortcut,
         num_classes=info.num_classes,
@@ -190,6 +192,12 @@ def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
         zero_init_residual=cfg.zero_init_residual,
         padding=cfg.padding,
     )
+    if cfg.low_res_size:
+        # The first --low_res_epochs feed smaller images. The weights take any size (convolutions
+        # and global average pooling); only the declared input shape must not refuse them. The
+        # relaxed check is not saved: the saved and exported model keeps its declared size.
+        model.input_spec = keras.InputSpec(ndim=4, axes={-1: model.input_shape[-1]})
+    return model
 
 
 @contextlib.contextmanager
@@ -447,9 +455,12 @@ def _header(
     workers = distribute.num_workers(strategy)
     where = f"{strategy.num_replicas_in_sync} replica(s)" + (f" on {workers} workers" if workers > 1 else "")
     start = f"resuming at step {resumed}" if resumed else "starting"
+    px = f"{info.image_size} px"
+    if cfg.low_res_size:
+        px += f", the first {cfg.low_res_epochs} epochs resized to {cfg.low_res_size} px"
     return (
         f"Training {model.name} ({counts.params:,} parameters, {counts.macs / 1e6:,.1f}M multiply-adds"
-        f"{shortcut}) on {info.name} ({sizes}, {info.num_classes} classes, {info.image_size} px), "
+        f"{shortcut}) on {info.name} ({sizes}, {info.num_classes} classes, {px}), "
         f"{precision}, {where}: {total_steps:,} steps of {cfg.batch_size} ({steps_per_epoch} per epoch); "
         f"{start}; outputs in {cfg.model_dir}"
     )

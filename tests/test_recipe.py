@@ -186,6 +186,8 @@ def test_new_flags_are_checked():
         ({"eval_test_every": 0}, "--eval_test_every"),
         ({"lr_warmup_steps": -5}, "--lr_warmup_steps"),
         ({"tta": "rotate"}, "--tta"),
+        ({"low_res_size": 24}, "--low_res_epochs"),
+        ({"low_res_size": 2, "low_res_epochs": 1}, "--low_res_size"),
     ):
         with pytest.raises(config.ConfigError, match=flag):
             config.check_config(TrainConfig(model_dir="x", train_steps=1, **changes))
@@ -221,3 +223,47 @@ def test_alternating_flips_mirror_every_training_image_every_other_epoch():
     assert all(len(c) == 1 for c in changed.values()), changed
     assert sorted(c.pop() for c in changed.values()) == [False, True, True]
     assert 0.3 < np.mean([status[0][k] for k in common]) < 0.7  # which ones start mirrored is mixed
+
+
+def test_low_resolution_epochs_are_the_same_batches_resized_then_full_size():
+    from keras_resnet import data
+
+    # 1438 digits, 2 steps of 719 per epoch, in order and unaugmented but for the resize.
+    load = dict(batch_size=719, translate=0, flip="none", deterministic=True)
+    low = dict(low_res_size=16, low_res_epochs=1, **load)
+    full = [x.numpy() for x, _ in data.load("digits", **load).train.take(4)]
+    small = [x.numpy() for x, _ in data.load("digits", **low).train.take(4)]
+    assert [x.shape[1:3] for x in small] == [(16, 16), (16, 16), (32, 32), (32, 32)]
+    for f, s in zip(full[:2], small[:2], strict=True):
+        np.testing.assert_allclose(s, tf.image.resize(f, (16, 16), antialias=True).numpy(), atol=1e-5)
+    np.testing.assert_array_equal(small[2], full[2])
+    # A run resumed inside the low-resolution epochs finishes them small, then goes full size.
+    resumed = data.load("digits", start_step=1, **low).train.take(2)
+    assert [x.shape[1] for x, _ in resumed] == [16, 32]
+    with pytest.raises(ValueError, match="--low_res_size=32"):
+        data.load("digits", **{**low, "low_res_size": 32})
+
+
+def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(tmp_path):
+    # 44 steps per epoch: the first 44 at 16 px, the last 16 at 32 px.
+    cfg = TrainConfig(
+        **TINY,
+        train_steps=60,
+        low_res_size=16,
+        low_res_epochs=1,
+        model_dir=str(tmp_path / "run"),
+        export_dir=str(tmp_path / "export"),
+    )
+    summary = training.run(cfg, verbose=0)
+    assert summary["steps"] == 60 and summary["test_error"] < 0.9  # it learned, at 32 px
+    saved = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    assert saved.input_shape == (None, 32, 32, 3)
+    with pytest.raises(ValueError, match="incompatible"):  # the relaxed input check was not saved
+        saved(np.zeros((1, 16, 16, 3), np.float32))
+    from keras_resnet import data
+
+    ds = data.load("digits", batch_size=32)
+    x = next(iter(ds.test))[0][:4]
+    served = tf.saved_model.load(summary["export_path"]).signatures["predict_pixels"]
+    got = served(pixels=x + ds.info.mean)["probabilities"].numpy()
+    np.testing.assert_allclose(got, saved(x, training=False).numpy(), atol=1e-5)
