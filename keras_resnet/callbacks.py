@@ -226,7 +226,9 @@ class Progress(keras.callbacks.Callback):
     """Whole-run progress: global step, errors, training images/s and the ETA of the whole run.
 
     Prints one line per epoch; without a terminal (no progress bar) also every `every_s`. The ETA
-    comes from this process's wall time per step, evaluations included.
+    comes from this process's wall time per step, evaluations included; `cheap_steps` (n, c) says
+    that the run's first n steps cost c of a later one (low-resolution epochs), so that the ETA
+    of a run in those steps counts the dearer ones to come.
     """
 
     def __init__(
@@ -236,9 +238,10 @@ class Progress(keras.callbacks.Callback):
         every_s: float = 60.0,
         intra_epoch: bool = False,
         quiet: bool = False,
+        cheap_steps: tuple[int, float] = (0, 1.0),
     ):
         super().__init__()
-        self.quiet = quiet
+        self.quiet, self.cheap_steps = quiet, cheap_steps
         self.total, self.batch_size = total_steps, batch_size
         self.every_s, self.intra_epoch = every_s, intra_epoch
         self.step = self.start_step = 0
@@ -281,8 +284,14 @@ class Progress(keras.callbacks.Callback):
         done = self.step - self.start_step
         if not done:
             return "?"
-        per_step = (time.perf_counter() - self.began) / done
-        return duration((self.total - self.step) * per_step)
+        per_step = (time.perf_counter() - self.began) / self._cost(self.start_step, self.step)
+        return duration(self._cost(self.step, self.total) * per_step)
+
+    def _cost(self, first: int, end: int) -> float:
+        """Steps first..end-1 in later steps' cost."""
+        n, c = self.cheap_steps
+        cheap = max(0, min(end, n) - first)
+        return end - first - (1 - c) * cheap
 
     def images_per_sec(self) -> float:
         steps, secs = (
@@ -630,7 +639,16 @@ def make_callbacks(
             evaluated, validation, test if cfg.eval_test else None, total_steps, cfg.eval_test_every
         ),
         learning_rate=lr,
-        progress=Progress(total_steps, cfg.batch_size, intra_epoch=intra_epoch_log, quiet=not verbose),
+        progress=Progress(
+            total_steps,
+            cfg.batch_size,
+            intra_epoch=intra_epoch_log,
+            quiet=not verbose,
+            cheap_steps=(
+                cfg.low_res_epochs * (steps_per_epoch or 0),
+                (cfg.low_res_size / model.input_shape[1]) ** 2 if cfg.low_res_size else 1.0,
+            ),
+        ),
         history=HistoryCSV(out / "history.csv", columns=lr.pop_changes, steps_per_epoch=steps_per_epoch),
         tensorboard=keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False, profile_batch=0),
         checkpointer=Checkpointer(

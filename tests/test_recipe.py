@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 import warnings
 
 import keras
@@ -267,3 +268,13 @@ def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(
     served = tf.saved_model.load(summary["export_path"]).signatures["predict_pixels"]
     got = served(pixels=x + ds.info.mean)["probabilities"].numpy()
     np.testing.assert_allclose(got, saved(x, training=False).numpy(), atol=1e-5)
+
+
+def test_the_eta_counts_the_full_size_steps_still_to_come():
+    # 10 of 20 steps done in 40 s, the first 10 at a quarter of a full step's cost: 10 full steps
+    # of 16 s remain, not 10 of 4 s.
+    progress = callbacks.Progress(20, 32, cheap_steps=(10, 0.25))
+    progress.began, progress.step = time.perf_counter() - 40, 10
+    assert progress.eta() == "2m40s"
+    progress.cheap_steps = (0, 1.0)
+    assert progress.eta() == "40s"
