@@ -128,7 +128,7 @@ class TrainConfig:
     cpu_devices: int = _field(0, "Split the CPU into N logical devices (N replicas).", operational=True)
     precision: str = _field(
         "float32",
-        "float32, bfloat16 mixed precision, or auto: bfloat16 where the CPU/GPU computes it natively.",
+        "float32, bfloat16 mixed precision, or auto: bfloat16 where the CPU/GPU measures faster in it.",
         PRECISIONS,
     )
     seed: int = _field(0, "Random seed (weights, shuffling, augmentation).")
