@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from keras_resnet import files, plots  # noqa: E402  (the timed process is the train.py child)
+from keras_resnet import files, plots, runtime  # noqa: E402  (the timed process is the train.py child)
 
 THRESHOLDS = (0.85, 0.88, 0.90, 0.9125)
 # PyTorch 2.13, the same ResNet-20 and CIFAR-10 copy, one-cycle recipe (../shared/reference), measured on
@@ -65,7 +65,8 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
             continue
         flags = " ".join(result.get("extra_flags", []))
         accuracy, minutes = 100 * result["final_test_accuracy"], result["wall_s"] / 60
-        label = f"{json_path.stem}: {accuracy:.2f}% in {minutes:.1f} min"
+        machine = result.get("cpu", "?").split(" (")[0].replace("(R)", "").replace(" Processor", "")
+        label = f"{json_path.stem}: {accuracy:.2f}% in {minutes:.1f} min, {machine}"
         ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label + (f" ({flags})" if flags else ""))
     for name, (accuracy, minutes) in PYTORCH_REFERENCE.items():
         ax.plot(minutes, 100 * accuracy, "k*", ms=10)
@@ -149,6 +150,7 @@ def main() -> None:
         "seconds_to": reached,
         "load_average_before": round(load, 2),
         "precision": summary["precision"],
+        "cpu": runtime.cpu_description(),
     }
     print(
         f"\nwall {wall / 60:.1f} min, final test accuracy {result['final_test_accuracy']:.2%} after "
@@ -174,7 +176,7 @@ def main() -> None:
         "epochs",
         "images_per_sec",
     ]
-    fields += [f"s_to_{k}" for k in reached] + ["load_average_before"]
+    fields += [f"s_to_{k}" for k in reached] + ["load_average_before", "precision", "cpu"]
     row = {
         **result,
         "extra_flags": " ".join(args.train_flags),

@@ -40,7 +40,7 @@ import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with one
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_resnet import config, counting, files, models, sources, training  # noqa: E402
+from keras_resnet import config, counting, files, models, runtime, sources, training  # noqa: E402
 
 WARMUP_STEPS = 5  # as training.Progress: the first steps trace the graph
 BATCH = 128
@@ -210,6 +210,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "load_average_at_end": load,
             "machine": platform.platform(),
+            "cpu": runtime.cpu_description(),
             "keras": keras.__version__,
             "reference": reference,
             "results": rows,

@@ -1,4 +1,4 @@
-"""The process around TensorFlow: how it starts, and what a command-line run logs.
+"""The process around TensorFlow: how it starts, what a command-line run logs, which CPU it has.
 
 Standard library only: `import_tensorflow` runs before TensorFlow is imported (`keras_resnet`
 calls it first thing), because two things are only decided at that moment:
@@ -17,6 +17,7 @@ calls it first thing), because two things are only decided at that moment:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pathlib
@@ -94,6 +95,24 @@ def import_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # the CUDA probe prints here, not at import
+
+
+@functools.cache
+def cpu() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (Linux' /proc/cpuinfo; ("unknown", {}) elsewhere)."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown", frozenset()
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    return (names[0] if names else "unknown"), frozenset(info.split())
+
+
+def cpu_description() -> str:
+    """The model name with the features that set ResNet speed here: the machines differ between runs."""
+    name, flags = cpu()
+    features = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(features or ['avx2' if 'avx2' in flags else 'no avx2'])})"
 
 
 def quiet(verbosity: int | None = None) -> None:

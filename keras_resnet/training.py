@@ -35,7 +35,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_resnet import counting, data, distribute, files, models, optimization, workarounds
+from keras_resnet import counting, data, distribute, files, models, optimization, runtime, workarounds
 from keras_resnet.callbacks import Checkpointer, WeightAverage, duration, global_step, make_callbacks
 from keras_resnet.config import ConfigError, TrainConfig, check_config, check_model_dir, run_length
 
@@ -117,11 +117,7 @@ def resolve_precision(precision: str) -> str:
     for gpu in tf.config.list_physical_devices("GPU"):
         if tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) >= (8, 0):
             return "bfloat16"
-    try:
-        flags = pathlib.Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return "float32"
-    if not {"avx512_bf16", "amx_bf16"} & set(flags):
+    if not {"avx512_bf16", "amx_bf16"} & runtime.cpu()[1]:
         return "float32"
     return "bfloat16" if bfloat16_speedup() >= 1.15 else "float32"
 
