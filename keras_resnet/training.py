@@ -132,12 +132,14 @@ def bfloat16_speedup(batch: int = 64, repeats: int = 10) -> float:
 
     def make_step(dtype: tf.DType) -> Callable[[], Any]:
         x = tf.cast(tf.random.stateless_normal([batch, 32, 32, 16], seed=(0, 1)), dtype)
-        w = tf.Variable(tf.cast(tf.random.stateless_normal([3, 3, 16, 16], seed=(0, 2)), dtype))
+        # A tensor, not a variable: callers may be inside a strategy's scope (the tuner), where a
+        # variable would be a distributed one.
+        w = tf.cast(tf.random.stateless_normal([3, 3, 16, 16], seed=(0, 2)), dtype)
 
         @tf.function
         def step():
             with tf.GradientTape() as tape:
-                tape.watch(x)
+                tape.watch([x, w])
                 loss = tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME"))
             return tape.gradient(loss, [x, w])
 
