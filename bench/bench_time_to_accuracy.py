@@ -51,7 +51,7 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
     if not runs:
         return None
     plt = plots.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 4.5 + 0.17 * len(runs)), layout="constrained")
     for json_path, history in runs:
         result = json.loads(json_path.read_text())
         started = datetime.datetime.fromisoformat(result["started"])
@@ -88,7 +88,7 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
         title="ResNet-20 on CIFAR-10, 2 CPU cores: time to accuracy",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center")  # below the axes: the curves stay visible
     return files.save_figure(fig, folder / FIGURE)
 
 
