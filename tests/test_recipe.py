@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_resnet import build_model, callbacks, config, models, optimization, preprocessing, training
+from keras_resnet import (
+    build_model,
+    callbacks,
+    config,
+    models,
+    optimization,
+    preprocessing,
+    runtime,
+    training,
+)
 from keras_resnet.config import TrainConfig
 
 TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
@@ -163,18 +172,13 @@ def test_evaluation_of_the_test_set_every_n_checkpoints(tmp_path):
 
 
 def test_precision_auto_and_the_callers_policy_survives():
-    flags = (
-        set(pathlib.Path("/proc/cpuinfo").read_text().split())
-        if pathlib.Path("/proc/cpuinfo").exists()
-        else set()
-    )
-    claimed = bool({"avx512_bf16", "amx_bf16"} & flags)
+    claimed = bool({"avx512_bf16", "amx_bf16"} & runtime.cpu()[1])
     if tf.config.list_physical_devices("GPU"):
         expected = "bfloat16"
     elif claimed:  # the flag is no promise: bfloat16 only where it measured faster
         speedup = training.bfloat16_speedup()
         assert 0.05 < speedup < 20, speedup
-        expected = "bfloat16" if speedup >= 1.15 else "float32"
+        expected = "bfloat16" if speedup >= training.BFLOAT16_MIN_SPEEDUP else "float32"
     else:
         expected = "float32"
     assert training.resolve_precision("auto") == expected
