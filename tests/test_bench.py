@@ -1,4 +1,5 @@
-"""bench/bench_time_to_accuracy.py run whole on a tiny net and the embedded digits (no timing asserted)."""
+"""bench/bench_time_to_accuracy.py run whole on a tiny net and the embedded digits, then
+bench/score_tta.py on its model (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "bench_time_to_accuracy.py"
+SCORE_TTA = REPO / "bench" / "score_tta.py"
 
 
 def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
@@ -51,6 +53,21 @@ def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     assert logged["final_test_accuracy"] == str(result["final_test_accuracy"])
     assert logged["extra_flags"] == "--seed=3"
     assert (results / "time_to_accuracy.png").stat().st_size > 10_000
+
+    # Every test-time augmentation scored on the saved model; without views it is the run's own score.
+    scored = subprocess.run(
+        [sys.executable, str(SCORE_TTA), str(run), f"--json={results / 'tta.json'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    table = json.loads((results / "tta.json").read_text())
+    errors = {row["tta"]: row["error"] for row in table["rows"]}
+    assert table["split"] == "test" and set(errors) == {"none", "flip", "flip_translate"}
+    assert abs(errors["none"] - summary["test_error"]) <= 1e-4
+    assert all(0 <= e <= 1 for e in errors.values())
 
     # A timed run never resumes: a used --model_dir is refused in one line, before training.
     again = subprocess.run([*cmd, f"--model_dir={run}"], capture_output=True, text=True, env=env, timeout=120)
