@@ -26,7 +26,7 @@ import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with one
 import keras  # noqa: E402
 
 from keras_resnet import files, models, optimization, training  # noqa: E402
-from keras_resnet.config import TTA, TrainConfig  # noqa: E402
+from keras_resnet.config import TrainConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with training.precision_policy(cfg.precision):
         model = keras.saving.load_model(args.model_dir / "model.keras", safe_mode=True, compile=False)
-        for mode in TTA:
+        for mode in models.TTA_VIEWS:
             scored = optimization.compile_for_evaluation(models.with_test_time_augmentation(model, mode), cfg)
             start = time.perf_counter()
             result = scored.evaluate(batches, verbose=0, return_dict=True)
