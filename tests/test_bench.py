@@ -15,6 +15,13 @@ BENCH = REPO / "bench" / "bench_time_to_accuracy.py"
 SCORE_TTA = REPO / "bench" / "score_tta.py"
 
 
+def _python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A bench script in its own process, on the CPU, outside any cluster."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
+    env.pop("TF_CONFIG", None)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
 def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     flagfile = tmp_path / "tiny.cfg"
     flagfile.write_text(
@@ -22,17 +29,9 @@ def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
         "--train_steps=40\n--checkpoint_steps=10\n--learning_rate=0.05\n"
     )
     results = tmp_path / "results"
-    cmd = [sys.executable, str(BENCH), f"--flagfile={flagfile}", f"--log={results / 'runs.csv'}"]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
-    env.pop("TF_CONFIG", None)
+    cmd = [str(BENCH), f"--flagfile={flagfile}", f"--log={results / 'runs.csv'}"]
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [*cmd, f"--model_dir={run}", f"--json={results / 'tiny.json'}", "--", "--seed=3"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = _python(*cmd, f"--model_dir={run}", f"--json={results / 'tiny.json'}", "--", "--seed=3")
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     result = json.loads((results / "tiny.json").read_text())
@@ -55,13 +54,7 @@ def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     assert (results / "time_to_accuracy.png").stat().st_size > 10_000
 
     # Every test-time augmentation scored on the saved model; without views it is the run's own score.
-    scored = subprocess.run(
-        [sys.executable, str(SCORE_TTA), str(run), f"--json={results / 'tta.json'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    scored = _python(str(SCORE_TTA), str(run), f"--json={results / 'tta.json'}")
     assert scored.returncode == 0, scored.stderr[-2000:]
     table = json.loads((results / "tta.json").read_text())
     errors = {row["tta"]: row["error"] for row in table["rows"]}
@@ -70,7 +63,7 @@ def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     assert all(0 <= e <= 1 for e in errors.values())
 
     # A timed run never resumes: a used --model_dir is refused in one line, before training.
-    again = subprocess.run([*cmd, f"--model_dir={run}"], capture_output=True, text=True, env=env, timeout=120)
+    again = _python(*cmd, f"--model_dir={run}", timeout=120)
     assert again.returncode == 2 and "not empty" in again.stderr.splitlines()[-1]
     with (results / "runs.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 1
