@@ -97,6 +97,11 @@ def import_tensorflow() -> None:
         tf.config.list_physical_devices("GPU")  # the CUDA probe prints here, not at import
 
 
+# The CPU flags that claim native bfloat16 arithmetic (a claim only: `training.resolve_precision`
+# measures before trusting it).
+BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
 @functools.cache
 def cpu() -> tuple[str, frozenset[str]]:
     """The CPU's model name and feature flags (Linux' /proc/cpuinfo; ("unknown", {}) elsewhere)."""
@@ -108,10 +113,15 @@ def cpu() -> tuple[str, frozenset[str]]:
     return (names[0] if names else "unknown"), frozenset(info.split())
 
 
+def cpu_claims_bfloat16() -> bool:
+    """Whether the CPU's flags claim native bfloat16 (AVX512_BF16 or AMX)."""
+    return bool(set(BFLOAT16_FLAGS) & cpu()[1])
+
+
 def cpu_description() -> str:
     """The model name with the features that set ResNet speed here: the machines differ between runs."""
     name, flags = cpu()
-    features = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    features = [f for f in ("avx512f", *BFLOAT16_FLAGS) if f in flags]
     return f"{name} ({', '.join(features or ['avx2' if 'avx2' in flags else 'no avx2'])})"
 
 

@@ -111,18 +111,19 @@ def resolve_precision(precision: str) -> str:
 
     That is a GPU of compute capability 8.0 or more, or a CPU whose flags claim bfloat16
     (AVX512_BF16 or AMX) and on which a convolution of ResNet-20's first stage, forward and
-    backward, measures at least 1.15x faster in bfloat16 than in float32: the flag alone is no
-    promise (an AMD EPYC with AVX512_BF16 trains ResNet-20 1.45x faster in bfloat16, an Intel Xeon
-    with AVX512_BF16 but no AMX 0.67x as fast). The measurement takes about half a second, once
-    per process; each worker of a cluster decides for itself, which changes speed, not results'
-    meaning (variables and gradients stay float32 either way).
+    backward, measures at least `BFLOAT16_MIN_SPEEDUP` (1.15x) faster in bfloat16 than in
+    float32: the flag alone is no promise (an AMD EPYC with AVX512_BF16 trains ResNet-20 1.45x
+    faster in bfloat16, an Intel Xeon with AVX512_BF16 but no AMX 0.67x as fast). The
+    measurement takes about half a second, once per process; each worker of a cluster decides
+    for itself, which changes speed, not results' meaning (variables and gradients stay float32
+    either way).
     """
     if precision != "auto":
         return precision
     for gpu in tf.config.list_physical_devices("GPU"):
         if tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) >= (8, 0):
             return "bfloat16"
-    if not {"avx512_bf16", "amx_bf16"} & runtime.cpu()[1]:
+    if not runtime.cpu_claims_bfloat16():
         return "float32"
     return "bfloat16" if bfloat16_speedup() >= BFLOAT16_MIN_SPEEDUP else "float32"
 
