@@ -17,10 +17,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 
 from absl import app, flags
 
 from keras_resnet.config import ConfigError, TrainConfig
+
+STARTED = time.time()  # --time_budget counts the whole command (Python's own start: ~0.1 s before)
 
 FLAGS = flags.FLAGS
 
@@ -42,6 +45,13 @@ def _define_flags() -> None:
             flags.DEFINE_list(f.name, [str(v) for v in default], help_text)
         else:
             flags.DEFINE_string(f.name, default, help_text)
+    flags.DEFINE_float(
+        "time_budget",
+        0.0,
+        "Minutes the whole command may take: measure this machine's speed, then fit --epochs (with "
+        "--low_res_epochs and --lr_warmup_steps in proportion) into them; the test set is evaluated "
+        "at the end only. 0: off, the flags' own length.",
+    )
     flags.DEFINE_bool("tune", False, "Search hyperparameters with keras-tuner instead of one run.")
     flags.DEFINE_enum(
         "tuner", "grid", ["grid", "random", "bayesian", "hyperband"], "--tune: search algorithm."
@@ -87,6 +97,8 @@ def main(argv: list[str]) -> None:
     cfg = config_from_flags()
     code = 0
     try:
+        if FLAGS.tune and FLAGS.time_budget:
+            raise ConfigError("--time_budget plans one run and --tune runs many: give --epochs to a search.")
         if FLAGS.tune:
             from keras_resnet import tuning
 
@@ -99,6 +111,10 @@ def main(argv: list[str]) -> None:
                 wait_for_chief=FLAGS.tune_wait,
             )
         else:
+            if FLAGS.time_budget:
+                from keras_resnet import budget
+
+                cfg = budget.plan(cfg, FLAGS.time_budget, started=STARTED)
             training.run(cfg)
     except ConfigError as err:
         print(f"train.py: error: {err}", file=sys.stderr)

@@ -364,6 +364,7 @@ def _train_cmd(*args: str) -> list[str]:
     [
         (["--model=resnet7"], "--model"),
         (["--batch_size=0"], "--batch_size"),
+        (["--time_budget=5", "--tune"], "--time_budget"),
     ],
 )
 def test_train_py_bad_flag_exits_with_one_line(args, flag, tmp_path):
