@@ -2,6 +2,7 @@
 
     python train.py --flagfile=configs/quickstart.cfg                  # 2 minutes, offline
     python train.py --flagfile=configs/cifar10_resnet20.cfg --model_dir=runs/resnet20
+    python train.py --flagfile=configs/cifar10_resnet20_fast.cfg --model_dir=runs/fast --time_budget=30
 
 Every flag is a field of `keras_resnet.config.TrainConfig`; the defaults are the paper's CIFAR-10
 procedure (batch 128, lr 0.1 divided by 10 at 50% and 75% of the run, momentum 0.9, weight decay

@@ -2,9 +2,10 @@
 
     cfg = budget.plan(cfg, minutes=30, started=start_of_the_command)   # then training.run(cfg)
 
-`train.py --time_budget=30` does this before training. Two probe runs of 20 steps (the model,
+`train.py --time_budget=30` does this before training. Two probe runs of 25 steps (the model,
 data and precision of `cfg`, through `training.run` in a scratch directory) measure the images/s
-at the low and at the full resolution; the plan is then the most epochs whose predicted time fits
+at the low and at the full resolution (wall clock, the gaps between steps included) and what a
+checkpoint and a run's start-up cost; the plan is then the most epochs whose predicted time fits
 what is left of the budget: the start-up and the probes already spent, a run's own start-up and
 saving (measured by the probes), the epochs at their measured speeds, and the evaluations. It keeps
 the proportions the flags give (the share of epochs at --low_res_size, the warmup's share of the
@@ -13,8 +14,9 @@ steps) and evaluates the test set once, at the end: each evaluation costs second
 The plan is written to `<model_dir>/budget.json`; running the same command again resumes that
 plan instead of measuring anew, so an interrupted run continues where it was.
 
-Measured on 2 Intel Xeon cores (ResNet-20, batch 256, the fast preset): the probes take about 40 s;
-a run planned for 30 minutes ended at ... (results/README.md).
+Measured on 2 Intel Xeon cores (ResNet-20, batch 256, the fast preset, `--time_budget=60`): the
+probes took 54 s and planned 52 epochs to end at 55.7 min; the command ended at 53.1 min with
+89.26% test accuracy (results/README.md: `budget60`).
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
     if not epochs:
         one = predicted_seconds(cfg, 1, speeds)
         raise ConfigError(
-            f"--time_budget: {seconds / 60:.1f} minutes are left, and one epoch takes {one / 60:.1f} here: "
-            f"give at least {math.ceil((one / (1 - MARGIN) + 1) / 60)} more minutes, or --epochs instead."
+            f"--time_budget: {seconds / 60:.1f} minutes are left, and a run of one epoch takes "
+            f"{one / (1 - MARGIN) / 60:.1f} here (its start-up and {MARGIN:.0%} kept free included)."
         )
     steps_per_epoch = speeds.train_examples // cfg.batch_size
     flagged_steps = cfg.train_steps or cfg.epochs * steps_per_epoch
@@ -226,8 +228,13 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
     print(f"--time_budget={minutes:g}: measuring this machine's speed ({PROBE_STEPS}-step runs)", flush=True)
     probe_start = time.time()
     speeds = measure(cfg)
-    left = minutes * 60 - (time.time() - started)
-    fields = fit(cfg, left, speeds)
+    spent = time.time() - started
+    try:
+        fields = fit(cfg, minutes * 60 - spent, speeds)
+    except ConfigError as err:
+        one = spent + predicted_seconds(cfg, 1, speeds) / (1 - MARGIN)
+        raise ConfigError(f"{err} Give at least --time_budget={math.ceil(one / 60)}, or --epochs.") from None
+    left = minutes * 60 - spent
     planned = dataclasses.replace(cfg, **fields)
     expected = time.time() - started + predicted_seconds(planned, fields["epochs"], speeds)
     rates = f"{speeds.full_images_per_sec:.0f} img/s"

@@ -53,7 +53,7 @@ def test_the_plan_is_the_longest_run_that_fits_in_the_flags_proportions():
         "eval_test_every": 27,  # the test set once, at the end
         "precision": "float32",
     }
-    with pytest.raises(ConfigError, match="--time_budget: 1.0 minutes are left, and one epoch takes"):
+    with pytest.raises(ConfigError, match="--time_budget: 1.0 minutes are left, and a run of one epoch"):
         budget.fit(cfg, 60.0, speeds)
 
 
@@ -85,6 +85,9 @@ def test_probes_plan_and_a_rerun_continues_the_plan(tmp_path, monkeypatch, capsy
     three, four = (budget.predicted_seconds(cfg, e, speeds) for e in (3, 4))
     seconds = (three + four) / 2 / (1 - budget.MARGIN)
     monkeypatch.setattr(budget, "measure", lambda _: speeds)  # measured above: not twice
+    with pytest.raises(ConfigError, match=r"Give at least --time_budget=\d+, or --epochs\."):
+        budget.plan(cfg, 0.01, started=time.time())
+    assert not model_dir.exists()
     planned = budget.plan(cfg, 10.0, started=time.time() - (600 - seconds))
     steps_per_epoch = speeds.train_examples // cfg.batch_size
     assert (planned.epochs, planned.lr_warmup_steps) == (3, 6)  # 20 of 10 epochs' steps -> 3 epochs' share
