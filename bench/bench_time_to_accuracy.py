@@ -52,7 +52,8 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
         return None
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5 + 0.17 * len(runs)), layout="constrained")
-    for json_path, history in runs:
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: the default cycle repeats after 10
+    for i, (json_path, history) in enumerate(runs):
         result = json.loads(json_path.read_text())
         started = datetime.datetime.fromisoformat(result["started"])
         with history.open() as f:
@@ -67,7 +68,13 @@ def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
         accuracy, minutes = 100 * result["final_test_accuracy"], result["wall_s"] / 60
         machine = result.get("cpu", "?").split(" (")[0].replace("(R)", "").replace(" Processor", "")
         label = f"{json_path.stem}: {accuracy:.2f}% in {minutes:.1f} min, {machine}"
-        ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label + (f" ({flags})" if flags else ""))
+        ax.plot(
+            *zip(*points, strict=True),
+            "o-",
+            ms=3 if len(points) > 1 else 7,  # a run that saw the test set once is one point: make it seen
+            color=colors[i % len(colors)],
+            label=label + (f" ({flags})" if flags else ""),
+        )
     for name, (accuracy, minutes) in PYTORCH_REFERENCE.items():
         ax.plot(minutes, 100 * accuracy, "k*", ms=10)
         ax.annotate(
