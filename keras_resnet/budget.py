@@ -36,8 +36,8 @@ import keras
 from keras_resnet import distribute, files, models, training
 from keras_resnet.config import ConfigError, TrainConfig, check_config
 
-# A probe: 5 steps of tracing, then 2 x 10 steady steps with a checkpoint between them, so that
-# the time between steps and a checkpoint's own cost (its validation included) are measured too.
+# A probe: 5 steps of tracing, then 20 steady ones with a checkpoint after the 15th, so that the
+# time between steps and a checkpoint's own cost (its validation included) are measured too.
 WARMUP_STEPS, PROBE_CHUNK, PROBE_STEPS = 5, 15, 25
 # Kept free: a short probe runs faster than a long run's 32 px epochs (680-700 img/s against a mean of
 # 620-660 in the 30-minute runs on the Intel Xeon), and the machine's spread is about +-5%.
