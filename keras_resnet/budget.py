@@ -34,7 +34,7 @@ from typing import Any
 import keras
 
 from keras_resnet import distribute, files, models, training
-from keras_resnet.config import ConfigError, TrainConfig, check_config
+from keras_resnet.config import ConfigError, TrainConfig, check_config, run_length
 
 # A probe: 5 steps of tracing, then 20 steady ones with a checkpoint after the 15th, so that the
 # time between steps and a checkpoint's own cost (its validation included) are measured too.
@@ -70,13 +70,18 @@ def epochs_at_low_res(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> in
     return min(epochs, math.ceil(epochs * cfg.low_res_epochs / flagged_epochs - 1e-9))
 
 
+def _checkpoints(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> int:
+    """How many checkpoints (Keras epochs) a run of `cfg` cut to `epochs` makes: `run_length`'s count."""
+    return run_length(dataclasses.replace(cfg, epochs=epochs, train_steps=0), steps_per_epoch)[2]
+
+
 def predicted_seconds(cfg: TrainConfig, epochs: int, speeds: Speeds) -> float:
     """The predicted wall time of a run of `cfg` cut to `epochs`, from its start to summary.json."""
     steps_per_epoch = speeds.train_examples // cfg.batch_size
     images = steps_per_epoch * cfg.batch_size
     low = epochs_at_low_res(cfg, epochs, steps_per_epoch)
     train = images * (low / speeds.low_res_images_per_sec + (epochs - low) / speeds.full_images_per_sec)
-    checkpoints = math.ceil(epochs * steps_per_epoch / (cfg.checkpoint_steps or steps_per_epoch))
+    checkpoints = _checkpoints(cfg, epochs, steps_per_epoch)
     test = len(models.TTA_VIEWS[cfg.tta]) * speeds.test_examples * cfg.eval_test  # once, at the end
     return (
         speeds.run_overhead_s
@@ -115,7 +120,7 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
         "low_res_epochs": epochs_at_low_res(cfg, epochs, steps_per_epoch),
         "lr_warmup_steps": round(cfg.lr_warmup_steps * steps / flagged_steps),
         # The test set once, after the last step: --eval_test_every counts checkpoints.
-        "eval_test_every": math.ceil(steps / (cfg.checkpoint_steps or steps_per_epoch)),
+        "eval_test_every": _checkpoints(cfg, epochs, steps_per_epoch),
         "precision": speeds.precision,
     }
 
