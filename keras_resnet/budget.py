@@ -112,7 +112,7 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
             f"{one / (1 - MARGIN) / 60:.1f} here (its start-up and {MARGIN:.0%} kept free included)."
         )
     steps_per_epoch = speeds.train_examples // cfg.batch_size
-    flagged_steps = cfg.train_steps or cfg.epochs * steps_per_epoch
+    flagged_steps = run_length(cfg, steps_per_epoch)[0]
     steps = epochs * steps_per_epoch
     return {
         "epochs": epochs,
