@@ -36,7 +36,11 @@ class ZeroPadShortcut(keras.layers.Layer):
             raise ValueError(f"ZeroPadShortcut cannot shrink {input_shape[-1]} channels to {self.filters}.")
 
     def call(self, inputs):
-        x = inputs[:, :: self.strides, :: self.strides, :] if self.strides > 1 else inputs
+        # A 1x1 average pool with stride s is exactly inputs[:, ::s, ::s, :], for odd sizes too,
+        # but runs as one oneDNN pooling op: TensorFlow's strided-slice gradient is a slow scatter.
+        # Measured here (Xeon, batch 256, float32): ResNet-20's two strided shortcuts, forward and
+        # backward, 25.4 ms per step sliced, 7.5 pooled; train.py 688 -> 724 img/s (4 interleaved runs).
+        x = ops.average_pool(inputs, 1, strides=self.strides) if self.strides > 1 else inputs
         extra = self.filters - x.shape[-1]
         if extra:
             x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])

@@ -81,12 +81,24 @@ def test_plain_net_has_no_shortcuts_and_same_layers():
     assert convs(plain) == convs(res)  # option A adds no convolution
 
 
-def test_zero_pad_shortcut_exact_tensor():
-    x = np.arange(2 * 4 * 4 * 3, dtype="float32").reshape(2, 4, 4, 3)
-    y = keras.ops.convert_to_numpy(kr.ZeroPadShortcut(filters=5, strides=2)(x))
-    assert y.shape == (2, 2, 2, 5)
-    np.testing.assert_array_equal(y[..., :3], x[:, ::2, ::2, :])
+@pytest.mark.parametrize("size", [4, 5])
+def test_zero_pad_shortcut_exact_tensor_and_gradient(size):
+    import tensorflow as tf
+
+    x = tf.constant(np.arange(2 * size * size * 3, dtype="float32").reshape(2, size, size, 3))
+    layer = kr.ZeroPadShortcut(filters=5, strides=2)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.reshape(tf.range(tf.size(y), dtype=y.dtype), y.shape))
+    half = -(-size // 2)
+    assert y.shape == (2, half, half, 5) == layer.compute_output_shape(x.shape)
+    np.testing.assert_array_equal(y[..., :3], x.numpy()[:, ::2, ::2, :])
     np.testing.assert_array_equal(y[..., 3:], 0.0)
+    # The gradient reaches exactly the kept pixels, each with its output's weight.
+    expected = np.zeros(x.shape, "float32")
+    expected[:, ::2, ::2, :] = np.arange(y.shape.num_elements()).reshape(y.shape)[..., :3]
+    np.testing.assert_array_equal(tape.gradient(loss, x), expected)
 
 
 @pytest.mark.parametrize("padding, picks", [("symmetric", [0, 2, 8, 10]), ("same", [5, 7, 13, 15])])
