@@ -91,6 +91,11 @@ def predicted_seconds(cfg: TrainConfig, epochs: int, speeds: Speeds) -> float:
     )
 
 
+def _one_epoch_budget(cfg: TrainConfig, speeds: Speeds) -> float:
+    """The seconds a budget needs for a run of one epoch: its predicted time and MARGIN kept free."""
+    return predicted_seconds(cfg, 1, speeds) / (1 - MARGIN)
+
+
 def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
     """The fields of the longest run of `cfg` predicted to end within `seconds` (MARGIN kept free).
 
@@ -106,10 +111,10 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
     while predicted_seconds(cfg, epochs + 1, speeds) <= usable:
         epochs += 1
     if not epochs:
-        one = predicted_seconds(cfg, 1, speeds)
         raise ConfigError(
             f"--time_budget: {seconds / 60:.1f} minutes are left, and a run of one epoch takes "
-            f"{one / (1 - MARGIN) / 60:.1f} here (its start-up and {MARGIN:.0%} kept free included)."
+            f"{_one_epoch_budget(cfg, speeds) / 60:.1f} here "
+            f"(its start-up and {MARGIN:.0%} kept free included)."
         )
     steps_per_epoch = speeds.train_examples // cfg.batch_size
     flagged_steps = run_length(cfg, steps_per_epoch)[0]
@@ -234,12 +239,12 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
     probe_start = time.time()
     speeds = measure(cfg)
     spent = time.time() - started
-    try:
-        fields = fit(cfg, minutes * 60 - spent, speeds)
-    except ConfigError as err:
-        one = spent + predicted_seconds(cfg, 1, speeds) / (1 - MARGIN)
-        raise ConfigError(f"{err} Give at least --time_budget={math.ceil(one / 60)}, or --epochs.") from None
     left = minutes * 60 - spent
+    try:
+        fields = fit(cfg, left, speeds)
+    except ConfigError as err:
+        least = math.ceil((spent + _one_epoch_budget(cfg, speeds)) / 60)
+        raise ConfigError(f"{err} Give at least --time_budget={least}, or --epochs.") from None
     planned = dataclasses.replace(cfg, **fields)
     expected = time.time() - started + predicted_seconds(planned, fields["epochs"], speeds)
     rates = f"{speeds.full_images_per_sec:.0f} img/s"
