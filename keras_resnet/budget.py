@@ -15,8 +15,8 @@ The plan is written to `<model_dir>/budget.json`; running the same command again
 plan instead of measuring anew, so an interrupted run continues where it was.
 
 Measured on 2 Intel Xeon cores (ResNet-20, batch 256, the fast preset, `--time_budget=60`): the
-probes took 54 s and planned 52 epochs to end at 55.7 min; the command ended at 53.1 min with
-89.26% test accuracy (results/README.md: `budget60`).
+probes took 52 s and planned 57 epochs to end at 56.0 min; the command ended at 54.0 min with
+89.46% test accuracy (results/README.md: `budget60b`).
 """
 
 from __future__ import annotations
