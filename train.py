@@ -1,8 +1,9 @@
 """Trains a ResNet of He et al. (2015), or searches its hyperparameters with --tune.
 
-    python train.py --flagfile=configs/quickstart.cfg                  # 2 minutes, offline
+    python train.py --flagfile=configs/quickstart.cfg --model_dir=runs/quickstart   # offline, minutes
     python train.py --flagfile=configs/cifar10_resnet20.cfg --model_dir=runs/resnet20
     python train.py --flagfile=configs/cifar10_resnet20_fast.cfg --model_dir=runs/fast --time_budget=30
+    python train.py --model_dir=runs/resnet20 --eval_only                           # score a run again
 
 Every flag is a field of `keras_resnet.config.TrainConfig`; the defaults are the paper's CIFAR-10
 procedure (batch 128, lr 0.1 divided by 10 at 50% and 75% of the run, momentum 0.9, weight decay
@@ -16,42 +17,44 @@ diverged, 130 interrupted (checkpoint written).
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 
 from absl import app, flags
 
-from keras_resnet.config import ConfigError, TrainConfig
+from keras_resnet.config import ConfigError, TrainConfig, flag_fields
 
 STARTED = time.time()  # --time_budget counts the whole command (Python's own start: ~0.1 s before)
-
 FLAGS = flags.FLAGS
+HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 
 
 def _define_flags() -> None:
-    """One absl flag per TrainConfig field, so the config class is the single list of flags."""
-    for f in dataclasses.fields(TrainConfig):
+    """One absl flag per config field, so the config's sections are the single list of flags."""
+    for name, _, f in flag_fields():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text, choices = f.metadata["help"], f.metadata.get("choices")
         if choices:
-            flags.DEFINE_enum(f.name, default, list(choices), help_text)
+            flags.DEFINE_enum(name, default, list(choices), help_text)
         elif isinstance(default, bool):
-            flags.DEFINE_bool(f.name, default, help_text)
+            flags.DEFINE_bool(name, default, help_text)
         elif isinstance(default, int):
-            flags.DEFINE_integer(f.name, default, help_text)
+            flags.DEFINE_integer(name, default, help_text)
         elif isinstance(default, float):
-            flags.DEFINE_float(f.name, default, help_text)
+            flags.DEFINE_float(name, default, help_text)
         elif isinstance(default, tuple):
-            flags.DEFINE_list(f.name, [str(v) for v in default], help_text)
+            flags.DEFINE_list(name, [str(v) for v in default], help_text)
         else:
-            flags.DEFINE_string(f.name, default, help_text)
+            flags.DEFINE_string(name, default, help_text)
     flags.DEFINE_float(
         "time_budget",
         0.0,
         "Minutes the whole command may take: measure this machine's speed, then fit --epochs (with "
         "--low_res_epochs and --lr_warmup_steps in proportion) into them; the test set is evaluated "
         "at the end only. 0: off, the flags' own length.",
+    )
+    flags.DEFINE_bool(
+        "eval_only", False, "Score the finished run in --model_dir on the test set, train nothing."
     )
     flags.DEFINE_bool("tune", False, "Search hyperparameters with keras-tuner instead of one run.")
     flags.DEFINE_enum(
@@ -77,55 +80,82 @@ _define_flags()
 
 
 def config_from_flags() -> TrainConfig:
-    values = {}
-    for f in dataclasses.fields(TrainConfig):
-        value = FLAGS[f.name].value
-        if f.name == "lr_milestones":
-            try:
-                value = tuple(int(v) for v in value)
-            except ValueError:
-                sys.exit(f"train.py: error: --lr_milestones must be integers, got {','.join(value)}.")
-        values[f.name] = value
-    return TrainConfig(**values)
+    values = {name: FLAGS[name].value for name, _, _ in flag_fields()}
+    try:
+        values["lr_milestones"] = tuple(int(v) for v in values["lr_milestones"])
+    except ValueError:
+        raise ConfigError(
+            f"--lr_milestones must be integers, got {','.join(values['lr_milestones'])}."
+        ) from None
+    return TrainConfig.of(**values)
+
+
+def _check_command_flags() -> None:
+    if FLAGS.tune and FLAGS.time_budget:
+        raise ConfigError("--time_budget plans one run and --tune runs many: give --epochs to a search.")
+    if FLAGS.eval_only and (FLAGS.tune or FLAGS.time_budget):
+        raise ConfigError("--eval_only scores a finished run: drop --tune and --time_budget.")
+    if not FLAGS.tune_wait >= 0:
+        raise ConfigError(f"--tune_wait must be >= 0 seconds, got {FLAGS.tune_wait}.")
+    if FLAGS.max_trials is not None and FLAGS.max_trials < 1:
+        raise ConfigError(f"--max_trials must be >= 1, got {FLAGS.max_trials}.")
+
+
+def _run(cfg: TrainConfig) -> None:
+    """The one thing this command was asked to do, after its flags passed."""
+    from keras_resnet.training import budget, evaluation, procedure
+    from keras_resnet.training.rundir import RunDir
+
+    if FLAGS.eval_only:
+        evaluation.evaluate_run(cfg.run.model_dir)
+    elif FLAGS.tune:
+        from keras_resnet.tuning import searching
+
+        tune_dir = FLAGS.tune_dir or str(RunDir(cfg.run.model_dir).tuning)
+        searching.search(
+            cfg,
+            tuner=FLAGS.tuner,
+            max_trials=FLAGS.max_trials,
+            tune_dir=tune_dir,
+            search=FLAGS.search,
+            wait_for_chief=FLAGS.tune_wait,
+        )
+    else:
+        procedure.run(budget.plan(cfg, FLAGS.time_budget, started=STARTED) if FLAGS.time_budget else cfg)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         sys.exit(f"train.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.")
-    from keras_resnet import runtime, training, workarounds
-
-    runtime.quiet(FLAGS.verbosity if FLAGS["verbosity"].present else None)
-    cfg = config_from_flags()
     code = 0
     try:
-        if FLAGS.tune and FLAGS.time_budget:
-            raise ConfigError("--time_budget plans one run and --tune runs many: give --epochs to a search.")
-        if FLAGS.tune:
-            from keras_resnet import tuning
+        _check_command_flags()
+        cfg = config_from_flags()
+        if not FLAGS.eval_only:
+            cfg.check()  # bad flags are refused before TensorFlow starts
+    except ConfigError as err:
+        sys.exit(f"train.py: error: {err}")
+    from keras_resnet import runtime
 
-            tuning.search(
-                cfg,
-                tuner=FLAGS.tuner,
-                max_trials=FLAGS.max_trials,
-                tune_dir=FLAGS.tune_dir or os.path.join(cfg.model_dir, "tuning"),
-                search=FLAGS.search,
-                wait_for_chief=FLAGS.tune_wait,
-            )
-        else:
-            if FLAGS.time_budget:
-                from keras_resnet import budget
+    runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)
+    from keras_resnet.training.procedure import TrainingStopped
 
-                cfg = budget.plan(cfg, FLAGS.time_budget, started=STARTED)
-            training.run(cfg)
+    try:
+        _run(cfg)
     except ConfigError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         code = 1
-    except training.TrainingStopped as err:
+    except TrainingStopped as err:
         print(f"train.py: {err}", file=sys.stderr)
         code = err.exit_code
+    from keras_resnet import workarounds
+
     workarounds.exit_before_finalization(code)
     sys.exit(code)
 
 
 if __name__ == "__main__":
+    if HELP & set(sys.argv[1:]):  # absl's --help exits 1; asking for help is no error
+        print(__doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else FLAGS.main_module_help()))
+        sys.exit(0)
     app.run(main)

@@ -25,7 +25,9 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+from keras_resnet import runtime  # noqa: E402
+
+runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 
 # isort: split
 
@@ -34,8 +36,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_train import BATCH, WARMUP_STEPS, StepTimer, cifar_arrays  # noqa: E402
-from keras_resnet import callbacks as run_callbacks  # noqa: E402
-from keras_resnet import config, data, distribute, models, optimization  # noqa: E402
+from keras_resnet import config, data, models  # noqa: E402
+from keras_resnet.training import callbacks as run_callbacks  # noqa: E402
+from keras_resnet.training import distribution, optimization  # noqa: E402
 
 ROWS = (
     "plain keras, Keras BN",
@@ -60,7 +63,7 @@ def main() -> None:
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.precision == "bfloat16" else "float32")
 
     model_dir = tempfile.mkdtemp(prefix="ablate_train_")
-    cfg = config.TrainConfig(
+    cfg = config.TrainConfig.of(
         model="resnet20",
         batch_size=BATCH,
         train_steps=10**6,
@@ -70,7 +73,7 @@ def main() -> None:
     x, y = cifar_arrays(args.data_dir, BATCH * 40)
     arrays = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH, drop_remainder=True).prefetch(2)
     datasets = data.load("cifar10", data_dir=args.data_dir, batch_size=BATCH, seed=0, verbose=False)
-    mirrored = distribute.make_strategy("mirrored")
+    mirrored = distribution.make_strategy("mirrored")
 
     def variant(row: int):
         """(model, dataset, callbacks) with the first `row` + 1 pieces of ROWS."""
@@ -78,7 +81,7 @@ def main() -> None:
         with scope:
             model = models.build_model("resnet20", fused_bn=row >= 1)
             if row >= 5:
-                optimization.compile_model(model, cfg, total_steps=64_000)
+                optimization.compile_model(model, cfg.optim, total_steps=64_000)
             else:
                 metrics = [optimization.TopKError(1)] if row >= 4 else None
                 model.compile(

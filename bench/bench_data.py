@@ -19,13 +19,16 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+from keras_resnet import runtime  # noqa: E402
+
+runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 
 # isort: split
 
 import tensorflow as tf  # noqa: E402
 
-from keras_resnet import data, files, sources  # noqa: E402
+from keras_resnet import data, files  # noqa: E402
+from keras_resnet.data import tfds as tfds_source  # noqa: E402
 
 CIFAR_TARGET = 5_000  # img/s
 
@@ -70,7 +73,7 @@ def main() -> None:
     parser.add_argument(
         "--data_dir",
         default=None,
-        help=f"data root holding tensorflow_datasets/ and imagenette/ (default ${sources.DATA_ENV})",
+        help=f"data root holding tensorflow_datasets/ and imagenette/ (default ${tfds_source.DATA_ENV})",
     )
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=200, help="timed batches per row")
@@ -80,8 +83,8 @@ def main() -> None:
     parser.add_argument("--preview", default=None, help="write PNG grids of training views into this folder")
     args = parser.parse_args()
     if args.data_dir:
-        os.environ[sources.DATA_ENV] = args.data_dir
-    root = sources.default_tfds_dir().parent
+        os.environ[tfds_source.DATA_ENV] = args.data_dir
+    root = tfds_source.default_tfds_dir().parent
 
     rows = []
 

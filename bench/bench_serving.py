@@ -18,7 +18,9 @@ import pathlib
 import tempfile
 import time
 
-import keras_resnet  # noqa: F401  (first: TensorFlow then starts with oneDNN and quietly)
+from keras_resnet import runtime
+
+runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 
 # isort: split
 
@@ -27,7 +29,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from keras_resnet import build_model, files, serving
-from keras_resnet.preprocessing import CIFAR_RECIPE, DataInfo, eval_preprocess
+from keras_resnet.data.info import CIFAR_RECIPE, DataInfo
+from keras_resnet.data.recipes import eval_preprocess
+from keras_resnet.serving import signatures
 
 flags.DEFINE_string("model", "resnet20", "Network to export (a build_model name).")
 flags.DEFINE_enum(
@@ -115,8 +119,8 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Exporting {FLAGS.model} ({recipe}, {size}x{size}) ...", flush=True)
         served = tf.saved_model.load(str(serving.export(model, info, tmp)))
-        images_fn = served.signatures[serving.IMAGES_SIGNATURE]
-        pixels_fn = served.signatures[serving.PIXELS_UINT8_SIGNATURE]
+        images_fn = served.signatures[signatures.IMAGES_SIGNATURE]
+        pixels_fn = served.signatures[signatures.PIXELS_UINT8_SIGNATURE]
         n1, nb = FLAGS.latency_calls, FLAGS.batch_calls
         one = [encoded[i % len(encoded)] for i in range(n1)]
         runs = {

@@ -33,14 +33,17 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+from keras_resnet import runtime  # noqa: E402
+
+runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 
 # isort: split
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_resnet import config, counting, files, models, runtime, sources, training  # noqa: E402
+from keras_resnet import config, files, models, training  # noqa: E402
+from keras_resnet.data import tfds as tfds_source  # noqa: E402
 
 WARMUP_STEPS = 5  # as training.Progress: the first steps trace the graph
 BATCH = 128
@@ -49,7 +52,7 @@ BATCH = 128
 def bench_train_py(precision: str, steps: int, data_dir: str | None, **flags) -> dict:
     """`training.run` with `flags` (TrainConfig fields) on top of the benchmark's own."""
     with tempfile.TemporaryDirectory() as model_dir:
-        cfg = config.TrainConfig(
+        cfg = config.TrainConfig.of(
             model="resnet20",
             batch_size=BATCH,
             train_steps=steps,
@@ -61,7 +64,7 @@ def bench_train_py(precision: str, steps: int, data_dir: str | None, **flags) ->
             **flags,
         )
         summary = training.run(cfg, verbose=0)
-    return {"params": summary["params"], "images_per_sec": summary["images_per_sec"]}
+    return {"params": summary.params, "images_per_sec": summary.images_per_sec}
 
 
 @functools.cache
@@ -69,7 +72,7 @@ def cifar_arrays(data_dir: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` CIFAR-10 training images, roughly standardized, and labels (read once)."""
     import tensorflow_datasets as tfds
 
-    tfds_dir = data_dir or str(sources.default_tfds_dir())
+    tfds_dir = data_dir or str(tfds_source.default_tfds_dir())
     x, y = tfds.as_numpy(
         tfds.load("cifar10", split=f"train[:{n}]", batch_size=-1, as_supervised=True, data_dir=tfds_dir)
     )
@@ -109,7 +112,7 @@ def bench_plain_keras(precision: str, steps: int, data_dir: str | None) -> dict:
         )
     # Inside the steps, as training.Progress counts them.
     steady = [end - begin for begin, end in zip(timer.begins, timer.ends, strict=True)][WARMUP_STEPS:steps]
-    return {"params": counting.count(model).params, "images_per_sec": BATCH * len(steady) / sum(steady)}
+    return {"params": models.count(model).params, "images_per_sec": BATCH * len(steady) / sum(steady)}
 
 
 def bench_pytorch(precision: str, steps: int, torch_python: str) -> dict:

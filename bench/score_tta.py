@@ -19,14 +19,17 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import keras_resnet  # noqa: E402, F401  (first: TensorFlow then starts with oneDNN and quietly)
+from keras_resnet import runtime  # noqa: E402
+
+runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 
 # isort: split
 
 import keras  # noqa: E402
 
-from keras_resnet import files, models, optimization, training  # noqa: E402
+from keras_resnet import files, models, training  # noqa: E402
 from keras_resnet.config import TrainConfig  # noqa: E402
+from keras_resnet.training import optimization  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,19 +43,23 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.model_dir / name).exists():
             parser.exit(2, f"error: {args.model_dir / name} is missing: give a finished --model_dir.\n")
     cfg = TrainConfig.from_json(json.loads((args.model_dir / "config.json").read_text()))
-    strategy = training.make_strategy(cfg)
+    strategy = training.strategy_for(cfg)
     datasets = training.load_data(cfg, strategy)
-    split, batches = ("validation", datasets.validation) if cfg.validation_split else ("test", datasets.test)
+    split, batches = (
+        ("validation", datasets.validation) if cfg.data.validation_split else ("test", datasets.test)
+    )
     rows = []
-    with training.precision_policy(cfg.precision):
+    with training.precision_policy(cfg.run.precision):
         model = keras.saving.load_model(args.model_dir / "model.keras", safe_mode=True, compile=False)
         for mode in models.TTA_VIEWS:
-            scored = optimization.compile_for_evaluation(models.with_test_time_augmentation(model, mode), cfg)
+            scored = optimization.compile_for_evaluation(
+                models.with_test_time_augmentation(model, mode), cfg.optim
+            )
             start = time.perf_counter()
             result = scored.evaluate(batches, verbose=0, return_dict=True)
             seconds = round(time.perf_counter() - start, 1)
             rows.append({"tta": mode, "error": round(float(result["error"]), 4), "s": seconds})
-    print(f"{args.model_dir}: {cfg.model}, {split} split")
+    print(f"{args.model_dir}: {cfg.model.name}, {split} split")
     print(f"{'tta':<16}{'error':>8}{'seconds':>9}")
     for row in rows:
         print(f"{row['tta']:<16}{row['error']:>8.2%}{row['s']:>9.1f}")

@@ -43,15 +43,15 @@ LR, MOMENTUM, WEIGHT_DECAY, BATCH = 0.1, 0.9, 1e-4, 128
 def keras_side(args) -> None:
     """Writes init.npz (weights in PyTorch's layout), batches.npz and keras.csv."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    import keras_resnet  # noqa: F401  (first: TensorFlow then starts with oneDNN and quietly)
+    from keras_resnet import runtime
 
-    # isort: split
-
+    runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
     import keras
     import tensorflow as tf
 
-    from keras_resnet import models, optimization
+    from keras_resnet import models
     from keras_resnet.config import TrainConfig
+    from keras_resnet.training import optimization
 
     keras.utils.set_random_seed(args.seed)
     data = np.load(args.npz)
@@ -63,7 +63,7 @@ def keras_side(args) -> None:
 
     # TensorFlow's one-sided padding, as the PyTorch side's tf_padding=True (and as measured).
     model = models.build_model(f"resnet{args.depth}", padding="same")
-    optimization.compile_model(model, TrainConfig(), 64000)
+    optimization.compile_model(model, TrainConfig().optim, 64000)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     fc = model.get_layer("fc")

@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from keras_resnet import files, models, runtime, serving
+from keras_resnet.config import MAX_PIXELS, TTA
 
 flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
 flags.DEFINE_string(
@@ -22,25 +22,30 @@ flags.DEFINE_integer("version", None, "Version to write (positive integer); defa
 flags.DEFINE_integer("top_k", 5, "Number of labels in the `classes` and `class_names` outputs.")
 flags.DEFINE_integer(
     "max_pixels",
-    serving.DEFAULT_MAX_PIXELS,
+    MAX_PIXELS,
     "Encoded images declaring more pixels (height x width) are refused before decoding.",
 )
 flags.DEFINE_enum(
     "tta",
     None,
-    list(models.TTA_VIEWS),
+    list(TTA),
     "Test-time augmentation inside the SavedModel (the mean over the views); default: the run's own.",
 )
 flags.mark_flags_as_required(["model_dir", "export_base"])
 FLAGS = flags.FLAGS
+HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    runtime.quiet(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
+    from keras_resnet import files, runtime
+
+    runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
+    from keras_resnet.serving import exporting
+
     try:
-        path = serving.export_run(
+        path = exporting.export_run(
             FLAGS.model_dir,
             FLAGS.export_base,
             version=FLAGS.version,
@@ -52,10 +57,13 @@ def main(argv: list[str]) -> None:
         sys.exit(f"export.py: error: {err}")
     base, name = path.parent.resolve(), path.parent.resolve().name
     print(f"Exported {path}")
-    print(f"  signatures: {', '.join(serving.SIGNATURES)} (inputs and outputs: export/README.md)")
+    print(f"  signatures: {', '.join(exporting.SIGNATURES)} (inputs and outputs: export/README.md)")
     print(f"  serve it:   docker run --rm -p 8500:8500 -p 8501:8501 -v {base}:/models/{name} \\")
     print(f"                -e MODEL_NAME={name} tensorflow/serving")
 
 
 if __name__ == "__main__":
+    if HELP & set(sys.argv[1:]):  # absl's --help exits 1; asking for help is no error
+        print(__doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else FLAGS.main_module_help()))
+        sys.exit(0)
     app.run(main)

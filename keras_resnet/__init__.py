@@ -1,29 +1,50 @@
 """keras-resnet: the networks of "Deep Residual Learning for Image Recognition" in Keras 3.
 
-Importing the package registers every custom object a saved model refers to (the layers, the
-learning-rate schedule, the loss and the error metric), so `keras.models.load_model(path,
-safe_mode=True)` loads a `model.keras` of a training run, compiled, in a fresh process.
+    import keras_resnet as kr
+    model = kr.build_model("resnet56")          # CIFAR, 6n+2 layers, option A
+    kr.count(model).table(); kr.list_models()
+
+Importing the package imports no TensorFlow (a command reads its flags first); the names below
+load their modules on first use. `register()` registers every custom object a saved model
+refers to (the layers, the learning-rate schedule, the loss and the error metric), so that
+`keras.saving.load_model(path, safe_mode=True)` loads a run's `model.keras`: it runs on first use
+of any name here, on import of any stage package (`keras_resnet.data`, `.training`, ...), and at
+once when Keras is already imported.
 """
 
-from keras_resnet import runtime
+import sys
 
-runtime.import_tensorflow()  # before Keras imports it: without the CUDA-probe noise of CPU machines
+from keras_resnet import _lazy
 
-from keras_resnet import optimization  # noqa: E402, F401  (registers the schedule, loss and metric)
-from keras_resnet.counting import count  # noqa: E402
-from keras_resnet.layers import BatchNormalization, HorizontalFlip, Translate, ZeroPadShortcut  # noqa: E402
-from keras_resnet.models import build_model, with_test_time_augmentation  # noqa: E402
-from keras_resnet.specs import get_spec, list_models  # noqa: E402
+__version__ = "0.4.0"
 
-__all__ = [
-    "BatchNormalization",
-    "HorizontalFlip",
-    "Translate",
-    "ZeroPadShortcut",
-    "build_model",
-    "count",
-    "get_spec",
-    "list_models",
-    "with_test_time_augmentation",
-]
-__version__ = "0.3.0"
+
+def register() -> None:
+    """Registers the custom objects saved models refer to (once; imports TensorFlow)."""
+    from keras_resnet import runtime
+
+    runtime.import_tensorflow()
+    import keras_resnet.models.layers  # noqa: F401
+    import keras_resnet.training.optimization  # noqa: F401
+
+
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    {
+        "build_model": "keras_resnet.models.builder",
+        "count": "keras_resnet.models.counting",
+        "from_keras_applications": "keras_resnet.models.pretrained",
+        "get_spec": "keras_resnet.models.specs",
+        "list_models": "keras_resnet.models.specs",
+        "with_test_time_augmentation": "keras_resnet.models.tta",
+        "BatchNormalization": "keras_resnet.models.layers",
+        "HorizontalFlip": "keras_resnet.models.layers",
+        "InputNormalization": "keras_resnet.models.layers",
+        "Translate": "keras_resnet.models.layers",
+        "ZeroPadShortcut": "keras_resnet.models.layers",
+    },
+    on_load=register,
+)
+
+if "keras" in sys.modules:  # Keras is imported already: registering costs nothing more
+    register()

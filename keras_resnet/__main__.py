@@ -15,12 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shortcut", choices=["A", "B", "C"], help="default: A for CIFAR, B for ImageNet")
     parser.add_argument("--family", choices=["cifar", "imagenet"])
     parser.add_argument("--num_classes", type=int)
-    parser.add_argument("--input_size", type=int, help="square input side (default 32 or 224)")
+    parser.add_argument(
+        "--image_size", "--input_size", type=int, help="square input side (default 32 or 224), as train.py's"
+    )
     parser.add_argument("--bottleneck_stride", choices=["1x1", "3x3"], default="1x1")
     parser.add_argument("--list", action="store_true", help="list the model names and exit")
     args = parser.parse_args(argv)
 
-    from keras_resnet import build_model, count, list_models
+    from keras_resnet import build_model, count, list_models, runtime
+
+    runtime.start_command()
 
     if args.list or not args.model:
         print("\n".join(list_models()))
@@ -31,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             shortcut=args.shortcut,
             family=args.family,
             num_classes=args.num_classes,
-            input_shape=(args.input_size, args.input_size, 3) if args.input_size else None,
+            input_shape=(args.image_size, args.image_size, 3) if args.image_size else None,
             bottleneck_stride=args.bottleneck_stride,
         )
     except ValueError as err:

@@ -1,9 +1,15 @@
-"""The configuration of a training run: `TrainConfig`, its checks, and the run's length.
+"""The configuration of a training run: `TrainConfig`, four sections that flow one way.
 
-One dataclass holds every flag; `train.py` defines its absl flags from its fields, the tuner
-replaces a few fields per trial, and `reproduce` writes one per experiment run. Configuration
-flows one way: from here into `training.run`, which never changes it. Pure Python (no
-TensorFlow), so that bad flags are refused before TensorFlow starts.
+    cfg = TrainConfig.of(model="resnet20", dataset="cifar10", train_steps=64000, model_dir="runs/r20")
+    cfg.model.name, cfg.data.batch_size, cfg.optim.learning_rate, cfg.run.model_dir
+    cfg.replace(model_dir="runs/other")      # a new config; sections are frozen
+
+Every field is a flag of `train.py` (its name, or the `flag` its metadata gives), so the sections
+are the single list of flags. Each section is handed whole to its stage: `ModelConfig` to the
+model builder, `DataConfig` to `data.load_config`, `OptimConfig` to the optimizer and schedule,
+`RunConfig` to the run procedure. Nothing downstream changes a config. Pure Python (no
+TensorFlow), so that bad flags are refused before TensorFlow starts. A run's `config.json` holds
+the flags flat, as every version wrote it, so old run folders still resume.
 
 The defaults are the paper's CIFAR-10 procedure (section 4.2): batch 128, SGD with momentum 0.9,
 weight decay 1e-4, learning rate 0.1 divided by 10 at 50% and 75% of the run. Every lever of the
@@ -13,12 +19,11 @@ fast recipe (`configs/cifar10_resnet20_fast.cfg`) is off by default.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import pathlib
+from collections.abc import Iterator
 from typing import Any
 
-from keras_resnet import specs
+from keras_resnet.models import specs
 
 SCHEDULES = ("step", "cosine", "linear", "plateau", "constant")
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -26,260 +31,331 @@ DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 FLIPS = ("", "random", "alternating", "none")
 TTA = ("none", "flip", "flip_translate")
 PADDINGS = ("symmetric", "same")
+BOTTLENECK_STRIDES = ("1x1", "3x3")
+MAX_STEPS = 100_000_000  # 1,500x the paper's 64k iterations: anything longer is a typo
+SEED_RANGE = 2**32  # numpy's seeds
+OUTPUT_FLAGS = ("model_dir", "export_dir")  # where a run writes: never part of a recipe
+# A decoded image costs 3 bytes per pixel as uint8 (12 as float32): 4096^2 pixels are 50 MB, enough
+# for phone photos; a 373-byte PNG can declare 1x1,000,000 pixels and a 1.2 MB one 20000x20000.
+# What a training image or a served request may declare (export.py --max_pixels for serving).
+MAX_PIXELS = 4096 * 4096
 
 
 class ConfigError(ValueError):
     """Bad flags or an unusable output location; raised before any heavy work starts."""
 
 
-def _field(default, help: str, choices: tuple[str, ...] | None = None, operational: bool = False):
-    """A TrainConfig field; `operational` fields may change between runs sharing a --model_dir."""
-    meta = {"help": help, "choices": choices, "operational": operational}
+def option(default, help: str, choices: tuple[str, ...] | None = None, *, operational: bool = False, flag=""):
+    """A config field. `operational` fields may change between runs sharing a --model_dir; `flag`
+    names the command-line flag when it differs from the field's name."""
+    meta = {"help": help, "choices": choices, "operational": operational, "flag": flag}
     if isinstance(default, list | tuple):
         return dataclasses.field(default_factory=lambda: tuple(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Every training flag. `train.py` defines its absl flags from these fields."""
+def _fail(message: str):
+    raise ConfigError(message)
 
-    # The network (Table 1, section 4.2).
-    model: str = _field("resnet20", "resnet<depth> or plain<depth>, e.g. resnet20, plain56, resnet50.")
-    shortcut: str = _field("", "Shortcut option A, B or C; empty: the paper's default for the family.")
-    family: str = _field("", "cifar or imagenet to override the family implied by the depth.")
-    bottleneck_stride: str = _field("1x1", "Where a bottleneck block strides.", ("1x1", "3x3"))
-    zero_init_residual: bool = _field(
+
+def _check_choices(section) -> None:
+    for f in dataclasses.fields(section):
+        choices = f.metadata.get("choices")
+        value = getattr(section, f.name)
+        if choices and value not in choices:
+            valid = ", ".join(c or "(empty)" for c in choices)
+            _fail(f"--{f.metadata['flag'] or f.name}={value!r}: expected one of {valid}.")
+
+
+def _check_at_least(section, minimum: int, *names: str) -> None:
+    for name in names:
+        if getattr(section, name) < minimum:
+            _fail(f"--{name} must be >= {minimum}, got {getattr(section, name)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network (Table 1, section 4.2): handed to `models.build_model`."""
+
+    name: str = option(
+        "resnet20", "resnet<depth> or plain<depth>, e.g. resnet20, plain56, resnet50.", flag="model"
+    )
+    shortcut: str = option("", "Shortcut option A, B or C; empty: the paper's default for the family.")
+    family: str = option("", "cifar or imagenet to override the family implied by the depth.")
+    bottleneck_stride: str = option("1x1", "Where a bottleneck block strides.", BOTTLENECK_STRIDES)
+    zero_init_residual: bool = option(
         False, "Start each residual block's last BN scale at 0 (not the paper)."
     )
-    padding: str = _field(
+    padding: str = option(
         "symmetric",
         "Strided 3x3/7x7 convolutions and the max pool: symmetric as the paper's nets, or same "
         "(TensorFlow's bottom/right padding, which runs made before this flag used).",
         PADDINGS,
     )
-    sync_bn: bool = _field(False, "Synchronized batch norm: statistics over the global batch.")
-    fused_bn: bool = _field(
+    sync_bn: bool = option(False, "Synchronized batch norm: statistics over the global batch.")
+    fused_bn: bool = option(
         True, "TensorFlow's fused batch-norm kernel in training (Keras' results, faster).", operational=True
-    )
-    # The data.
-    dataset: str = _field("cifar10", "cifar10, cifar100, imagenette, imagenet2012, digits or folder:<root>.")
-    data_dir: str = _field(
-        "",
-        "TFDS data dir; default $KERAS_RESNET_DATA/tensorflow_datasets if set, else TFDS's own "
-        "($TFDS_DATA_DIR or ~/tensorflow_datasets).",
-        operational=True,
-    )
-    download: bool = _field(
-        True, "Download and prepare a missing TFDS dataset (--nodownload: fail instead).", operational=True
-    )
-    validation_split: bool = _field(False, "Hold out 10% of the training images (CIFAR: 45k/5k).")
-    image_size: int = _field(0, "Model input side; 0: the dataset's default.")
-    color_augmentation: bool = _field(False, "Colour augmentation (imagenet recipe).")
-    flip: str = _field("", "Horizontal flips; empty: random, or none for digits.", FLIPS)
-    translate: int = _field(4, "cifar recipe: random translation by up to N pixels (the paper: 4).")
-    cutout: int = _field(0, "cifar recipe: zero a random N x N square of each image; 0: off.")
-    low_res_size: int = _field(
-        0,
-        "cifar recipe: train the first --low_res_epochs on images resized to N px (fewer "
-        "multiply-adds per image, the same net); 0: off.",
-    )
-    low_res_epochs: int = _field(0, "How many epochs --low_res_size applies to, from the start.")
-    skip_corrupt: bool = _field(
-        False, "Image folders: leave corrupt or unreadable files out (with a warning) instead of stopping."
-    )
-    # Outputs.
-    model_dir: str = _field("", "Where every output goes (checkpoints, history, model).", operational=True)
-    export_dir: str = _field("", "Also export the final model for TF Serving here.", operational=True)
-    # The optimisation.
-    batch_size: int = _field(128, "Global batch size, split across all replicas.")
-    eval_batch_size: int = _field(0, "Evaluation batch size; 0: --batch_size.", operational=True)
-    train_steps: int = _field(0, "Training iterations; 0: use --epochs.")
-    epochs: int = _field(0, "Passes over the training set, when --train_steps is 0.")
-    checkpoint_steps: int = _field(0, "Evaluate, log and checkpoint every N steps; 0: every epoch.")
-    learning_rate: float = _field(0.1, "Initial (peak, with --lr_warmup_steps) learning rate.")
-    lr_schedule: str = _field("step", "Learning-rate schedule.", SCHEDULES)
-    lr_milestones: tuple[int, ...] = _field((), "Step schedule iterations; empty: 50% and 75% of the run.")
-    lr_decay: float = _field(0.1, "Factor at each milestone or plateau.")
-    lr_warmup_steps: int = _field(0, "Linear warmup from 0 to --learning_rate over N steps (any schedule).")
-    plateau_patience: int = _field(3, "plateau: evaluations without improvement before decaying.")
-    momentum: float = _field(0.9, "SGD momentum.")
-    nesterov: bool = _field(False, "Nesterov momentum.")
-    weight_decay: float = _field(1e-4, "Weight decay (L2 on convolution and classifier kernels only).")
-    label_smoothing: float = _field(0.0, "Label smoothing of the cross-entropy loss.")
-    ema_decay: float = _field(
-        0.0,
-        "Exponential moving average of the weights (BN statistics included) for evaluation, "
-        "saving and export, e.g. 0.999; 0: off.",
-    )
-    warmup: bool = _field(False, "Paper's ResNet-110 trick: lr 0.01 until training error < 80%.")
-    warmup_learning_rate: float = _field(0.01, "Learning rate during --warmup.")
-    warmup_max_steps: int = _field(400, "Warmup ends after this many steps even if error stays high.")
-    # Evaluation.
-    eval_test: bool = _field(
-        True, "Evaluate the test set at checkpoints (the paper's curves).", operational=True
-    )
-    eval_test_every: int = _field(
-        1, "Evaluate the test set at every N-th checkpoint (and the last).", operational=True
-    )
-    tta: str = _field("none", "Test-time augmentation of evaluation and export: mean over views.", TTA)
-    # How it runs.
-    distribution: str = _field("auto", "tf.distribute strategy.", DISTRIBUTIONS, True)
-    cpu_devices: int = _field(0, "Split the CPU into N logical devices (N replicas).", operational=True)
-    precision: str = _field(
-        "float32",
-        "float32, bfloat16 mixed precision, or auto: bfloat16 where the CPU/GPU measures faster in it.",
-        PRECISIONS,
-    )
-    seed: int = _field(0, "Random seed (weights, shuffling, augmentation).")
-    deterministic: bool = _field(False, "Deterministic ops and input order (slower).")
-    allow_config_change: bool = _field(
-        False, "Continue a --model_dir whose saved configuration differs.", operational=True
     )
 
     def __post_init__(self):
-        self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
-        self.shortcut = self.shortcut.strip().upper()
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        """A saved configuration. One saved before `padding` existed was built with "same"."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{"padding": "same", **{k: v for k, v in d.items() if k in names}})
-
-    def to_flags(self) -> str:
-        """The configuration as an absl flag file (`train.py --flagfile=...`)."""
-        lines = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool):
-                lines.append(f"--{'' if value else 'no'}{f.name}")
-            elif isinstance(value, tuple):
-                lines.append(f"--{f.name}={','.join(map(str, value))}")
-            else:
-                lines.append(f"--{f.name}={value}")
-        return "\n".join(lines) + "\n"
-
-    def training_fields(self) -> dict[str, Any]:
-        """The fields that define the run (a --model_dir may not silently change them)."""
-        ops_fields = {f.name for f in dataclasses.fields(self) if f.metadata.get("operational")}
-        return {k: v for k, v in self.to_json().items() if k not in ops_fields}
+        object.__setattr__(self, "shortcut", self.shortcut.strip().upper())
 
     @property
     def spec(self) -> specs.ModelSpec:
-        return specs.get_spec(self.model, self.family or None)
+        return specs.get_spec(self.name, self.family or None)
 
     @property
     def resolved_shortcut(self) -> str:
         return self.shortcut or specs.DEFAULT_SHORTCUT[self.spec.family]
 
+    def check(self) -> None:
+        try:
+            specs.get_spec(self.name, self.family or None)
+        except ValueError as err:
+            _fail(f"--model: {err}")
+        if self.shortcut:
+            try:
+                specs.check_shortcut(self.shortcut)
+            except ValueError as err:
+                _fail(f"--shortcut: {err}")
+        if self.family and self.family not in specs.FAMILIES:
+            _fail(f"--family={self.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
+        _check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The images and their augmentation: handed to `data.load_config`."""
+
+    dataset: str = option("cifar10", "cifar10, cifar100, imagenette, imagenet2012, digits or folder:<root>.")
+    data_dir: str = option(
+        "",
+        "TFDS data dir; default $KERAS_RESNET_DATA/tensorflow_datasets if set, else TFDS's own "
+        "($TFDS_DATA_DIR or ~/tensorflow_datasets).",
+        operational=True,
+    )
+    download: bool = option(
+        True, "Download and prepare a missing TFDS dataset (--nodownload: fail instead).", operational=True
+    )
+    validation_split: bool = option(False, "Hold out 10% of the training images (CIFAR: 45k/5k).")
+    image_size: int = option(0, "Model input side; 0: the dataset's default.")
+    batch_size: int = option(128, "Global batch size, split across all replicas.")
+    eval_batch_size: int = option(0, "Evaluation batch size; 0: --batch_size.", operational=True)
+    color_augmentation: bool = option(False, "Colour augmentation (imagenet recipe).")
+    flip: str = option("", "Horizontal flips; empty: random, or none for digits.", FLIPS)
+    translate: int = option(4, "cifar recipe: random translation by up to N pixels (the paper: 4).")
+    cutout: int = option(0, "cifar recipe: zero a random N x N square of each image; 0: off.")
+    low_res_size: int = option(
+        0,
+        "cifar recipe: train the first --low_res_epochs on images resized to N px (fewer "
+        "multiply-adds per image, the same net); 0: off.",
+    )
+    low_res_epochs: int = option(0, "How many epochs --low_res_size applies to, from the start.")
+    skip_corrupt: bool = option(
+        False, "Image folders: leave corrupt or unreadable files out (with a warning) instead of stopping."
+    )
+
+    def check(self, spec: specs.ModelSpec) -> None:
+        if self.batch_size <= 0:
+            _fail(f"--batch_size must be a positive integer, got {self.batch_size}.")
+        _check_at_least(self, 0, "eval_batch_size", "translate", "cutout", "low_res_size", "low_res_epochs")
+        stride = specs.total_stride(spec)
+        if self.image_size < 0 or 0 < self.image_size < stride:
+            _fail(
+                f"--image_size={self.image_size} is smaller than {spec.name}'s total stride of {stride} px: "
+                f"use at least {stride}, or 0 for the dataset's default."
+            )
+        if bool(self.low_res_size) != bool(self.low_res_epochs):
+            _fail(
+                f"--low_res_size={self.low_res_size} and --low_res_epochs={self.low_res_epochs}: give both "
+                "(e.g. --low_res_size=24 --low_res_epochs=12) or neither."
+            )
+        if 0 < self.low_res_size < stride:
+            _fail(f"--low_res_size={self.low_res_size} is below {spec.name}'s total stride ({stride} px).")
+        _check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """What is minimised and how, for how long: handed to `training.optimization`."""
+
+    train_steps: int = option(0, "Training iterations; 0: use --epochs.")
+    epochs: int = option(0, "Passes over the training set, when --train_steps is 0.")
+    learning_rate: float = option(0.1, "Initial (peak, with --lr_warmup_steps) learning rate.")
+    lr_schedule: str = option("step", "Learning-rate schedule.", SCHEDULES)
+    lr_milestones: tuple[int, ...] = option((), "Step schedule iterations; empty: 50% and 75% of the run.")
+    lr_decay: float = option(0.1, "Factor at each milestone or plateau.")
+    lr_warmup_steps: int = option(0, "Linear warmup from 0 to --learning_rate over N steps (any schedule).")
+    plateau_patience: int = option(3, "plateau: evaluations without improvement before decaying.")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(False, "Nesterov momentum.")
+    weight_decay: float = option(1e-4, "Weight decay (L2 on convolution and classifier kernels only).")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.")
+    ema_decay: float = option(
+        0.0,
+        "Exponential moving average of the weights (BN statistics included) for evaluation, "
+        "saving and export, e.g. 0.999; 0: off.",
+    )
+    warmup: bool = option(False, "Paper's ResNet-110 trick: lr 0.01 until training error < 80%.")
+    warmup_learning_rate: float = option(0.01, "Learning rate during --warmup.")
+    warmup_max_steps: int = option(400, "Warmup ends after this many steps even if error stays high.")
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+
+    def check(self) -> None:
+        _check_at_least(self, 0, "train_steps", "epochs", "lr_warmup_steps")
+        _check_at_least(self, 1, "plateau_patience", "warmup_max_steps")
+        if self.train_steps and self.epochs:
+            _fail(f"Give --train_steps ({self.train_steps}) or --epochs ({self.epochs}), not both.")
+        if not self.train_steps and not self.epochs:
+            _fail("Give the length of the run: --train_steps (iterations, e.g. 64000) or --epochs.")
+        if self.train_steps > MAX_STEPS or self.epochs > MAX_STEPS // 10:
+            _fail(f"--train_steps must be at most {MAX_STEPS:,} (--epochs {MAX_STEPS // 10:,}): a typo?")
+        finite = {k: getattr(self, k) for k in ("learning_rate", "warmup_learning_rate", "weight_decay")}
+        if not all(math.isfinite(v) for v in finite.values()):
+            _fail(f"--learning_rate, --warmup_learning_rate and --weight_decay must be finite, got {finite}.")
+        if not (self.learning_rate > 0 and self.warmup_learning_rate > 0):
+            _fail("--learning_rate and --warmup_learning_rate must be > 0.")
+        if not 0 < self.lr_decay <= 1:
+            _fail(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
+        if not self.weight_decay >= 0 or not 0 <= self.momentum < 1:
+            _fail("--weight_decay must be >= 0 and --momentum in [0, 1).")
+        if not 0 <= self.label_smoothing < 1:
+            _fail(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not 0 <= self.ema_decay < 1:
+            _fail(f"--ema_decay must be in [0, 1) (e.g. 0.999; 0 turns it off), got {self.ema_decay}.")
+        ms = list(self.lr_milestones)
+        if any(m <= 0 for m in ms) or ms != sorted(ms):
+            _fail(f"--lr_milestones must be increasing positive iterations, got {ms}.")
+        _check_choices(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where the outputs go, how the run evaluates and on what it runs: the run procedure's."""
+
+    model_dir: str = option("", "Where every output goes (checkpoints, history, model).", operational=True)
+    export_dir: str = option("", "Also export the final model for TF Serving here.", operational=True)
+    checkpoint_steps: int = option(0, "Evaluate, log and checkpoint every N steps; 0: every epoch.")
+    eval_test: bool = option(
+        True, "Evaluate the test set at checkpoints (the paper's curves).", operational=True
+    )
+    eval_test_every: int = option(
+        1, "Evaluate the test set at every N-th checkpoint (and the last).", operational=True
+    )
+    tta: str = option("none", "Test-time augmentation of evaluation and export: mean over views.", TTA)
+    distribution: str = option("auto", "tf.distribute strategy.", DISTRIBUTIONS, operational=True)
+    cpu_devices: int = option(0, "Split the CPU into N logical devices (N replicas).", operational=True)
+    precision: str = option(
+        "float32",
+        "float32, bfloat16 mixed precision, or auto: bfloat16 where the CPU/GPU measures faster in it.",
+        PRECISIONS,
+    )
+    seed: int = option(0, f"Random seed (weights, shuffling, augmentation), 0 to {SEED_RANGE - 1}.")
+    deterministic: bool = option(False, "Deterministic ops and input order (slower).")
+    allow_config_change: bool = option(
+        False, "Continue a --model_dir whose saved configuration differs.", operational=True
+    )
+
+    def check(self) -> None:
+        if not self.model_dir:
+            _fail("--model_dir is required: the directory for checkpoints, history and the final model.")
+        _check_at_least(self, 0, "checkpoint_steps", "cpu_devices")
+        _check_at_least(self, 1, "eval_test_every")
+        if not 0 <= self.seed < SEED_RANGE:
+            _fail(f"--seed must be in [0, {SEED_RANGE - 1}], got {self.seed}.")
+        _check_choices(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+def _flag_name(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or f.name
+
+
+def flag_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """(flag name, section name, field) of every flag, in the sections' order."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield _flag_name(f), section, f
+
+
+_WHERE = {flag: (section, f.name) for flag, section, f in flag_fields()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run: its network, data, optimisation and run settings."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @classmethod
+    def of(cls, **flags: Any) -> TrainConfig:
+        """The config of these flags (`model="resnet56", batch_size=64, ...`), defaults elsewhere."""
+        return cls().replace(**flags)
+
+    def replace(self, **flags: Any) -> TrainConfig:
+        """This config with some flags changed, each routed to its section."""
+        unknown = sorted(set(flags) - set(_WHERE))
+        if unknown:
+            raise TypeError(f"unknown flag(s) {', '.join(unknown)}")
+        changes: dict[str, dict[str, Any]] = {}
+        for flag, value in flags.items():
+            section, name = _WHERE[flag]
+            changes.setdefault(section, {})[name] = value
+        return dataclasses.replace(
+            self, **{s: dataclasses.replace(getattr(self, s), **c) for s, c in changes.items()}
+        )
+
+    def flags(self) -> dict[str, Any]:
+        """Every flag and its value, flat."""
+        return {flag: getattr(getattr(self, section), f.name) for flag, section, f in flag_fields()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.flags().items()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        """A saved configuration (flat flags). One saved before `padding` existed was built with "same"."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a configuration is a JSON object of flags, not {type(d).__name__}")
+        return cls.of(**{"padding": "same", **{k: v for k, v in d.items() if k in _WHERE}})
+
+    def to_flags(self, outputs: bool = True) -> str:
+        """The configuration as an absl flag file (`train.py --flagfile=...`); without `outputs`, a
+        recipe: no --model_dir or --export_dir (the user says where it writes)."""
+        lines = []
+        for flag, value in self.flags().items():
+            if not outputs and flag in OUTPUT_FLAGS:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"--{'' if value else 'no'}{flag}")
+            elif isinstance(value, tuple):
+                lines.append(f"--{flag}={','.join(map(str, value))}")
+            else:
+                lines.append(f"--{flag}={value}")
+        return "\n".join(lines) + "\n"
+
+    def training_fields(self) -> dict[str, Any]:
+        """The flags that define the run (a --model_dir may not silently change them)."""
+        operational = {flag for flag, _, f in flag_fields() if f.metadata["operational"]}
+        return {k: v for k, v in self.to_json().items() if k not in operational}
+
+    def check(self) -> None:
+        """Raises ConfigError naming the flag and the fix for every cheap-to-detect mistake."""
+        self.model.check()
+        self.data.check(self.model.spec)
+        self.optim.check()
+        self.run.check()
+
 
 def check_config(cfg: TrainConfig) -> None:
-    """Raises ConfigError naming the flag and the fix for every cheap-to-detect mistake."""
-
-    def fail(msg: str):
-        raise ConfigError(msg)
-
-    try:
-        spec = specs.get_spec(cfg.model, cfg.family or None)
-    except ValueError as err:
-        fail(f"--model: {err}")
-    if cfg.shortcut:
-        try:
-            specs.check_shortcut(cfg.shortcut)
-        except ValueError as err:
-            fail(f"--shortcut: {err}")
-    if not cfg.model_dir:
-        fail("--model_dir is required: the directory for checkpoints, history and the final model.")
-    if cfg.batch_size <= 0:
-        fail(f"--batch_size must be a positive integer, got {cfg.batch_size}.")
-    if cfg.eval_batch_size < 0:
-        fail(f"--eval_batch_size must be >= 0, got {cfg.eval_batch_size}.")
-    if cfg.train_steps < 0 or cfg.epochs < 0:
-        fail("--train_steps and --epochs must be >= 0.")
-    if cfg.train_steps and cfg.epochs:
-        fail(f"Give --train_steps ({cfg.train_steps}) or --epochs ({cfg.epochs}), not both.")
-    if not cfg.train_steps and not cfg.epochs:
-        fail("Give the length of the run: --train_steps (iterations, e.g. 64000) or --epochs.")
-    stride = specs.total_stride(spec)
-    if cfg.image_size < 0 or 0 < cfg.image_size < stride:
-        fail(
-            f"--image_size={cfg.image_size} is smaller than {cfg.model}'s total stride of {stride} px: use "
-            f"at least {stride}, or 0 for the dataset's default."
-        )
-    nonnegative = (
-        "checkpoint_steps",
-        "lr_warmup_steps",
-        "translate",
-        "cutout",
-        "cpu_devices",
-        "low_res_size",
-        "low_res_epochs",
-    )
-    for name in nonnegative:
-        if getattr(cfg, name) < 0:
-            fail(f"--{name} must be >= 0, got {getattr(cfg, name)}.")
-    if bool(cfg.low_res_size) != bool(cfg.low_res_epochs):
-        fail(
-            f"--low_res_size={cfg.low_res_size} and --low_res_epochs={cfg.low_res_epochs}: give both "
-            "(e.g. --low_res_size=24 --low_res_epochs=12) or neither."
-        )
-    if 0 < cfg.low_res_size < stride:
-        fail(f"--low_res_size={cfg.low_res_size} is smaller than {cfg.model}'s total stride of {stride} px.")
-    if cfg.eval_test_every < 1:
-        fail(f"--eval_test_every must be >= 1, got {cfg.eval_test_every}.")
-    if not (cfg.learning_rate > 0 and cfg.warmup_learning_rate > 0):
-        fail("--learning_rate and --warmup_learning_rate must be > 0.")
-    if not 0 < cfg.lr_decay <= 1:
-        fail(f"--lr_decay must be in (0, 1], got {cfg.lr_decay}.")
-    if not cfg.weight_decay >= 0 or not 0 <= cfg.momentum < 1:
-        fail("--weight_decay must be >= 0 and --momentum in [0, 1).")
-    if not 0 <= cfg.label_smoothing < 1:
-        fail(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}.")
-    if not 0 <= cfg.ema_decay < 1:
-        fail(f"--ema_decay must be in [0, 1) (e.g. 0.999; 0 turns it off), got {cfg.ema_decay}.")
-    if any(m <= 0 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(cfg.lr_milestones):
-        fail(f"--lr_milestones must be increasing positive iterations, got {list(cfg.lr_milestones)}.")
-    for name, choices in (
-        ("lr_schedule", SCHEDULES),
-        ("precision", PRECISIONS),
-        ("distribution", DISTRIBUTIONS),
-        ("bottleneck_stride", ("1x1", "3x3")),
-        ("flip", FLIPS),
-        ("tta", TTA),
-    ):
-        if getattr(cfg, name) not in choices:
-            valid = ", ".join(c or "(empty)" for c in choices)
-            fail(f"--{name}={getattr(cfg, name)!r}: expected one of {valid}.")
-    if cfg.family and cfg.family not in specs.FAMILIES:
-        fail(f"--family={cfg.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
-
-
-def check_model_dir(cfg: TrainConfig) -> bool:
-    """Checks --model_dir against the configuration saved there; True if that run already finished."""
-    path = pathlib.Path(cfg.model_dir)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--model_dir={cfg.model_dir} exists and is not a directory.")
-    saved_path = path / "config.json"
-    if not saved_path.exists():
-        return False
-    try:
-        saved = TrainConfig.from_json(json.loads(saved_path.read_text()))
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"--model_dir: cannot read {saved_path} ({err}); use a new --model_dir.") from None
-    old, new = saved.training_fields(), cfg.training_fields()
-    diff = [f"--{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
-    if diff and not cfg.allow_config_change:
-        raise ConfigError(
-            f"--model_dir={cfg.model_dir} holds a run with a different configuration ({'; '.join(diff)}): "
-            "use a new --model_dir, or pass --allow_config_change to continue it."
-        )
-    return not diff and (path / "summary.json").exists()
+    cfg.check()
 
 
 def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -288,11 +364,11 @@ def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
     Keras epochs are chunks of --checkpoint_steps iterations (default: one pass over the data);
     the last one is cut short so the run ends at exactly `total_steps`.
     """
-    total_steps = cfg.train_steps or cfg.epochs * steps_per_epoch
-    chunk = cfg.checkpoint_steps or steps_per_epoch
+    total_steps = cfg.optim.train_steps or cfg.optim.epochs * steps_per_epoch
+    chunk = cfg.run.checkpoint_steps or steps_per_epoch
     return total_steps, chunk, math.ceil(total_steps / chunk)
 
 
-def milestones(cfg: TrainConfig, total_steps: int) -> tuple[int, ...]:
+def milestones(optim: OptimConfig, total_steps: int) -> tuple[int, ...]:
     """--lr_milestones, or the paper's 32k/48k of 64k scaled to the run: 50% and 75%."""
-    return cfg.lr_milestones or (total_steps // 2, total_steps * 3 // 4)
+    return optim.lr_milestones or (total_steps // 2, total_steps * 3 // 4)

@@ -1,7 +1,8 @@
-"""The process around TensorFlow: how it starts, what a command-line run logs, which CPU it has.
+"""The process around TensorFlow: how a command starts it, what it logs, which CPU it has.
 
-Standard library only: `import_tensorflow` runs before TensorFlow is imported (`keras_resnet`
-calls it first thing), because two things are only decided at that moment:
+Standard library only. `start_command` runs in every command of this project once its flags are
+read and before TensorFlow is imported, because two things are only decided at that moment
+(a library import changes neither; a notebook sets `TF_ENABLE_ONEDNN_OPTS=1` itself):
 
 - oneDNN kernels: TensorFlow enables them by default only on x86 CPUs with AVX-512 VNNI/BF16 or
   AMX; on AVX2-only CPUs (AMD Zen 3, older Intel) they stay off although they still pay. Measured
@@ -65,36 +66,32 @@ def filtered_stderr(noise: re.Pattern = NOISE) -> Iterator[None]:
                 print("\n".join(kept), file=sys.stderr, flush=True)
 
 
-def _project_command() -> bool:
-    """Whether this process is a command of this project: train.py, bench/, export/ or `-m`."""
-    # `python -m keras_resnet[.reproduce]`: runpy imports this package while sys.argv[0] is still
-    # "-m", before the command's own code runs.
-    if sys.argv[:1] == ["-m"]:
-        return True
-    script = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not script:
-        return False
-    root = pathlib.Path(__file__).resolve().parents[1]
-    return pathlib.Path(script).resolve().parent in (root, root / "bench", root / "export")
-
-
 def import_tensorflow() -> None:
-    """Imports TensorFlow with oneDNN on and its start-up noise filtered out (once).
+    """Imports TensorFlow with its start-up noise filtered out (once); changes no environment variable.
 
     Nothing happens when TensorFlow is already imported or Keras runs on another backend.
     """
     if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    # TensorFlow reads its C++ log level once, at import: a command of this project shows C++
-    # warnings and errors only, unless --verbosity asks for more. Other importers (a notebook, a
-    # user's script) keep TensorFlow's default.
-    if _project_command() and not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with filtered_stderr():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # the CUDA probe prints here, not at import
+
+
+def start_command(verbosity: int | None = None) -> None:
+    """What a command of this project does once its flags are read, before TensorFlow starts.
+
+    oneDNN on (`TF_ENABLE_ONEDNN_OPTS=1` unless the environment says otherwise), TensorFlow's C++
+    log at warnings and errors unless `verbosity` (absl's --verbosity, when given) asks for more,
+    TensorFlow imported without its start-up noise, and the libraries' Python logs quiet (`quiet`).
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if verbosity is None or verbosity < 0:
+        # TensorFlow reads its C++ log level once, at import.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow()
+    quiet(verbosity)
 
 
 # The CPU flags that claim native bfloat16 arithmetic (a claim only: `training.resolve_precision`

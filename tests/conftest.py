@@ -1,8 +1,10 @@
-"""Shared test set-up: quiet TensorFlow, two logical CPUs, and where the real data lives.
+"""Shared test set-up: quiet TensorFlow with oneDNN on (as the commands start it), two logical CPUs,
+where the real data lives, and the tiny run most tests share.
 
 Training, export and tuning tests run on the embedded digits (real handwritten digits shipped in
 scikit-learn's wheel), so they run on any machine. Tests of CIFAR-10 and imagenette read them in
 place from `$KERAS_RESNET_DATA` (`.ci/run` points it at the CI's copy) and skip cleanly without it.
+`pytest -m "not slow"` leaves out every test that starts a process or trains more than a few steps.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # what `runtime.start_command` does for a command
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_resnet.config import TrainConfig  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The tiny run: ResNet-8 on the digits, 32 per batch, a checkpoint (and evaluation) every 10 steps.
+TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
 _EXIT_STATUS = pytest.StashKey[int]()
 DATA_ROOT = pathlib.Path(os.environ["KERAS_RESNET_DATA"]) if os.environ.get("KERAS_RESNET_DATA") else None
 
@@ -24,6 +31,11 @@ DATA_ROOT = pathlib.Path(os.environ["KERAS_RESNET_DATA"]) if os.environ.get("KER
 # in-process tests take the MirroredStrategy path that a multi-GPU machine would.
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def tiny(model_dir: str | os.PathLike, **changes) -> TrainConfig:
+    """The tiny run's config in `model_dir`, with `changes` (flag names) on top."""
+    return TrainConfig.of(**{**TINY, "model_dir": str(model_dir), **changes})
 
 
 def _data(relative: str, marker: str, what: str) -> pathlib.Path:
@@ -49,9 +61,21 @@ def imagenette_dir() -> pathlib.Path:
 def mirrored_strategy() -> tf.distribute.MirroredStrategy:
     """A two-replica strategy through the package's own factory (which keeps the collective keys
     of several strategies in one process apart), shared by the tests that only need one."""
-    from keras_resnet import distribute
+    from keras_resnet.training import distribution
 
-    return distribute.make_strategy("mirrored")
+    return distribution.make_strategy("mirrored")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(config, summary) of a finished 30-step tiny run, on 2 replicas, shared by the session.
+
+    Tests that change its folder work on a copy (`shutil.copytree(cfg.run.model_dir, ...)`).
+    """
+    from keras_resnet import training
+
+    cfg = tiny(tmp_path_factory.mktemp("tiny") / "run", train_steps=30)
+    return cfg, training.run(cfg, verbose=0)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from conftest import REPO
+
+from keras_resnet.training.rundir import RunDir
+
 BENCH = REPO / "bench" / "bench_time_to_accuracy.py"
 SCORE_TTA = REPO / "bench" / "score_tta.py"
 
@@ -35,8 +37,8 @@ def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     result = json.loads((results / "tiny.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
-    assert result["final_test_accuracy"] == round(1 - summary["test_error"], 4)  # the final model's
+    summary = RunDir(run).read_summary()
+    assert result["final_test_accuracy"] == round(1 - summary.test_error, 4)  # the final model's
     assert result["steps"] == 40 and result["extra_flags"] == ["--seed=3"]
     history = (run / "history.csv").read_text()
     assert (results / "tiny_history.csv").read_text() == history
@@ -59,7 +61,7 @@ def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     table = json.loads((results / "tta.json").read_text())
     errors = {row["tta"]: row["error"] for row in table["rows"]}
     assert table["split"] == "test" and set(errors) == {"none", "flip", "flip_translate"}
-    assert abs(errors["none"] - summary["test_error"]) <= 1e-4
+    assert abs(errors["none"] - summary.test_error) <= 1e-4
     assert all(0 <= e <= 1 for e in errors.values())
 
     # A timed run never resumes: a used --model_dir is refused in one line, before training.

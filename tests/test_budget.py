@@ -7,11 +7,11 @@ import math
 import time
 
 import pytest
+from conftest import TINY
 
-from keras_resnet import budget, training
+from keras_resnet import training
 from keras_resnet.config import ConfigError, TrainConfig
-
-TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+from keras_resnet.training import budget
 
 # The fast preset's own flags (configs/cifar10_resnet20_fast.cfg) that the plan scales.
 FAST = dict(
@@ -40,7 +40,7 @@ def test_the_plan_is_the_longest_run_that_fits_in_the_flags_proportions():
         test_examples=10_000,
         precision="float32",
     )
-    cfg = TrainConfig(**FAST)
+    cfg = TrainConfig.of(**FAST)
     assert budget.predicted_seconds(cfg, 27, speeds) == pytest.approx(1673.3, abs=0.1)
     assert budget.predicted_seconds(cfg, 28, speeds) == pytest.approx(1745.1, abs=0.1)
     # 1,700 s usable once the margin is kept free: the budget fast30e was given by hand.
@@ -66,7 +66,7 @@ def test_the_plan_is_the_longest_run_that_fits_in_the_flags_proportions():
     ],
 )
 def test_a_plan_that_cannot_hold_is_refused_before_measuring(changes, message, tmp_path):
-    cfg = TrainConfig(**{**TINY, **changes}, model_dir=str(tmp_path / "run"), epochs=3)
+    cfg = TrainConfig.of(**{**TINY, **changes}, model_dir=str(tmp_path / "run"), epochs=3)
     with pytest.raises(ConfigError, match=message):
         budget.plan(cfg, 5.0, started=time.time())
     assert not (tmp_path / "run").exists()
@@ -74,7 +74,9 @@ def test_a_plan_that_cannot_hold_is_refused_before_measuring(changes, message, t
 
 def test_probes_plan_and_a_rerun_continues_the_plan(tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "run"
-    cfg = TrainConfig(**TINY, model_dir=str(model_dir), epochs=10, lr_schedule="linear", lr_warmup_steps=20)
+    cfg = TrainConfig.of(
+        **TINY, model_dir=str(model_dir), epochs=10, lr_schedule="linear", lr_warmup_steps=20
+    )
     speeds = budget.measure(cfg)  # a real 25-step run of this config in a scratch directory
     assert speeds.full_images_per_sec > 0 and speeds.run_overhead_s > 0 and speeds.checkpoint_s >= 0
     assert speeds.low_res_images_per_sec == speeds.full_images_per_sec  # no --low_res_size
@@ -89,15 +91,18 @@ def test_probes_plan_and_a_rerun_continues_the_plan(tmp_path, monkeypatch, capsy
         budget.plan(cfg, 0.01, started=time.time())
     assert not model_dir.exists()
     planned = budget.plan(cfg, 10.0, started=time.time() - (600 - seconds))
-    steps_per_epoch = speeds.train_examples // cfg.batch_size
-    assert (planned.epochs, planned.lr_warmup_steps) == (3, 6)  # 20 of 10 epochs' steps -> 3 epochs' share
-    assert planned.eval_test_every == math.ceil(3 * steps_per_epoch / cfg.checkpoint_steps)
+    steps_per_epoch = speeds.train_examples // cfg.data.batch_size
+    assert (planned.optim.epochs, planned.optim.lr_warmup_steps) == (
+        3,
+        6,
+    )  # 20 of 10 epochs' steps -> 3 epochs' share
+    assert planned.run.eval_test_every == math.ceil(3 * steps_per_epoch / cfg.run.checkpoint_steps)
     saved = json.loads((model_dir / "budget.json").read_text())
     assert saved["minutes"] == 10.0 and saved["plan"]["epochs"] == 3
     assert "3 epochs, warmup 6 steps, the test set evaluated at the end" in capsys.readouterr().out
 
     summary = training.run(planned, verbose=0)
-    assert summary["steps"] == 3 * steps_per_epoch and summary["test_error"] is not None
+    assert summary.steps == 3 * steps_per_epoch and summary.test_error is not None
 
     # The same command again: the saved plan, not a new measurement (which would plan otherwise).
     def no_measuring(_):
@@ -106,7 +111,7 @@ def test_probes_plan_and_a_rerun_continues_the_plan(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(budget, "measure", no_measuring)
     again = budget.plan(cfg, 10.0, started=time.time())
     assert again == planned and "continuing the plan" in capsys.readouterr().out
-    assert training.run(again, verbose=0)["steps"] == summary["steps"]  # finished: nothing to do
+    assert training.run(again, verbose=0).steps == summary.steps  # finished: nothing to do
     with pytest.raises(ConfigError, match=r"planned for --time_budget=10\.0"):
         budget.plan(cfg, 20.0, started=time.time())
     (model_dir / "budget.json").unlink()

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_resnet import data, preprocessing, sources
+from keras_resnet import data
+from keras_resnet.config import DataConfig
+from keras_resnet.data import info as data_info
+from keras_resnet.data import pipeline, recipes, registry, splits, views
+from keras_resnet.data import tfds as tfds_source
 
 
 def _seed(i: int) -> tf.Tensor:
@@ -30,7 +34,7 @@ def test_cifar_augment_is_a_window_of_the_zero_padded_image_or_its_mirror():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
     mean = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
-    out = preprocessing.cifar_augment(images, mean, _seed(1), pad=2).numpy()
+    out = views.cifar_augment(images, mean, _seed(1), pad=2).numpy()
     assert out.shape == (64, 8, 8, 3) and out.dtype == np.float32
     padded = np.pad(images.astype(np.float32) - mean, [(0, 0), (2, 2), (2, 2), (0, 0)])
     seen = set()
@@ -48,8 +52,8 @@ def test_cifar_augment_is_a_window_of_the_zero_padded_image_or_its_mirror():
     assert {f for _, _, f in seen} == {False, True}
     assert {t for t, _, _ in seen} == set(range(5)) and {left for _, left, _ in seen} == set(range(5))
     # Stateless: the same seed gives the same batch, another seed another one.
-    np.testing.assert_array_equal(out, preprocessing.cifar_augment(images, mean, _seed(1), pad=2).numpy())
-    assert not np.array_equal(out, preprocessing.cifar_augment(images, mean, _seed(2), pad=2).numpy())
+    np.testing.assert_array_equal(out, views.cifar_augment(images, mean, _seed(1), pad=2).numpy())
+    assert not np.array_equal(out, views.cifar_augment(images, mean, _seed(2), pad=2).numpy())
 
 
 def test_imagenet_augment_crops_a_scaled_square_window_and_flips():
@@ -60,7 +64,7 @@ def test_imagenet_augment_crops_a_scaled_square_window_and_flips():
     image = np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.float32)
     images = np.repeat(image[None], 64, axis=0)
     scale = (40, 80)  # shorter side (96) resized to 40..80, then a 32 crop: window side 38..77
-    out = preprocessing.imagenet_augment(images, size, scale, _seed(3)).numpy()
+    out = views.imagenet_augment(images, size, scale, _seed(3)).numpy()
     assert out.shape == (64, size, size, 3)
     flips = []
     for b in range(64):
@@ -77,80 +81,78 @@ def test_imagenet_augment_crops_a_scaled_square_window_and_flips():
         flips.append(red[0, 0] > red[0, -1])
     assert 0 < sum(flips) < 64, "both flipped and unflipped crops"
     # One image at a time (images of mixed sizes) takes the same code path.
-    one = preprocessing.imagenet_augment(images[:1], size, scale, _seed(3)).numpy()
+    one = views.imagenet_augment(images[:1], size, scale, _seed(3)).numpy()
     np.testing.assert_allclose(one[0], out[0], atol=1e-4)
 
 
 def test_imagenet_augment_without_scaling_is_the_image_or_its_mirror():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8)
-    out = preprocessing.imagenet_augment(images, 24, (24, 24), _seed(4)).numpy()
+    out = views.imagenet_augment(images, 24, (24, 24), _seed(4)).numpy()
     mirrored = [not np.allclose(out[b], images[b], atol=1e-3) for b in range(16)]
     for b in range(16):
         assert np.allclose(out[b], images[b, :, ::-1] if mirrored[b] else images[b], atol=1e-3)
     assert 0 < sum(mirrored) < 16
-    unmirrored = preprocessing.imagenet_augment(images, 24, (24, 24), _seed(4), mirror=False).numpy()
+    unmirrored = views.imagenet_augment(images, 24, (24, 24), _seed(4), mirror=False).numpy()
     np.testing.assert_allclose(unmirrored, images, atol=1e-3)
 
 
 def test_pca_lighting_shifts_every_pixel_of_an_image_by_one_colour():
     rng = np.random.default_rng(2)
     images = rng.uniform(0, 255, (32, 5, 5, 3)).astype(np.float32)
-    shift = (preprocessing.pca_lighting(tf.constant(images), _seed(5)) - images).numpy()
+    shift = (views.pca_lighting(tf.constant(images), _seed(5)) - images).numpy()
     np.testing.assert_allclose(shift, np.broadcast_to(shift[:, :1, :1], shift.shape), atol=1e-3)
     # The shift is eigvec @ (alpha * eigval) * 255: solving for alpha gives N(0, 0.1) draws.
-    eigvec, eigval = np.array(preprocessing.PCA_EIGVEC), np.array(preprocessing.PCA_EIGVAL)
+    eigvec, eigval = np.array(views.PCA_EIGVEC), np.array(views.PCA_EIGVAL)
     alpha = np.linalg.solve(eigvec, shift[:, 0, 0].T).T / (eigval * 255)
     assert 0.03 < alpha.std() < 0.3
-    np.testing.assert_allclose(preprocessing.pca_lighting(tf.constant(images), _seed(5), std=0.0), images)
+    np.testing.assert_allclose(views.pca_lighting(tf.constant(images), _seed(5), std=0.0), images)
 
 
-def _info(recipe: str, size: int, resize: int, mean) -> preprocessing.DataInfo:
-    return preprocessing.DataInfo(
-        "hand", recipe, 2, ("a", "b"), size, resize, np.asarray(mean, np.float32), 10
-    )
+def _info(recipe: str, size: int, resize: int, mean) -> data_info.DataInfo:
+    return data_info.DataInfo("hand", recipe, 2, ("a", "b"), size, resize, np.asarray(mean, np.float32), 10)
 
 
 def test_ten_crop_corners_center_and_mirrors():
     rng = np.random.default_rng(3)
     mean = np.array([10.0, 20.0, 30.0], np.float32)
     images = rng.integers(0, 256, (2, 12, 16, 3)).astype(np.float32)
-    info = _info(preprocessing.IMAGENET_RECIPE, 8, 12, mean)  # shorter side already 12: no resampling
-    crops = preprocessing.ten_crop(images, info).numpy()
+    info = _info(data_info.IMAGENET_RECIPE, 8, 12, mean)  # shorter side already 12: no resampling
+    crops = recipes.ten_crop(images, info).numpy()
     assert crops.shape == (2, 10, 8, 8, 3)
     x = images - mean
     expected = [x[:, :8, :8], x[:, :8, 8:], x[:, 4:, :8], x[:, 4:, 8:], x[:, 2:10, 4:12]]
     for k, e in enumerate(expected):
         np.testing.assert_allclose(crops[:, k], e, atol=1e-4)
         np.testing.assert_allclose(crops[:, k + 5], e[:, :, ::-1], atol=1e-4)
-    np.testing.assert_allclose(crops[:, 4], preprocessing.eval_preprocess(images, info), atol=1e-4)
+    np.testing.assert_allclose(crops[:, 4], recipes.eval_preprocess(images, info), atol=1e-4)
 
 
 def test_cifar_ten_crop_center_is_the_original_view():
     rng = np.random.default_rng(4)
     mean = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
     images = rng.integers(0, 256, (3, 8, 8, 3)).astype(np.float32)
-    info = _info(preprocessing.CIFAR_RECIPE, 8, 8, mean)
-    crops = preprocessing.ten_crop(images, info).numpy()
+    info = _info(data_info.CIFAR_RECIPE, 8, 8, mean)
+    crops = recipes.ten_crop(images, info).numpy()
     np.testing.assert_allclose(crops[:, 4], images - mean, atol=1e-4)
-    np.testing.assert_allclose(crops[:, 4], preprocessing.eval_preprocess(images, info), atol=1e-4)
+    np.testing.assert_allclose(crops[:, 4], recipes.eval_preprocess(images, info), atol=1e-4)
     padded = np.pad(images - mean, [(0, 0), (4, 4), (4, 4), (0, 0)])
     np.testing.assert_allclose(crops[:, 0], padded[:, :8, :8], atol=1e-4)
     np.testing.assert_allclose(crops[:, 7], padded[:, 8:, :8][:, :, ::-1], atol=1e-4)  # bottom-left, mirrored
 
 
 def test_scale_range_and_resize_scale_with_image_size():
-    assert preprocessing.scale_range(224) == (256, 480) and preprocessing.resize_size_for(224) == 256
-    assert preprocessing.scale_range(128) == (146, 274) and preprocessing.resize_size_for(128) == 146
+    assert data_info.scale_range(224) == (256, 480) and data_info.resize_size_for(224) == 256
+    assert data_info.scale_range(128) == (146, 274) and data_info.resize_size_for(128) == 146
 
 
 def test_held_out_split_is_disjoint_stratified_and_stable():
     labels = np.repeat(np.arange(10), 5000)[np.random.default_rng(5).permutation(50_000)]
-    train, val = sources.held_out_split(labels)
+    train, val = splits.held_out_split(labels)
     assert len(train) == 45_000 and len(val) == 5_000
     assert not set(train) & set(val) and len(set(train) | set(val)) == 50_000
     np.testing.assert_array_equal(np.bincount(labels[val]), [500] * 10)
-    train2, val2 = sources.held_out_split(labels)
+    train2, val2 = splits.held_out_split(labels)
     np.testing.assert_array_equal(val, val2)
     np.testing.assert_array_equal(train, train2)
 
@@ -189,7 +191,7 @@ def test_folder_dataset_shapes_classes_and_mean(tmp_path):
         image_size=16,
         cache_dir=tmp_path / "c",
     )
-    assert ds.info.class_names == ("cat", "dog", "fox") and ds.info.recipe == preprocessing.IMAGENET_RECIPE
+    assert ds.info.class_names == ("cat", "dog", "fox") and ds.info.recipe == data_info.IMAGENET_RECIPE
     assert ds.info.train_examples == 24 and ds.test_examples == 9 and ds.steps_per_epoch == 6
     x, y = next(iter(ds.train))
     assert x.shape == (4, 16, 16, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
@@ -201,9 +203,7 @@ def test_folder_dataset_shapes_classes_and_mean(tmp_path):
     assert views.shape == (5, 10, 16, 16, 3)
     # The evaluation pipeline is eval_preprocess, image by image.
     first = next(iter(ds.test))[0][0]
-    np.testing.assert_allclose(
-        first, preprocessing.eval_preprocess(written["val"][0][None], ds.info)[0], atol=1e-3
-    )
+    np.testing.assert_allclose(first, recipes.eval_preprocess(written["val"][0][None], ds.info)[0], atol=1e-3)
 
 
 def test_folder_grayscale_jpeg_and_directory_name(tmp_path):
@@ -289,7 +289,7 @@ def test_alternating_flips_continue_their_alternation_when_a_run_resumes():
     # a parallel map may otherwise hand out a batch of the next epoch first.
     load = dict(batch_size=719, translate=0, flip="alternating", deterministic=True)
     ds = data.load("digits", **load)
-    images = sources.resolve("digits").train.images
+    images = registry.resolve("digits").train.images
     batches = list(ds.train.take(6))
     epochs = [_orientations(batches[e * 2 : e * 2 + 2], images, ds.info.mean) for e in range(3)]
     assert len(epochs[2]) > 0.9 * len(images)
@@ -398,11 +398,8 @@ def test_real_cifar10_sizes_shapes_and_mean(tfds_dir, cifar_cache):
     import tensorflow_datasets as tfds
 
     ds = data.load("cifar10", data_dir=str(tfds_dir), batch_size=128, cache_dir=cifar_cache)
-    assert (
-        ds.info.num_classes == 10
-        and len(ds.info.class_names) == 10
-        and ds.info.recipe == preprocessing.CIFAR_RECIPE
-    )
+    assert ds.info.num_classes == len(ds.info.class_names) == 10
+    assert ds.info.recipe == data_info.CIFAR_RECIPE
     assert ds.info.train_examples == 50_000 and ds.test_examples == 10_000 and ds.validation is None
     assert ds.steps_per_epoch == 50_000 // 128
     x, y = next(iter(ds.train))
@@ -429,7 +426,7 @@ def test_real_cifar10_sizes_shapes_and_mean(tfds_dir, cifar_cache):
         "cifar10", data_dir=str(tfds_dir), validation_split=True, eval_batch_size=1000, cache_dir=cifar_cache
     )
     assert split.info.train_examples == 45_000 and split.validation_examples == 5_000
-    train_idx, val_idx = sources.held_out_split(labels.astype(np.int32))
+    train_idx, val_idx = splits.held_out_split(labels.astype(np.int32))
     np.testing.assert_allclose(split.info.mean, images[train_idx].astype(np.float64).mean(axis=0), atol=1e-3)
     val_labels = np.concatenate([y.numpy() for _, y in split.validation])
     np.testing.assert_array_equal(val_labels, labels[val_idx])
@@ -470,7 +467,7 @@ def test_cifar_under_mirrored_strategy_splits_global_batches_without_warnings(
 
 
 def test_real_imagenette_from_the_shared_folder(imagenette_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(sources.DATA_ENV, str(imagenette_dir.parent))
+    monkeypatch.setenv(tfds_source.DATA_ENV, str(imagenette_dir.parent))
     ds = data.load("imagenette", batch_size=32, cache_dir=tmp_path, verbose=False)
     assert ds.info.train_examples == 9469 and ds.test_examples == 3925 and ds.info.num_classes == 10
     assert ds.info.class_names[0] == "tench" and ds.info.image_size == 128 and ds.info.resize_size == 146
@@ -486,22 +483,23 @@ def test_streamed_tfds_split_as_used_for_imagenet2012(tfds_dir, cifar_cache):
     # pipeline. The same code runs here on real CIFAR-10 records, with the ImageNet recipe at 24.
     import tensorflow_datasets as tfds
 
-    split = sources._tfds_streamed("cifar10", str(tfds_dir), "test[:300]", download=False)
+    split = tfds_source.streamed("cifar10", str(tfds_dir), "test[:300]", download=False)
     assert split.num_examples == 300
-    info = preprocessing.DataInfo(
+    info = data_info.DataInfo(
         "cifar10",
-        preprocessing.IMAGENET_RECIPE,
+        data_info.IMAGENET_RECIPE,
         10,
         tuple("abcdefghij"),
         24,
         27,
-        np.array(preprocessing.IMAGENET_MEAN),
+        np.array(data_info.IMAGENET_MEAN),
         300,
     )
-    train = data._train_dataset(split, info, 64, 0, 0, data._Augmentation(color=True), 1, 0)
+    recipe = recipes.ImagenetRecipe(DataConfig(color_augmentation=True), 24, True, "cifar10")
+    train = recipe.train(split, info, 64, 0, 0, 1, 0)
     x, y = next(iter(train))
     assert x.shape == (64, 24, 24, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
-    test = list(data._eval_dataset(split, info, 128, 1, 0))
+    test = list(pipeline._eval_dataset(split, info, 128, 1, 0))
     _, labels = tfds.as_numpy(
         tfds.load("cifar10", split="test[:300]", data_dir=str(tfds_dir), batch_size=-1, as_supervised=True)
     )

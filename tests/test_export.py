@@ -24,15 +24,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 from google.protobuf import text_format
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from keras_resnet import build_model, files, models, serving
 from keras_resnet.config import TrainConfig
-from keras_resnet.preprocessing import DataInfo, eval_preprocess
+from keras_resnet.data.info import DataInfo
+from keras_resnet.data.recipes import eval_preprocess
+from keras_resnet.serving import signatures, warmup
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
 ATOL = 1e-5
 
@@ -254,7 +256,7 @@ def test_layout_and_warmup_requests_fit_their_signatures(cifar, tmp_path):
     served = tf.saved_model.load(str(path))
     logs = [
         prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        for record in tf.data.TFRecordDataset(str(path / "assets.extra" / serving.WARMUP_FILE))
+        for record in tf.data.TFRecordDataset(str(path / "assets.extra" / warmup.WARMUP_FILE))
     ]
     assert {log.predict_log.request.model_spec.signature_name for log in logs} == set(serving.SIGNATURES)
     for log in logs:
@@ -290,7 +292,7 @@ def test_grpc_and_rest_requests_from_the_client_give_the_keras_answer(imagenette
 
     # REST: row format, one {"b64": ...} per instance under the signature's input name.
     body = json.loads(json.dumps(client.rest_body(imagenette.encoded)))
-    images = [base64.b64decode(row[serving.IMAGES]["b64"]) for row in body["instances"]]
+    images = [base64.b64decode(row[signatures.IMAGES]["b64"]) for row in body["instances"]]
     out = served.signatures[body["signature_name"]](images=tf.constant(images))
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=ATOL)
 
@@ -346,7 +348,7 @@ def test_failed_export_leaves_no_partial_version(cifar, tmp_path, monkeypatch):
         assert (path.parents[1] / "saved_model.pb").exists()  # the SavedModel is half-way written
         raise OSError("disk full")
 
-    monkeypatch.setattr(serving, "_write_warmup", failing_warmup)
+    monkeypatch.setattr(warmup, "write_requests", failing_warmup)
     with pytest.raises(OSError, match="disk full"):
         serving.export(cifar.model, cifar.info, base)
     assert seen, "the export failed before writing anything, which this test does not exercise"
@@ -449,7 +451,7 @@ def test_tta_export_serves_the_mean_over_views_and_a_run_exports_with_its_own_tt
     run.mkdir()
     cifar.model.save(run / "model.keras")
     cifar.info.save(run)
-    files.write_json(run / "config.json", TrainConfig(tta="flip").to_json())
+    files.write_json(run / "config.json", TrainConfig.of(tta="flip").to_json())
     exports = [
         (serving.export(cifar.model, cifar.info, tmp_path / "direct", tta="flip"), want),
         (serving.export_run(run, tmp_path / "run_export"), want),  # the run's own TTA

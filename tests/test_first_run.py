@@ -3,9 +3,7 @@ digits, and the README's quickstart end to end, offline."""
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -13,32 +11,34 @@ import time
 import numpy as np
 import pytest
 import requests
+from conftest import REPO
 from tensorflow_datasets.core.download import downloader
 
-from keras_resnet import data, sources, training
+from keras_resnet import data, training
 from keras_resnet.config import ConfigError, TrainConfig
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from keras_resnet.data import digits as digits_source
+from keras_resnet.data import tfds as tfds_source
+from keras_resnet.training.rundir import RunDir
 
 
 def test_data_lives_where_tfds_expects_it_unless_told_otherwise(monkeypatch, tmp_path):
-    monkeypatch.delenv(sources.DATA_ENV, raising=False)
-    monkeypatch.delenv(sources.TFDS_ENV, raising=False)
+    monkeypatch.delenv(tfds_source.DATA_ENV, raising=False)
+    monkeypatch.delenv(tfds_source.TFDS_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert sources.default_tfds_dir() == tmp_path / "home" / "tensorflow_datasets"  # TFDS's own default
-    monkeypatch.setenv(sources.TFDS_ENV, str(tmp_path / "tfds"))
-    assert sources.default_tfds_dir() == tmp_path / "tfds"
-    monkeypatch.setenv(sources.DATA_ENV, str(tmp_path / "shared"))  # this project's override
-    assert sources.default_tfds_dir() == tmp_path / "shared" / "tensorflow_datasets"
+    assert tfds_source.default_tfds_dir() == tmp_path / "home" / "tensorflow_datasets"  # TFDS's own default
+    monkeypatch.setenv(tfds_source.TFDS_ENV, str(tmp_path / "tfds"))
+    assert tfds_source.default_tfds_dir() == tmp_path / "tfds"
+    monkeypatch.setenv(tfds_source.DATA_ENV, str(tmp_path / "shared"))  # this project's override
+    assert tfds_source.default_tfds_dir() == tmp_path / "shared" / "tensorflow_datasets"
     # Nothing in the package points beside the repository (where only this project's CI keeps data).
-    for path in (REPO / "keras_resnet").glob("*.py"):
+    for path in (REPO / "keras_resnet").rglob("*.py"):
         text = path.read_text()
         # (parents[1] of a module is the checkout itself; parents[2] is beside it.)
         assert '"shared"' not in text and "../shared" not in text and "parents[2]" not in text, path
 
 
 def _offline_run(tmp_path, **changes) -> TrainConfig:
-    return TrainConfig(
+    return TrainConfig.of(
         **{"dataset": "cifar100", "data_dir": str(tmp_path / "tfds"), "model_dir": str(tmp_path / "run")},
         train_steps=1,
         **changes,
@@ -55,7 +55,7 @@ def test_download_reaches_tfds_and_a_failed_download_is_one_line(monkeypatch, tm
         raise requests.exceptions.ConnectionError(f"Failed to resolve host of {url} (no network here)")
 
     monkeypatch.setattr(downloader, "_open_url", no_network)
-    monkeypatch.setattr(sources, "_reachable", lambda host, timeout=5.0: True)
+    monkeypatch.setattr(tfds_source, "_reachable", lambda host, timeout=5.0: True)
     start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         training.run(_offline_run(tmp_path))
@@ -78,14 +78,14 @@ def test_unreachable_download_host_is_refused_before_tfds_retries(monkeypatch, t
         raise AssertionError(f"tried to download {url}")
 
     monkeypatch.setattr(downloader, "_open_url", must_not_download)
-    monkeypatch.setattr(sources, "_reachable", lambda host, timeout=5.0: False)
+    monkeypatch.setattr(tfds_source, "_reachable", lambda host, timeout=5.0: False)
     with pytest.raises(
         ConfigError, match=r"cifar100.*www\.cs\.toronto\.edu is unreachable.*--dataset=digits"
     ):
         training.run(_offline_run(tmp_path))
     # The probe itself: a closed port on the loopback answers at once.
     start = time.perf_counter()
-    assert not sources._reachable("127.0.0.1", timeout=2.0)
+    assert not tfds_source._reachable("127.0.0.1", timeout=2.0)
     assert time.perf_counter() - start < 5
 
 
@@ -111,7 +111,7 @@ def test_digits_are_embedded_split_and_resized():
     assert (info.name, info.num_classes, info.class_names) == ("digits", 10, tuple("0123456789"))
     assert (info.train_examples, ds.test_examples, info.image_size) == (1438, 359, 32)
     # A fixed, stratified 20% test split: every digit appears in both, in proportion.
-    images, labels, test_idx = sources.digits_8x8()
+    images, labels, test_idx = digits_source.digits_8x8()
     assert len(images) == 1797 and images.shape[1:] == (8, 8, 3) and images.max() == 255
     per_class = np.bincount(labels[test_idx], minlength=10) / np.bincount(labels, minlength=10)
     assert np.all(np.abs(per_class - 0.2) < 0.01)
@@ -143,6 +143,6 @@ def test_quickstart_trains_exports_and_serves_offline(tmp_path):
     assert out[-1].startswith("done: test error")
     # Quiet: no CUDA probe, no library logs or warnings, nothing on stderr at all.
     assert proc.stderr.strip() == "", proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["test_error"] < 0.3  # chance is 0.9
+    summary = RunDir(run_dir).read_summary()
+    assert summary.test_error < 0.3  # chance is 0.9
     assert (run_dir / "export" / "1" / "saved_model.pb").is_file()

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet as kr
-from keras_resnet import specs
+from keras_resnet.models import specs
 
 # Trainable parameters as the paper and torchvision count them (CIFAR: 10 classes, ImageNet: 1000).
 REFERENCE_PARAMS = {

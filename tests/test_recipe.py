@@ -11,20 +11,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY
 
-from keras_resnet import (
-    build_model,
-    callbacks,
-    config,
-    models,
-    optimization,
-    preprocessing,
-    runtime,
-    training,
-)
+from keras_resnet import build_model, config, models, runtime, training
 from keras_resnet.config import TrainConfig
-
-TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+from keras_resnet.data import digits as digits_source
+from keras_resnet.data import splits, views
+from keras_resnet.training import callbacks, checkpoints, optimization, precision, progress
 
 
 def test_linear_and_cosine_schedules_with_warmup():
@@ -37,7 +30,7 @@ def test_linear_and_cosine_schedules_with_warmup():
     step = optimization.LearningRate("step", 0.1, 100, (50,), 0.1, warmup_steps=4)
     np.testing.assert_allclose([float(step(s)) for s in (0, 3, 49, 50)], [0.025, 0.1, 0.1, 0.01], atol=1e-7)
     # The paper's schedule is untouched by default.
-    assert optimization.schedule(TrainConfig(), 64000).warmup_steps == 0
+    assert optimization.schedule(TrainConfig.of().optim, 64000).warmup_steps == 0
 
 
 def test_label_smoothing_is_the_mixture_of_cross_entropy_and_uniform():
@@ -47,10 +40,10 @@ def test_label_smoothing_is_the_mixture_of_cross_entropy_and_uniform():
     target = 0.9 * np.eye(3)[[0, 2]] + 0.1 / 3
     want = float(np.mean(-(target * np.log(probs.numpy())).sum(axis=1)))
     assert got == pytest.approx(want, rel=1e-5)
-    cfg = TrainConfig(label_smoothing=0.1, nesterov=True)
-    model = optimization.compile_model(build_model("resnet8"), cfg, 100)
+    cfg = TrainConfig.of(label_smoothing=0.1, nesterov=True)
+    model = optimization.compile_model(build_model("resnet8"), cfg.optim, 100)
     assert isinstance(model.loss, optimization.SmoothedCrossEntropy) and model.optimizer.nesterov
-    assert isinstance(optimization.loss(TrainConfig()), keras.losses.SparseCategoricalCrossentropy)
+    assert isinstance(optimization.loss(TrainConfig.of().optim), keras.losses.SparseCategoricalCrossentropy)
 
 
 def test_zero_init_residual_starts_each_block_as_its_shortcut():
@@ -64,7 +57,7 @@ def test_zero_init_residual_starts_each_block_as_its_shortcut():
 
 
 def test_weight_average_follows_its_update_rule_bn_statistics_included():
-    model = optimization.compile_model(build_model("resnet8"), TrainConfig(), 100)
+    model = optimization.compile_model(build_model("resnet8"), TrainConfig.of().optim, 100)
     model.optimizer.build(model.trainable_variables)
     average = callbacks.WeightAverage(model, decay=0.9)
     average.set_model(model)
@@ -83,7 +76,7 @@ def test_weight_average_follows_its_update_rule_bn_statistics_included():
 
 
 def test_weight_average_is_what_is_evaluated_saved_and_exported(tmp_path):
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         **TINY,
         train_steps=20,
         ema_decay=0.9,
@@ -91,16 +84,16 @@ def test_weight_average_is_what_is_evaluated_saved_and_exported(tmp_path):
         export_dir=str(tmp_path / "export"),
     )
     summary = training.run(cfg, verbose=0)
-    run = pathlib.Path(cfg.model_dir)
+    run = pathlib.Path(cfg.run.model_dir)
     manifest = json.loads((run / "checkpoints" / "state.json").read_text())
-    assert manifest["average"] == "ckpt-20.average.weights.h5" and summary["weight_average"]
+    assert manifest["average"] == "ckpt-20.average.weights.h5" and summary.weight_average
     # model.keras holds the average of the last checkpoint, not the last step's weights.
     saved = keras.models.load_model(run / "model.keras")
-    raw = optimization.compile_model(build_model("resnet8", input_shape=(32, 32, 3)), cfg, 20)
-    averaged = optimization.compile_for_evaluation(callbacks.WeightAverage(raw, decay=0.9).average, cfg)
+    raw = optimization.compile_model(build_model("resnet8", input_shape=(32, 32, 3)), cfg.optim, 20)
+    averaged = optimization.compile_for_evaluation(callbacks.WeightAverage(raw, decay=0.9).average, cfg.optim)
     with warnings.catch_warnings():  # a resume restores the average whole, without Keras' warnings
         warnings.simplefilter("error", UserWarning)
-        callbacks.Checkpointer(run / "checkpoints", average=averaged).restore(raw)
+        checkpoints.Checkpointer(run / "checkpoints", average=averaged).restore(raw)
     for s, a in zip(saved.weights, averaged.weights, strict=True):
         np.testing.assert_allclose(s.numpy(), a.numpy(), atol=1e-6)
     assert any(not np.allclose(s.numpy(), r.numpy()) for s, r in zip(saved.weights, raw.weights, strict=True))
@@ -109,10 +102,8 @@ def test_weight_average_is_what_is_evaluated_saved_and_exported(tmp_path):
 
     ds = data.load("digits", batch_size=32, eval_batch_size=1000)
     saved.compile(loss="sparse_categorical_crossentropy", metrics=[optimization.TopKError(1)])
-    assert saved.evaluate(ds.test, verbose=0, return_dict=True)["error"] == pytest.approx(
-        summary["test_error"]
-    )
-    served = tf.saved_model.load(summary["export_path"])
+    assert saved.evaluate(ds.test, verbose=0, return_dict=True)["error"] == pytest.approx(summary.test_error)
+    served = tf.saved_model.load(summary.export_path)
     x = next(iter(ds.test))[0][:4]
     pixels = x + ds.info.mean  # the serving signature takes 0-255 pixels and subtracts the mean itself
     got = served.signatures["predict_pixels"](pixels=pixels)["probabilities"].numpy()
@@ -141,24 +132,22 @@ def test_cutout_zeroes_one_square_and_alternating_flips_alternate():
     images = tf.random.uniform([16, 12, 12, 3], 1, 255)
     mean = tf.zeros([12, 12, 3])
     seed = tf.constant([3, 4], tf.int64)
-    plain = preprocessing.cifar_augment(images, mean, seed, pad=0, flips=tf.zeros([16], tf.bool)).numpy()
+    plain = views.cifar_augment(images, mean, seed, pad=0, flips=tf.zeros([16], tf.bool)).numpy()
     np.testing.assert_allclose(plain, images.numpy())  # no translation, no flip: the image itself
-    cut = preprocessing.cifar_augment(
-        images, mean, seed, pad=0, flips=tf.zeros([16], tf.bool), cutout=4
-    ).numpy()
+    cut = views.cifar_augment(images, mean, seed, pad=0, flips=tf.zeros([16], tf.bool), cutout=4).numpy()
     zeroed = np.all(cut == 0, axis=-1)
     for mask in zeroed:
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4  # one square, clipped at the borders
         assert mask.sum() == len(rows) * len(cols)
     index = tf.range(100, dtype=tf.int64)
-    flips = [preprocessing.alternating_flips(index, epoch, seed=7).numpy() for epoch in range(3)]
+    flips = [views.alternating_flips(index, epoch, seed=7).numpy() for epoch in range(3)]
     assert np.all(flips[0] != flips[1]) and np.all(flips[0] == flips[2])
     assert 30 < flips[0].sum() < 70  # which images start mirrored is mixed
 
 
 def test_evaluation_of_the_test_set_every_n_checkpoints(tmp_path):
-    cfg = TrainConfig(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
+    cfg = TrainConfig.of(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
     training.run(cfg, verbose=0)
     import csv
 
@@ -176,15 +165,15 @@ def test_precision_auto_and_the_callers_policy_survives():
     if tf.config.list_physical_devices("GPU"):
         expected = "bfloat16"
     elif claimed:  # the flag is no promise: bfloat16 only where it measured faster
-        speedup = training.bfloat16_speedup()
+        speedup = precision.bfloat16_speedup()
         assert 0.05 < speedup < 20, speedup
-        expected = "bfloat16" if speedup >= training.BFLOAT16_MIN_SPEEDUP else "float32"
+        expected = "bfloat16" if speedup >= precision.BFLOAT16_MIN_SPEEDUP else "float32"
     else:
         expected = "float32"
-    assert training.resolve_precision("auto") == expected
+    assert precision.resolve_precision("auto") == expected
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        with training.precision_policy("bfloat16") as resolved:
+        with precision.precision_policy("bfloat16") as resolved:
             assert resolved == "bfloat16" and keras.mixed_precision.global_policy().name == "mixed_bfloat16"
         assert keras.mixed_precision.global_policy().name == "mixed_float16"  # restored, not float32
     finally:
@@ -203,14 +192,14 @@ def test_new_flags_are_checked():
         ({"low_res_size": 2, "low_res_epochs": 1}, "--low_res_size"),
     ):
         with pytest.raises(config.ConfigError, match=flag):
-            config.check_config(TrainConfig(model_dir="x", train_steps=1, **changes))
+            TrainConfig.of(model_dir="x", train_steps=1, **changes).check()
 
 
 def test_alternating_flips_mirror_every_training_image_every_other_epoch():
-    from keras_resnet import data, sources
+    from keras_resnet import data
 
-    images, labels = sources._digits_images(32)
-    train = images[sources.held_out_split(labels, sources.DIGITS_TEST_FRACTION)[0]]
+    images, labels = digits_source._digits_images(32)
+    train = images[splits.held_out_split(labels, digits_source.DIGITS_TEST_FRACTION)[0]]
     keys = [im.tobytes() for im in train]
     unique = {k for k in keys if keys.count(k) == 1}
     ds = data.load(
@@ -259,7 +248,7 @@ def test_low_resolution_epochs_are_the_same_batches_resized_then_full_size():
 
 def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(tmp_path):
     # 44 steps per epoch: the first 44 at 16 px, the last 16 at 32 px.
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         **TINY,
         train_steps=60,
         low_res_size=16,
@@ -268,7 +257,7 @@ def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(
         export_dir=str(tmp_path / "export"),
     )
     summary = training.run(cfg, verbose=0)
-    assert summary["steps"] == 60 and summary["test_error"] < 0.9  # it learned, at 32 px
+    assert summary.steps == 60 and summary.test_error < 0.9  # it learned, at 32 px
     saved = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
     assert saved.input_shape == (None, 32, 32, 3)
     with pytest.raises(ValueError, match="incompatible"):  # the relaxed input check was not saved
@@ -277,7 +266,7 @@ def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(
 
     ds = data.load("digits", batch_size=32)
     x = next(iter(ds.test))[0][:4]
-    served = tf.saved_model.load(summary["export_path"]).signatures["predict_pixels"]
+    served = tf.saved_model.load(summary.export_path).signatures["predict_pixels"]
     got = served(pixels=x + ds.info.mean)["probabilities"].numpy()
     np.testing.assert_allclose(got, saved(x, training=False).numpy(), atol=1e-5)
 
@@ -285,8 +274,8 @@ def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(
 def test_the_eta_counts_the_full_size_steps_still_to_come():
     # 10 of 20 steps done in 40 s, the first 10 at a quarter of a full step's cost: 10 full steps
     # of 16 s remain, not 10 of 4 s.
-    progress = callbacks.Progress(20, 32, cheap_steps=(10, 0.25))
-    progress.began, progress.step = time.perf_counter() - 40, 10
-    assert progress.eta() == "2m40s"
-    progress.cheap_steps = (0, 1.0)
-    assert progress.eta() == "40s"
+    bar = progress.Progress(20, 32, cheap_steps=(10, 0.25))
+    bar.began, bar.step = time.perf_counter() - 40, 10
+    assert bar.eta() == "2m40s"
+    bar.cheap_steps = (0, 1.0)
+    assert bar.eta() == "40s"

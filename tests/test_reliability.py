@@ -4,7 +4,6 @@ unwritable outputs, a saved model loaded elsewhere, signals in a search. Digits 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import pathlib
@@ -17,13 +16,12 @@ import time
 
 import keras
 import pytest
+from conftest import REPO, TINY
 
 from keras_resnet import files, training
-from keras_resnet.callbacks import global_step
 from keras_resnet.config import ConfigError, TrainConfig
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+from keras_resnet.training.optimization import global_step
+from keras_resnet.training.rundir import RunDir
 
 
 def _flags(cfg: TrainConfig, path: pathlib.Path) -> list[str]:
@@ -51,7 +49,9 @@ def _checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[TrainConfig, dict]:
     """A finished 20-step run with checkpoints at 10 and 20 (in-process, 2 replicas)."""
-    cfg = TrainConfig(**TINY, train_steps=20, eval_test=False, model_dir=str(tmp_path_factory.mktemp("run")))
+    cfg = TrainConfig.of(
+        **TINY, train_steps=20, eval_test=False, model_dir=str(tmp_path_factory.mktemp("run"))
+    )
     return cfg, training.run(cfg, verbose=0)
 
 
@@ -59,10 +59,10 @@ def _unfinished_copy(finished, tmp_path) -> TrainConfig:
     """The finished run as a kill would have left it: checkpoints, no model or summary yet."""
     cfg, _ = finished
     model_dir = tmp_path / "run"
-    shutil.copytree(cfg.model_dir, model_dir)
+    shutil.copytree(cfg.run.model_dir, model_dir)
     for name in ("summary.json", "model.keras"):
         (model_dir / name).unlink()
-    return TrainConfig(**{**cfg.to_json(), "model_dir": str(model_dir)})
+    return TrainConfig.of(**{**cfg.to_json(), "model_dir": str(model_dir)})
 
 
 class _CtrlCAtStep(keras.callbacks.Callback):
@@ -78,23 +78,23 @@ class _CtrlCAtStep(keras.callbacks.Callback):
 
 
 def test_ctrl_c_during_the_last_step_finishes_the_run_then_reports_the_stop(tmp_path):
-    cfg = TrainConfig(**TINY, train_steps=12, eval_test=False, model_dir=str(tmp_path / "run"))
+    cfg = TrainConfig.of(**TINY, train_steps=12, eval_test=False, model_dir=str(tmp_path / "run"))
     with pytest.raises(training.TrainingStopped, match="after the last step: the run is complete") as stop:
         training.run(cfg, verbose=0, callbacks=[_CtrlCAtStep(12)])
     assert stop.value.exit_code == 130  # a caller running several runs stops here
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 12
+    summary = RunDir(tmp_path / "run").read_summary()
+    assert summary.steps == 12
     assert training.run(cfg, verbose=0) == summary  # finished: nothing to do
     # Even without its outputs the run is at its end: no 13th step.
     for name in ("summary.json", "model.keras"):
         (tmp_path / "run" / name).unlink()
-    assert training.run(cfg, verbose=0)["steps"] == 12
+    assert training.run(cfg, verbose=0).steps == 12
 
 
 def test_a_resumed_run_tests_where_the_uninterrupted_run_would(tmp_path):
     # Test set every 3 chunks of 10 steps: at step 30 and the last. A Ctrl-C at step 25 makes the
     # resumed chunks end at 35 and 40; the first of them at or past step 30 is the one tested.
-    cfg = TrainConfig(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
+    cfg = TrainConfig.of(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
     with pytest.raises(training.TrainingStopped):
         training.run(cfg, verbose=0, callbacks=[_CtrlCAtStep(25)])
     training.run(cfg, verbose=0)
@@ -109,7 +109,7 @@ def test_a_resumed_run_tests_where_the_uninterrupted_run_would(tmp_path):
 @pytest.mark.slow
 def test_kill_9_then_truncated_newest_checkpoint_resumes_from_the_previous_one(tmp_path):
     model_dir = tmp_path / "run"
-    cfg = TrainConfig(**TINY, train_steps=60, eval_test=False, model_dir=str(model_dir))
+    cfg = TrainConfig.of(**TINY, train_steps=60, eval_test=False, model_dir=str(model_dir))
     cmd = _flags(cfg, tmp_path / "run.cfg")
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = subprocess.Popen(cmd, **kw)
@@ -125,35 +125,35 @@ def test_kill_9_then_truncated_newest_checkpoint_resumes_from_the_previous_one(t
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert f"skipping the checkpoint of step {newest}: ckpt-{newest}.weights.h5 has" in proc.stdout
     assert "truncated" in proc.stdout
-    summary = json.loads((model_dir / "summary.json").read_text())
-    assert summary["steps"] == 60 and summary["resumed_from_step"] == newest - 10
+    summary = RunDir(model_dir).read_summary()
+    assert summary.steps == 60 and summary.resumed_from_step == newest - 10
 
 
 def test_unreadable_state_file_is_rebuilt_from_the_checkpoints(finished, tmp_path, capsys):
     for damage in ("garbage {", '{"step": 20, "weights": "ckpt-999.weights.h5", "epoch": 2}', ""):
         cfg = _unfinished_copy(finished, tmp_path / str(len(damage)))
-        (pathlib.Path(cfg.model_dir) / "checkpoints" / "state.json").write_text(damage)
+        (pathlib.Path(cfg.run.model_dir) / "checkpoints" / "state.json").write_text(damage)
         summary = training.run(cfg, verbose=0)
-        assert summary["resumed_from_step"] == 20 and summary["steps"] == 20
+        assert summary.resumed_from_step == 20 and summary.steps == 20
     assert "state.json is unreadable; rebuilt from the checkpoint files present" in capsys.readouterr().out
 
 
 def test_a_run_saved_before_the_padding_flag_resumes_only_with_its_own_padding(finished, tmp_path):
     cfg = _unfinished_copy(finished, tmp_path)
-    saved = pathlib.Path(cfg.model_dir) / "config.json"
+    saved = pathlib.Path(cfg.run.model_dir) / "config.json"
     old = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("padding", "skip_corrupt")}
     saved.write_text(json.dumps(old))  # as written before the two flags existed
     with pytest.raises(ConfigError, match="--padding: 'same' -> 'symmetric'"):
         training.run(cfg, verbose=0)
-    summary = training.run(dataclasses.replace(cfg, padding="same"), verbose=0)
-    assert summary["resumed_from_step"] == 20
-    model = keras.models.load_model(pathlib.Path(cfg.model_dir) / "model.keras")
+    summary = training.run(cfg.replace(padding="same"), verbose=0)
+    assert summary.resumed_from_step == 20
+    model = keras.models.load_model(pathlib.Path(cfg.run.model_dir) / "model.keras")
     assert not any(isinstance(layer, keras.layers.ZeroPadding2D) for layer in model.layers)
 
 
 def test_nothing_usable_left_is_one_line(finished, tmp_path):
     cfg = _unfinished_copy(finished, tmp_path)
-    for weights in (pathlib.Path(cfg.model_dir) / "checkpoints").glob("*.weights.h5"):
+    for weights in (pathlib.Path(cfg.run.model_dir) / "checkpoints").glob("*.weights.h5"):
         weights.write_bytes(b"x" * weights.stat().st_size)  # the right size, the wrong bytes
     with pytest.raises(ConfigError) as err:
         training.run(cfg, verbose=0)
@@ -166,7 +166,7 @@ def test_nothing_usable_left_is_one_line(finished, tmp_path):
 def test_second_run_on_a_model_dir_is_refused_while_the_first_finishes(tmp_path):
     model_dir = tmp_path / "run"
     # Long enough to still run while a second process starts (digits: about 5 steps a second).
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         **{**TINY, "checkpoint_steps": 25}, train_steps=400, eval_test=False, model_dir=str(model_dir)
     )
     cmd = _flags(cfg, tmp_path / "run.cfg")
@@ -191,7 +191,7 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, flag):
     blocker.write_text("")
     paths = {"model_dir": tmp_path / "run", "export_dir": tmp_path / "export"}
     paths[flag] = blocker / "inside"  # under a regular file: cannot be created (root ignores modes)
-    cfg = TrainConfig(**TINY, train_steps=10, **{k: str(v) for k, v in paths.items()})
+    cfg = TrainConfig.of(**TINY, train_steps=10, **{k: str(v) for k, v in paths.items()})
     with pytest.raises(ConfigError) as err:
         training.run(cfg, verbose=0)
     assert str(err.value).startswith(f"--{flag}={blocker / 'inside'} is not writable")
@@ -202,7 +202,7 @@ def test_export_base_that_is_a_file_is_one_line(tmp_path):
     import numpy as np
 
     from keras_resnet import build_model, serving
-    from keras_resnet.preprocessing import DataInfo
+    from keras_resnet.data.info import DataInfo
 
     base = tmp_path / "exports"
     base.write_text("")
@@ -212,7 +212,7 @@ def test_export_base_that_is_a_file_is_one_line(tmp_path):
 
 
 def test_saved_model_loads_compiled_in_a_fresh_process_that_imports_only_keras_resnet(tmp_path):
-    cfg = TrainConfig(**TINY, train_steps=10, label_smoothing=0.1, model_dir=str(tmp_path / "run"))
+    cfg = TrainConfig.of(**TINY, train_steps=10, label_smoothing=0.1, model_dir=str(tmp_path / "run"))
     training.run(cfg, verbose=0)
     script = textwrap.dedent(
         f"""
@@ -231,7 +231,7 @@ def test_saved_model_loads_compiled_in_a_fresh_process_that_imports_only_keras_r
 
 @pytest.mark.slow
 def test_search_in_the_background_stops_on_sigint_and_sigterm_and_resumes(tmp_path):
-    cfg = TrainConfig(**{**TINY, "train_steps": 40}, eval_test=False, model_dir=str(tmp_path / "run"))
+    cfg = TrainConfig.of(**{**TINY, "train_steps": 40}, eval_test=False, model_dir=str(tmp_path / "run"))
     cmd = [*_flags(cfg, tmp_path / "run.cfg"), "--tune", "--search=shortcut"]
     trials = tmp_path / "run" / "tuning" / "search"
 
@@ -278,7 +278,7 @@ def test_fewer_than_two_classes_and_too_small_images_are_refused(tmp_path):
     with pytest.raises(ValueError, match="holds 1 class folder.*at least 2 classes"):
         data.load(f"folder:{tmp_path / 'one'}", batch_size=1, cache_dir=str(tmp_path / "c"))
     for model, size, stride in (("resnet8", 3, 4), ("resnet50", 31, 32), ("resnet8", -2, 4)):
-        cfg = TrainConfig(
+        cfg = TrainConfig.of(
             **{**TINY, "model": model}, image_size=size, train_steps=1, model_dir=str(tmp_path / "r")
         )
         with pytest.raises(

@@ -21,13 +21,12 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import REPO, TINY
 
-from keras_resnet import callbacks, config, optimization, plots, training
+from keras_resnet import config, plots, training
 from keras_resnet.config import ConfigError, TrainConfig
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# Small and fast: 32 digits a step, 10 steps an "epoch", test set evaluated in big batches.
-TINY = dict(model="resnet8", dataset="digits", batch_size=32, eval_batch_size=1000, checkpoint_steps=10)
+from keras_resnet.training import callbacks, optimization
+from keras_resnet.training.rundir import RunDir
 
 
 def _history(model_dir: pathlib.Path) -> list[dict]:
@@ -45,7 +44,7 @@ def _env(**extra) -> dict:
 def finished_run(tmp_path_factory) -> tuple[TrainConfig, dict]:
     """One full in-process run: 40 steps with a held-out validation split, on 2 replicas."""
     model_dir = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         **{**TINY, "checkpoint_steps": 20},
         model_dir=str(model_dir),
         train_steps=40,
@@ -60,7 +59,7 @@ def finished_run(tmp_path_factory) -> tuple[TrainConfig, dict]:
 
 def test_run_writes_every_output(finished_run):
     cfg, summary = finished_run
-    model_dir = pathlib.Path(cfg.model_dir)
+    model_dir = pathlib.Path(cfg.run.model_dir)
     outputs = (
         "config.json",
         "flags.cfg",
@@ -82,30 +81,30 @@ def test_run_writes_every_output(finished_run):
     assert [r["lr_changes"] for r in rows] == ["", ""]  # a constant schedule never jumps
     for key in ("loss", "error", "val_loss", "val_error", "test_loss", "test_error", "lr", "images_per_sec"):
         assert all(math.isfinite(float(r[key])) for r in rows), key
-    assert float(rows[-1]["test_error"]) == pytest.approx(summary["test_error"], abs=1e-6)
+    assert float(rows[-1]["test_error"]) == pytest.approx(summary.test_error, abs=1e-6)
 
     on_disk = json.loads((model_dir / "summary.json").read_text())
-    assert on_disk == summary
+    assert on_disk == summary.to_json()
     model = keras.models.load_model(model_dir / "model.keras")
     counts = keras_resnet_count(model)
-    assert (summary["params"], summary["macs"]) == (counts.params, counts.macs)
-    assert summary["steps"] == summary["total_steps"] == 40
-    assert summary["replicas"] == 2 and summary["workers"] == 1  # conftest's 2 logical CPUs
-    assert summary["images_per_sec"] > 0 and summary["wall_time_s"] > 0
-    assert 0 < summary["test_error"] < 1 and summary["val_error"] is not None
+    assert (summary.params, summary.macs) == (counts.params, counts.macs)
+    assert summary.steps == summary.total_steps == 40
+    assert summary.replicas == 2 and summary.workers == 1  # conftest's 2 logical CPUs
+    assert summary.images_per_sec > 0 and summary.wall_time_s > 0
+    assert 0 < summary.test_error < 1 and summary.val_error is not None
     # --export_dir hands the final model to the TF Serving export: <export_dir>/<version>/.
-    exported = pathlib.Path(summary["export_path"])
+    exported = pathlib.Path(summary.export_path)
     assert exported.parent == model_dir / "export" and (exported / "saved_model.pb").is_file()
 
 
 def keras_resnet_count(model):
-    from keras_resnet import counting
+    from keras_resnet import models
 
-    return counting.count(model)
+    return models.count(model)
 
 
 def test_loss_goes_down(finished_run):
-    rows = _history(pathlib.Path(finished_run[0].model_dir))
+    rows = _history(pathlib.Path(finished_run[0].run.model_dir))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     # ln(10) is the loss of a uniform guess over 10 classes; training must get below it.
     assert float(rows[-1]["loss"]) < math.log(10)
@@ -113,15 +112,15 @@ def test_loss_goes_down(finished_run):
 
 def test_same_command_on_finished_run_does_nothing(finished_run, capsys):
     cfg, summary = finished_run
-    before = (pathlib.Path(cfg.model_dir) / "summary.json").stat().st_mtime_ns
+    before = (pathlib.Path(cfg.run.model_dir) / "summary.json").stat().st_mtime_ns
     assert training.run(cfg, verbose=0) == summary
-    assert (pathlib.Path(cfg.model_dir) / "summary.json").stat().st_mtime_ns == before
+    assert (pathlib.Path(cfg.run.model_dir) / "summary.json").stat().st_mtime_ns == before
     assert "nothing to do" in capsys.readouterr().out
 
 
 def test_model_dir_with_other_configuration_is_refused(finished_run):
     cfg, _ = finished_run
-    other = TrainConfig(**{**cfg.to_json(), "learning_rate": 0.1})
+    other = TrainConfig.of(**{**cfg.to_json(), "learning_rate": 0.1})
     with pytest.raises(ConfigError, match="--learning_rate: 0.05 -> 0.1.*--allow_config_change"):
         training.run(other)
 
@@ -129,9 +128,9 @@ def test_model_dir_with_other_configuration_is_refused(finished_run):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished_run, tmp_path):
     cfg, _ = finished_run
     model_dir = tmp_path / "run"
-    shutil.copytree(cfg.model_dir, model_dir)
+    shutil.copytree(cfg.run.model_dir, model_dir)
     # Continue the finished 40-step run with an absurd learning rate: it must diverge.
-    diverging = TrainConfig(
+    diverging = TrainConfig.of(
         **{
             **cfg.to_json(),
             "model_dir": str(model_dir),
@@ -159,7 +158,7 @@ def test_step_schedule_changes_lr_at_the_milestones():
     # lr = 0.1 * 0.1^(number of milestones reached)
     want = 0.1 * 0.1 ** np.array([sum(s >= m for m in milestones) for s in steps])
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert config.milestones(TrainConfig(), 64000) == milestones  # the paper's 32k/48k of 64k
+    assert config.milestones(TrainConfig.of().optim, 64000) == milestones  # the paper's 32k/48k of 64k
     cosine = optimization.LearningRate("cosine", 0.1, 100)
     np.testing.assert_allclose(
         [float(cosine(s)) for s in (0, 50, 100, 200)], [0.1, 0.05, 0.0, 0.0], atol=1e-7
@@ -170,11 +169,11 @@ def test_lr_applied_per_step_with_warmup():
     """The learning rate each real training step used: warmup at 0.01, then the step schedule."""
     from keras_resnet import data
 
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         model="resnet8", train_steps=12, lr_milestones=(8, 10), warmup=True, warmup_max_steps=4, model_dir="x"
     )
     ds = data.load("digits", batch_size=16)
-    model = optimization.compile_model(training.build_model(cfg, ds.info), cfg, cfg.train_steps)
+    model = optimization.compile_model(training.build_model(cfg, ds.info), cfg.optim, cfg.optim.train_steps)
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -184,7 +183,7 @@ def test_lr_applied_per_step_with_warmup():
         def on_train_batch_end(self, batch, logs=None):
             seen.append(float(logs["error"]))
 
-    control = callbacks.LearningRateControl(cfg, model.optimizer._learning_rate, verbose=False)
+    control = callbacks.LearningRateControl(cfg.optim, model.optimizer._learning_rate, verbose=False)
     model.fit(ds.train, steps_per_epoch=12, epochs=1, shuffle=False, callbacks=[control, Record()], verbose=0)
     lrs, errors = seen[0::2], seen[1::2]
     # Rule: 0.01 while warming; warming ends after the step whose running error < 0.8, or step 4.
@@ -248,7 +247,7 @@ def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monke
     On real imagenette JPEGs: a 3-class image folder of 48 training and 24 validation images taken
     from the shared copy, so that decoding and evaluation stay short.
     """
-    from keras_resnet import sources
+    from keras_resnet.data import splits
 
     root = tmp_path / "mini"
     for split, per_class in (("train", 16), ("val", 8)):
@@ -256,8 +255,8 @@ def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monke
             (root / split / wnid).mkdir(parents=True)
             for image in sorted((imagenette_dir / split / wnid).glob("*.JPEG"))[:per_class]:
                 shutil.copy(image, root / split / wnid / image.name)
-    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
-    cfg = TrainConfig(
+    monkeypatch.setenv(splits.CACHE_ENV, str(tmp_path / "cache"))
+    cfg = TrainConfig.of(
         model="resnet50",
         dataset=f"folder:{root}",
         image_size=32,  # small crops: this checks the path, not the accuracy
@@ -269,30 +268,30 @@ def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monke
         model_dir=str(tmp_path / "run"),
     )
     summary = training.run(cfg, verbose=0)
-    assert (summary["model"], summary["shortcut"]) == ("resnet50", "B")
-    assert summary["steps"] == 4 and summary["replicas"] == 2
+    assert (summary.model, summary.shortcut) == ("resnet50", "B")
+    assert summary.steps == 4 and summary.replicas == 2
     # Table 1's ResNet-50 with a 3-class classifier instead of 1000.
-    assert summary["params"] == 25_557_032 - 2048 * 997 - 997
-    assert math.isfinite(summary["test_loss"]) and 0 <= summary["test_error"] <= 1
-    assert summary["train_error"] is not None and math.isfinite(summary["train_error"])
-    assert [int(r["step"]) for r in _history(pathlib.Path(cfg.model_dir))] == [2, 4]
+    assert summary.params == 25_557_032 - 2048 * 997 - 997
+    assert math.isfinite(summary.test_loss) and 0 <= summary.test_error <= 1
+    assert summary.train_error is not None and math.isfinite(summary.train_error)
+    assert [int(r["step"]) for r in _history(pathlib.Path(cfg.run.model_dir))] == [2, 4]
 
 
 def test_sync_bn_synchronizes_every_batch_norm():
     from keras_resnet import data
 
     info = data.load("digits").info
-    plain = training.build_model(TrainConfig(model="resnet8"), info)
-    synced = training.build_model(TrainConfig(model="resnet8", sync_bn=True), info)
+    plain = training.build_model(TrainConfig.of(model="resnet8"), info)
+    synced = training.build_model(TrainConfig.of(model="resnet8", sync_bn=True), info)
     bns = [layer for layer in synced.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(layer.synchronized for layer in bns)
     assert [w.shape for w in synced.weights] == [w.shape for w in plain.weights]
 
 
 def test_mirrored_strategy_has_two_replicas():
-    strategy = training.make_strategy(TrainConfig(model_dir="x", train_steps=1))
+    strategy = training.strategy_for(TrainConfig.of(model_dir="x", train_steps=1))
     assert strategy.num_replicas_in_sync == 2
-    one = training.make_strategy(TrainConfig(model_dir="x", train_steps=1, distribution="one_device"))
+    one = training.strategy_for(TrainConfig.of(model_dir="x", train_steps=1, distribution="one_device"))
     assert one.num_replicas_in_sync == 1
 
 
@@ -311,7 +310,7 @@ def test_mirrored_strategy_has_two_replicas():
     ],
 )
 def test_bad_input_is_refused_before_any_work(changes, flag, tmp_path):
-    cfg = TrainConfig(**{**TINY, "model_dir": str(tmp_path / "run"), "train_steps": 10, **changes})
+    cfg = TrainConfig.of(**{**TINY, "model_dir": str(tmp_path / "run"), "train_steps": 10, **changes})
     with pytest.raises(ConfigError) as err:
         training.run(cfg)
     assert flag in str(err.value) and "\n" not in str(err.value)
@@ -327,23 +326,29 @@ def test_configs_parse_and_match_the_paper(tmp_path):
     for path in sorted((REPO / "configs").glob("*.cfg")):
         train.FLAGS(["train.py", f"--flagfile={path}", "--model_dir=/tmp/x"])
         cfg = train.config_from_flags()
-        config.check_config(cfg)
+        cfg.check()
+        # A preset is a recipe: where a run writes is the command's to say.
+        assert (cfg.run.model_dir, cfg.run.export_dir) == ("/tmp/x", ""), path
         seen[path.stem] = cfg
         train.FLAGS.unparse_flags()
     for depth in (20, 32, 44, 56, 110):
         cfg = seen[f"cifar10_resnet{depth}"]
-        assert (cfg.batch_size, cfg.train_steps, cfg.lr_milestones) == (128, 64000, (32000, 48000))
-        assert (cfg.learning_rate, cfg.weight_decay, cfg.momentum, cfg.warmup) == (
+        assert (cfg.data.batch_size, cfg.optim.train_steps, cfg.optim.lr_milestones) == (
+            128,
+            64000,
+            (32000, 48000),
+        )
+        assert (cfg.optim.learning_rate, cfg.optim.weight_decay, cfg.optim.momentum, cfg.optim.warmup) == (
             0.1,
             1e-4,
             0.9,
             depth == 110,
         )
     assert {f"cifar10_plain{d}" for d in (20, 32, 44, 56)} <= set(seen)
-    assert {seen[f"imagenet_resnet34_{s}"].shortcut for s in "abc"} == {"A", "B", "C"}
+    assert {seen[f"imagenet_resnet34_{s}"].model.shortcut for s in "abc"} == {"A", "B", "C"}
     for depth in (18, 50, 101, 152):
         cfg = seen[f"imagenet_resnet{depth}"]
-        assert (cfg.batch_size, cfg.train_steps, cfg.lr_schedule) == (256, 600000, "plateau")
+        assert (cfg.data.batch_size, cfg.optim.train_steps, cfg.optim.lr_schedule) == (256, 600000, "plateau")
     # A flag file written by the config reads back as the same config.
     cfg = seen["cifar10_resnet20_cpu"]
     flagfile = tmp_path / "flags.cfg"
@@ -397,7 +402,7 @@ def _wait_for_step(model_dir: pathlib.Path, step: int, proc: subprocess.Popen, t
 @pytest.mark.slow
 def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tmp_path):
     model_dir = tmp_path / "run"
-    cfg = TrainConfig(**TINY, model_dir=str(model_dir), train_steps=50, eval_test=False, seed=3)
+    cfg = TrainConfig.of(**TINY, model_dir=str(model_dir), train_steps=50, eval_test=False, seed=3)
     flagfile = tmp_path / "run.cfg"
     flagfile.write_text(cfg.to_flags())
     cmd = _train_cmd(f"--flagfile={flagfile}", "--cpu_devices=2")  # MirroredStrategy, 2 replicas
@@ -423,9 +428,9 @@ def test_ctrl_c_then_kill_9_then_resume_finishes_all_steps(tmp_path):
     # Once more: resumes from the last checkpoint and stops at exactly 50 steps.
     proc = subprocess.run(cmd, **run_kw, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    summary = json.loads((model_dir / "summary.json").read_text())
-    assert summary["resumed_from_step"] >= killed_at
-    assert summary["steps"] == summary["total_steps"] == 50 and summary["replicas"] == 2
+    summary = RunDir(model_dir).read_summary()
+    assert summary.resumed_from_step >= killed_at
+    assert summary.steps == summary.total_steps == 50 and summary.replicas == 2
     steps = [int(r["step"]) for r in _history(model_dir)]
     assert steps == sorted(set(steps)) and steps[-1] == 50
     assert interrupted in steps and killed_at in steps
@@ -470,9 +475,9 @@ def test_two_worker_cluster_trains_and_only_the_chief_writes(tmp_path):
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for proc, out in zip(procs, outs, strict=True):
         assert proc.returncode == 0, out[-4000:]
-    summary = json.loads((dirs[0] / "summary.json").read_text())
+    summary = RunDir(dirs[0]).read_summary()
     # MultiWorkerMirroredStrategy uses one CPU device per worker.
-    assert (summary["workers"], summary["replicas"], summary["steps"]) == (2, 2, 6)
+    assert (summary.workers, summary.replicas, summary.steps) == (2, 2, 6)
     assert [int(r["step"]) for r in _history(dirs[0])] == [3, 6]
     assert (dirs[0] / "model.keras").is_file()
     assert not dirs[1].exists(), sorted(p.name for p in dirs[1].rglob("*"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import pathlib
@@ -13,12 +12,12 @@ import sys
 import keras
 import keras_tuner
 import pytest
+from conftest import REPO
 
 from keras_resnet import build_model, count, training, tuning
 from keras_resnet.config import ConfigError, TrainConfig
-from keras_resnet.layers import ZeroPadShortcut
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from keras_resnet.models.layers import ZeroPadShortcut
+from keras_resnet.tuning import cluster
 
 
 def tiny_config(model_dir, **overrides) -> TrainConfig:
@@ -32,7 +31,7 @@ def tiny_config(model_dir, **overrides) -> TrainConfig:
         train_steps=2,
         distribution="one_device",
     )
-    return TrainConfig(**{**fields, **overrides})
+    return TrainConfig.of(**{**fields, **overrides})
 
 
 def shortcut_of(model: keras.Model) -> str:
@@ -88,7 +87,7 @@ def read_csv(path) -> list[dict[str, str]]:
     ],
 )
 def test_bad_search_space_is_refused_before_any_work(tmp_path, search, match):
-    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    cfg = TrainConfig.of(model="resnet8", model_dir=str(tmp_path), train_steps=2)
     with pytest.raises(ConfigError, match=match):
         tuning.search(cfg, search=search)
     assert not (tmp_path / "tuning").exists()
@@ -97,7 +96,7 @@ def test_bad_search_space_is_refused_before_any_work(tmp_path, search, match):
 def test_search_whose_data_fails_to_load_records_no_settings(tmp_path):
     # The corrected command must not then be refused as "a search with other settings".
     missing = tmp_path / "no_images"
-    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2, dataset=f"folder:{missing}")
+    cfg = TrainConfig.of(model="resnet8", model_dir=str(tmp_path), train_steps=2, dataset=f"folder:{missing}")
     with pytest.raises(ConfigError, match="no_images"):
         tuning.search(cfg)
     assert not (tuning.default_tune_dir(cfg) / "search.json").exists()
@@ -112,19 +111,19 @@ def test_search_whose_data_fails_to_load_records_no_settings(tmp_path):
     ],
 )
 def test_bad_tuner_or_max_trials_is_refused(tmp_path, kwargs, match):
-    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    cfg = TrainConfig.of(model="resnet8", model_dir=str(tmp_path), train_steps=2)
     with pytest.raises(ConfigError, match=match):
         tuning.search(cfg, **kwargs)
 
 
 def test_shortcut_search_on_a_plain_net_says_what_to_do():
-    cfg = TrainConfig(model="plain20", model_dir="unused", train_steps=2)
+    cfg = TrainConfig.of(model="plain20", model_dir="unused", train_steps=2)
     with pytest.raises(ValueError, match="--model=resnet20, or add `plain`"):
         tuning.make_space(cfg, ["shortcut"])
 
 
 def test_space_puts_the_configured_value_first_and_counts_plain_nets_once():
-    cfg = TrainConfig(model="resnet32", learning_rate=0.3, model_dir="unused", train_steps=2)
+    cfg = TrainConfig.of(model="resnet32", learning_rate=0.3, model_dir="unused", train_steps=2)
     space = tuning.make_space(cfg, ["plain", "shortcut", "depth", "learning_rate", "weight_decay=1e-4/0"])
     assert space["depth"][0] == 32 and set(space["depth"]) == {20, 32, 44, 56, 110}
     assert space["learning_rate"][0] == 0.3
@@ -135,19 +134,23 @@ def test_space_puts_the_configured_value_first_and_counts_plain_nets_once():
 
 
 def test_trial_values_become_training_flags():
-    cfg = TrainConfig(model="resnet20", model_dir="unused", train_steps=2)
+    cfg = TrainConfig.of(model="resnet20", model_dir="unused", train_steps=2)
     trial = tuning.apply_values(cfg, {"shortcut": "C", "depth": 56, "learning_rate": 0.05})
-    assert (trial.model, trial.resolved_shortcut, trial.learning_rate) == ("resnet56", "C", 0.05)
-    assert trial.weight_decay == cfg.weight_decay  # not searched: as configured
+    assert (trial.model.name, trial.model.resolved_shortcut, trial.optim.learning_rate) == (
+        "resnet56",
+        "C",
+        0.05,
+    )
+    assert trial.optim.weight_decay == cfg.optim.weight_decay  # not searched: as configured
     # 50 = 6*8+2 is a CIFAR depth too: the trial must not turn into the ImageNet ResNet-50.
-    assert tuning.apply_values(cfg, {"depth": 50}).spec.family == "cifar"
-    assert tuning.apply_values(cfg, {"plain": True}).spec.residual is False
+    assert tuning.apply_values(cfg, {"depth": 50}).model.spec.family == "cifar"
+    assert tuning.apply_values(cfg, {"plain": True}).model.spec.residual is False
 
 
 def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
     # 1,000 iterations in checkpoint intervals of 300: Hyperband's longest budget is 4 intervals
     # (rounded up); those trials must stop at 1,000, not 1,200; shorter ones run whole intervals.
-    cfg = TrainConfig(model="resnet8", model_dir=str(tmp_path), train_steps=1000, checkpoint_steps=300)
+    cfg = TrainConfig.of(model="resnet8", model_dir=str(tmp_path), train_steps=1000, checkpoint_steps=300)
     hypermodel = tuning.ResNetHyperModel(cfg, tuning.make_space(cfg, ["shortcut"]))
     kt = tuning.make_tuner(
         hypermodel, "hyperband", max_trials=None, directory=tmp_path, run_steps=(1000, 300)
@@ -157,7 +160,7 @@ def test_hyperband_trials_stop_at_the_configured_run_length(tmp_path):
         hypermodel.build(hp)
         hp.values["tuner/epochs"] = epochs
         trial = keras_tuner.engine.trial.Trial(hp, trial_id=f"t{epochs}")
-        assert kt.trial_config(trial).train_steps == steps
+        assert kt.trial_config(trial).optim.train_steps == steps
 
 
 def test_hyperband_over_a_space_smaller_than_its_first_round_is_refused(tmp_path):
@@ -281,7 +284,7 @@ def test_a_reloaded_oracle_does_not_retry_the_last_ended_trial(tmp_path):
     assert again.oracle._retry_queue == []  # keras-tuner's reload queued trial 2 again
     # A random search ends short of --max_trials: only the chief's record says it is over.
     assert not again._all_trials_ended()
-    (pathlib.Path(again.project_dir) / tuning._ENDED).write_text('{"max_trials": 10}')
+    (pathlib.Path(again.project_dir) / cluster.SEARCH_ENDED).write_text('{"max_trials": 10}')
     assert again._all_trials_ended() and not tuner(12)._all_trials_ended()
 
 
@@ -380,7 +383,7 @@ def test_interrupted_search_under_mirrored_strategy_resumes_without_repeating_fi
     settings.write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="--padding: 'same' -> 'symmetric'"):
         tuning.search(cfg, callbacks=[Recorder(fits)])  # it was built with the old padding
-    again = tuning.search(dataclasses.replace(cfg, padding="same"), callbacks=[Recorder(fits)])
+    again = tuning.search(cfg.replace(padding="same"), callbacks=[Recorder(fits)])
     assert len(Recorder(fits).fits()) == 4
     assert again.best_trial == result.best_trial
 

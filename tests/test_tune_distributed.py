@@ -14,8 +14,10 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from keras_resnet.training.rundir import RunDir
+
 pytestmark = pytest.mark.slow
 
 
@@ -101,8 +103,8 @@ def test_a_killed_worker_comes_back_and_its_trial_resumes(tmp_path):
     out = again.communicate(timeout=900)[0]
     assert again.returncode == 0, out[-4000:]
     assert chief.communicate(timeout=120)[0] and chief.returncode == 0
-    summary = json.loads((search / interrupted / "summary.json").read_text())
-    assert summary["resumed_from_step"] >= 20 and summary["steps"] == 60  # continued, not restarted
+    summary = RunDir(search / interrupted).read_summary()
+    assert summary.resumed_from_step >= 20 and summary.steps == 60  # continued, not restarted
     assert sorted(_trials(tmp_path)) == ["A", "B", "C"]
 
 

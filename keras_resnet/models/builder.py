@@ -7,12 +7,18 @@ sixth block of the third stage; `_0_` marks the shortcut branch.
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import TYPE_CHECKING, Literal
 
 import keras
 
-from keras_resnet import specs, workarounds
-from keras_resnet.layers import BatchNormalization, HorizontalFlip, Translate, ZeroPadShortcut
+from keras_resnet import workarounds
+from keras_resnet.models import specs
+from keras_resnet.models.layers import BatchNormalization, ZeroPadShortcut
+
+if TYPE_CHECKING:
+    from keras_resnet.config import ModelConfig
+    from keras_resnet.models.pretrained import Weights
 
 BN_MOMENTUM = 0.9  # PyTorch's 0.1 in Keras' convention; Caffe-era implementations use the same.
 BN_EPSILON = 1e-5
@@ -124,12 +130,17 @@ class _Factory:
         return keras.layers.Activation("relu", name=name + "_out")(y)
 
 
+POOLINGS = (None, "avg", "max")
+
+
 def build_model(
     name: str,
     *,
     shortcut: str | None = None,
     num_classes: int | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    include_top: bool = True,
+    pooling: Literal["avg", "max"] | None = None,
     weight_decay: float = 1e-4,
     family: str | None = None,
     bottleneck_stride: Literal["1x1", "3x3"] = "1x1",
@@ -138,6 +149,7 @@ def build_model(
     fused_bn: bool = True,
     zero_init_residual: bool = False,
     padding: Literal["symmetric", "same"] = "symmetric",
+    weights: str | os.PathLike | Weights | None = None,
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -147,7 +159,13 @@ def build_model(
         shortcut: "A" (identity, zero-padded channels), "B" (projection where the shape changes)
             or "C" (projection everywhere); default A for CIFAR, B for ImageNet. Ignored by plain nets.
         num_classes: classifier width; default 10 (CIFAR) or 1000 (ImageNet).
-        input_shape: (height, width, channels); default 32x32x3 or 224x224x3.
+        input_shape: (height, width, channels); default 32x32x3 or 224x224x3. Without the top,
+            (None, None, 3) takes any size.
+        include_top: end in the classifier (global average pool, fully connected, softmax); False
+            ends in the last stage's feature map (`conv5_block3_out` for ResNet-50), or its
+            pooled vector with `pooling`, as Keras Applications' backbones.
+        pooling: without the top: "avg" (`avg_pool`) or "max" (`max_pool`) over the last feature
+            map, or None for the map itself.
         weight_decay: SGD weight decay applied as an L2 penalty on kernels; 0 disables it.
         family: "cifar" or "imagenet" to override the family implied by the depth.
         bottleneck_stride: "1x1" puts a bottleneck's stride on its first 1x1 convolution as the
@@ -157,83 +175,129 @@ def build_model(
             only); by default each replica normalises with its own share of the batch, as the
             paper's multi-GPU training did. Moving statistics are averaged across replicas either way.
         fused_bn: train batch norm with TensorFlow's fused kernel where it applies (see
-            `keras_resnet.layers.BatchNormalization`); False keeps Keras' own computation.
+            `keras_resnet.models.layers.BatchNormalization`); False keeps Keras' own computation.
         zero_init_residual: start the last BN scale of every residual block at 0, so that each
             block starts as its shortcut (not in the paper; plain nets are unaffected).
         padding: of the strided 3x3 and 7x7 convolutions and the stem's max pool: "symmetric"
             pads every side as the paper's nets (and Keras Applications' stem) do; "same" is
             TensorFlow's bottom-and-right padding, which this package used before 0.3 (a run's
             config.json without `padding` was made with it). Shapes and counts are the same.
+        weights: None (random initialization); "imagenet" (Keras Applications' ResNet-50/101/152,
+            fetched once into Keras' cache) or "cifar10" (the nets shipped here), both taking raw
+            RGB pixels (0-255) with their input normalization inside; or the path of a
+            `.weights.h5` file of a network built alike, loaded as it is. See `models.pretrained`.
 
     Returns:
         A `keras.Model` named after the network.
     """
     spec = specs.get_spec(name, family)
     option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
+    _check_arguments(bottleneck_stride, padding, weight_decay, include_top, pooling)
+    num_classes = spec.default_num_classes if num_classes is None else num_classes
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    # Before any layer is built: refusals and a missing download cost no graph.
+    source = _weights(weights, spec, option, bottleneck_stride, padding, include_top, num_classes)
+    f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding)
+    blocks = sum(repeats for _, _, repeats in spec.stages)
+    # ResNet-1202 is about 2,000 nodes deep: more than Keras' recursive graph walk allows by default.
+    with workarounds.recursion_limit(1000 + 12 * blocks):
+        inputs = keras.Input(shape=tuple(input_shape or spec.default_input_shape), name="image")
+        x = source.normalize(inputs) if source is not None else inputs
+        x = _body(f, spec, x, option, bottleneck_stride)
+        x = _top(f, x, include_top, pooling, num_classes, classifier_activation)
+        # A CIFAR net whose depth is also in Table 1 (50, 152) must not share the ImageNet net's name.
+        clash = spec.family == specs.CIFAR and spec.depth in specs.IMAGENET_SPECS
+        model = keras.Model(inputs, x, name=f"cifar_{spec.name}" if clash else spec.name)
+    if source is not None:
+        source.load(model)
+    return model
+
+
+def _weights(weights, spec: specs.ModelSpec, option, bottleneck_stride, padding, include_top, num_classes):
+    """`build_model`'s `weights` resolved (`pretrained.Weights`), or None for random initialization."""
+    if weights is None:
+        return None
+    from keras_resnet.models import pretrained  # here: `pretrained` builds its networks with this module
+
+    return pretrained.resolve(
+        weights,
+        spec,
+        shortcut=option,
+        bottleneck_stride=bottleneck_stride,
+        padding=padding,
+        include_top=include_top,
+        num_classes=num_classes,
+    )
+
+
+def _top(f: _Factory, x, include_top: bool, pooling: str | None, num_classes: int, activation: str | None):
+    """The classifier (global average pool, fully connected, `activation`), or the backbone's pooling."""
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(num_classes, kernel_regularizer=f.regularizer, name="fc")(x)
+        if activation:
+            # float32 so that mixed-precision training computes the loss on float32 probabilities.
+            x = keras.layers.Activation(activation, dtype="float32", name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def build_from_config(
+    config: ModelConfig,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    weight_decay: float,
+    weights: str | os.PathLike | None = None,
+) -> keras.Model:
+    """The network of a run's `ModelConfig` (`--model`, `--shortcut`, ...), with `weights` as
+    `build_model` takes them."""
+    return build_model(
+        config.name,
+        shortcut=config.resolved_shortcut,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        weight_decay=weight_decay,
+        family=config.family or None,
+        bottleneck_stride=config.bottleneck_stride,
+        sync_bn=config.sync_bn,
+        fused_bn=config.fused_bn,
+        zero_init_residual=config.zero_init_residual,
+        padding=config.padding,
+        weights=weights,
+    )
+
+
+def _check_arguments(bottleneck_stride, padding, weight_decay, include_top, pooling) -> None:
     if bottleneck_stride not in ("1x1", "3x3"):
         raise ValueError(f"bottleneck_stride must be '1x1' or '3x3', got {bottleneck_stride!r}.")
     if padding not in ("symmetric", "same"):
         raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}.")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
-    num_classes = spec.default_num_classes if num_classes is None else num_classes
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    input_shape = tuple(input_shape or spec.default_input_shape)
-
-    blocks = sum(repeats for _, _, repeats in spec.stages)
-    # ResNet-1202 is about 2,000 nodes deep: more than Keras' recursive graph walk allows by default.
-    with workarounds.recursion_limit(1000 + 12 * blocks):
-        f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding)
-        inputs = keras.Input(shape=input_shape, name="image")
-        if spec.family == specs.CIFAR:
-            x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")
-        else:
-            x = f.conv_bn(inputs, 64, 7, 2, "conv1")
-            # Zeros pad the pool as well as -inf would: its input comes out of a ReLU.
-            x, pool_padding = f.pad(x, 3, 2, "pool1_pad")
-            x = keras.layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool1")(x)
-        for stage, (block, filters, repeats) in enumerate(spec.stages):
-            for b in range(repeats):
-                # The first stage keeps the resolution (the ImageNet stem already pooled).
-                strides = 2 if (b == 0 and stage > 0) else 1
-                name = f"conv{stage + 2}_block{b + 1}"
-                x = f.block(x, block, filters, strides, spec.residual, option, bottleneck_stride, name)
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.Dense(num_classes, kernel_regularizer=f.regularizer, name="fc")(x)
-        if classifier_activation:
-            # float32 so that mixed-precision training still computes the loss on float32 probabilities.
-            x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
-        # A CIFAR net whose depth is also in Table 1 (50, 152) must not share the ImageNet net's name.
-        clash = spec.family == specs.CIFAR and spec.depth in specs.IMAGENET_SPECS
-        return keras.Model(inputs, x, name=f"cifar_{spec.name}" if clash else spec.name)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+    if include_top and pooling:
+        raise ValueError(f"pooling={pooling!r} is for include_top=False; the top pools by averaging.")
 
 
-# Test-time augmentation: the views whose predictions are averaged. Translations are by 2 pixels
-# (half the training's 4) with zero padding, which is the mean colour after mean subtraction.
-TTA_VIEWS = {
-    "none": ((False, 0, 0),),
-    "flip": ((False, 0, 0), (True, 0, 0)),
-    "flip_translate": tuple((flip, d, d) for flip in (False, True) for d in (0, 2, -2)),
-}
-
-
-def with_test_time_augmentation(model: keras.Model, mode: str) -> keras.Model:
-    """`model` averaged over the views of `TTA_VIEWS[mode]` (same weights, one output).
-
-    "none" returns `model` itself. The views are registered layers, so the averaged model saves,
-    loads with `safe_mode=True` and exports like the model.
-    """
-    if mode not in TTA_VIEWS:
-        raise ValueError(f"Unknown test-time augmentation {mode!r}: expected one of {', '.join(TTA_VIEWS)}.")
-    if mode == "none":
-        return model
-    inputs = keras.Input(shape=model.input_shape[1:], name="image")
-    outputs = []
-    for flip, dy, dx in TTA_VIEWS[mode]:
-        view = HorizontalFlip(name=f"tta_flip_{len(outputs)}")(inputs) if flip else inputs
-        if dy or dx:
-            view = Translate(dy, dx, name=f"tta_translate_{len(outputs)}")(view)
-        outputs.append(model(view))
-    averaged = keras.layers.Average(dtype="float32", name="tta_mean")(outputs)
-    return keras.Model(inputs, averaged, name=f"{model.name}_tta_{mode}")
+def _body(f: _Factory, spec: specs.ModelSpec, inputs, option: str, bottleneck_stride: str):
+    """The stem and every stage of `spec`: the last feature map."""
+    if spec.family == specs.CIFAR:
+        x = f.conv_bn(inputs, specs.CIFAR_FILTERS[0], 3, 1, "conv1")
+    else:
+        x = f.conv_bn(inputs, 64, 7, 2, "conv1")
+        # Zeros pad the pool as well as -inf would: its input comes out of a ReLU.
+        x, pool_padding = f.pad(x, 3, 2, "pool1_pad")
+        x = keras.layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool1")(x)
+    for stage, (block, filters, repeats) in enumerate(spec.stages):
+        for b in range(repeats):
+            # The first stage keeps the resolution (the ImageNet stem already pooled).
+            strides = 2 if (b == 0 and stage > 0) else 1
+            name = f"conv{stage + 2}_block{b + 1}"
+            x = f.block(x, block, filters, strides, spec.residual, option, bottleneck_stride, name)
+    return x

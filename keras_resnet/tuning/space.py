@@ -6,13 +6,12 @@ configured value first, and `apply_values` a trial's values into the configurati
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from keras_resnet import specs
 from keras_resnet.config import TrainConfig
+from keras_resnet.models import specs
 
 SEARCHABLE = ("plain", "shortcut", "depth", "learning_rate", "weight_decay")
 
@@ -83,11 +82,11 @@ def _parse_value(name: str, raw: str) -> Any:
 def base_values(cfg: TrainConfig) -> dict[str, Any]:
     """The configured value of every searchable hyperparameter."""
     return {
-        "plain": not cfg.spec.residual,
-        "shortcut": specs.check_shortcut(cfg.resolved_shortcut),
-        "depth": cfg.spec.depth,
-        "learning_rate": float(cfg.learning_rate),
-        "weight_decay": float(cfg.weight_decay),
+        "plain": not cfg.model.spec.residual,
+        "shortcut": specs.check_shortcut(cfg.model.resolved_shortcut),
+        "depth": cfg.model.spec.depth,
+        "learning_rate": float(cfg.optim.learning_rate),
+        "weight_decay": float(cfg.optim.weight_decay),
     }
 
 
@@ -95,13 +94,12 @@ def apply_values(cfg: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """`cfg` with the searchable hyperparameters in `values` replaced (same model family)."""
     merged = {**base_values(cfg), **values}
     model = f"{'plain' if merged['plain'] else 'resnet'}{merged['depth']}"
-    family = cfg.spec.family
+    family = cfg.model.spec.family
     # A CIFAR depth that is also a Table 1 depth (50, 152) needs the family spelled out.
     implied = specs.get_spec(model).family if merged["depth"] in specs.IMAGENET_SPECS else specs.CIFAR
-    return dataclasses.replace(
-        cfg,
+    return cfg.replace(
         model=model,
-        family=cfg.family or ("" if implied == family else family),
+        family=cfg.model.family or ("" if implied == family else family),
         shortcut=merged["shortcut"],
         learning_rate=merged["learning_rate"],
         weight_decay=merged["weight_decay"],
@@ -117,7 +115,7 @@ def make_space(cfg: TrainConfig, search: Sequence[str] | str) -> dict[str, tuple
     """
     parsed = parse_search(search)
     base = base_values(cfg)
-    family = cfg.spec.family
+    family = cfg.model.spec.family
     defaults = {
         "plain": (False, True),
         "shortcut": specs.SHORTCUTS,
@@ -140,7 +138,7 @@ def make_space(cfg: TrainConfig, search: Sequence[str] | str) -> dict[str, tuple
             raise ValueError(f"--search: depth={depth}: {err}") from None
     if "shortcut" in space and base["plain"] and "plain" not in space:
         raise ValueError(
-            f"--search=shortcut compares shortcuts of a residual net, but --model={cfg.model} is plain: "
+            f"--search=shortcut compares shortcuts of a residual net, but --model={cfg.model.name} is plain: "
             f"use --model=resnet{base['depth']}, or add `plain` to --search to compare both."
         )
     if space_size(space) < 2:

@@ -1,8 +1,8 @@
 """What training minimises and how: the loss, the error metrics, the learning-rate schedule, SGD.
 
-Keras only (no TensorFlow): every object here is registered, and `keras_resnet` imports this
-module, so a saved compiled model (`model.keras`, optimizer state included) loads with
-`safe_mode=True` in any process that has imported `keras_resnet`.
+Keras only (no TensorFlow): every object here is registered (`keras_resnet.register()` imports
+this module), so a saved compiled model (`model.keras`, optimizer state included) loads with
+`safe_mode=True`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import keras
 from keras import ops
 
-from keras_resnet.config import TrainConfig, milestones
+from keras_resnet.config import OptimConfig, milestones
 
 
 @keras.saving.register_keras_serializable(package="keras_resnet")
@@ -106,21 +106,26 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def schedule(cfg: TrainConfig, total_steps: int) -> LearningRate:
-    """The learning-rate schedule of `cfg` for a run of `total_steps` iterations."""
+def global_step(model: keras.Model) -> int:
+    """Iterations the model's optimizer has run (a strategy-wrapped variable)."""
+    return int(ops.convert_to_numpy(model.optimizer.iterations))
+
+
+def schedule(optim: OptimConfig, total_steps: int) -> LearningRate:
+    """The learning-rate schedule of `optim` for a run of `total_steps` iterations."""
     return LearningRate(
-        cfg.lr_schedule,
-        cfg.learning_rate,
+        optim.lr_schedule,
+        optim.learning_rate,
         total_steps,
-        milestones(cfg, total_steps),
-        cfg.lr_decay,
-        cfg.lr_warmup_steps,
+        milestones(optim, total_steps),
+        optim.lr_decay,
+        optim.lr_warmup_steps,
     )
 
 
-def loss(cfg: TrainConfig) -> keras.losses.Loss:
-    if cfg.label_smoothing:
-        return SmoothedCrossEntropy(cfg.label_smoothing)
+def loss(optim: OptimConfig) -> keras.losses.Loss:
+    if optim.label_smoothing:
+        return SmoothedCrossEntropy(optim.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy()
 
 
@@ -132,7 +137,7 @@ def metrics(num_classes: int) -> list[keras.metrics.Metric]:
     return found
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, total_steps: int) -> keras.Model:
+def compile_model(model: keras.Model, optim: OptimConfig, total_steps: int) -> keras.Model:
     """SGD with momentum, the learning-rate schedule by iterations, cross-entropy and top-1 error.
 
     Call inside strategy.scope(). Weight decay is not here: it is an L2 penalty on the kernels,
@@ -140,15 +145,15 @@ def compile_model(model: keras.Model, cfg: TrainConfig, total_steps: int) -> ker
     """
     model.compile(
         optimizer=keras.optimizers.SGD(
-            schedule(cfg, total_steps), momentum=cfg.momentum, nesterov=cfg.nesterov
+            schedule(optim, total_steps), momentum=optim.momentum, nesterov=optim.nesterov
         ),
-        loss=loss(cfg),
+        loss=loss(optim),
         metrics=metrics(model.output_shape[-1]),
     )
     return model
 
 
-def compile_for_evaluation(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+def compile_for_evaluation(model: keras.Model, optim: OptimConfig) -> keras.Model:
     """Compiles a model that is only evaluated (the weight average, test-time augmentation)."""
-    model.compile(loss=loss(cfg), metrics=metrics(model.output_shape[-1]))
+    model.compile(loss=loss(optim), metrics=metrics(model.output_shape[-1]))
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -94,7 +95,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Args:
         fused: in training on the TensorFlow backend, normalize 4-D channels-last batches with
-            TensorFlow's fused kernel (see `keras_resnet.tf_kernels`; same results, ResNet-20
+            TensorFlow's fused kernel (see `keras_resnet.models.tf_kernels`; same results, ResNet-20
             trains 1.4x (float32) to 1.65x (bfloat16) faster on CPU). Other backends,
             synchronized statistics and other layouts use Keras' own computation regardless.
         **kwargs: as `keras.layers.BatchNormalization`.
@@ -127,7 +128,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable and self._can_fuse(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
-        from keras_resnet import tf_kernels  # TensorFlow-only; the other backends never get here
+        from keras_resnet.models import tf_kernels  # TensorFlow-only; the other backends never get here
 
         outputs, mean, variance = tf_kernels.fused_batch_norm_train(
             inputs, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), self.epsilon
@@ -141,3 +142,52 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def get_config(self):
         return {**super().get_config(), "fused": self.fused}
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class InputNormalization(keras.layers.Layer):
+    """Raw RGB pixels (0-255) in, the network's normalised input out: `x[..., ::-1]` if
+    `reverse_channels`, minus `mean`.
+
+    A model that starts with this layer takes the images as they are decoded and carries its
+    input normalization inside (as Keras Applications' `include_preprocessing` models do), so
+    `model.predict(images)` needs no separate preprocessing and a saved model cannot be fed
+    differently normalised inputs by mistake.
+
+    Args:
+        mean: subtracted after the channel reversal, broadcast over the batch: a per-channel (C,)
+            mean or a (H, W, C) mean image, in the units of the (reversed) input.
+        reverse_channels: reverse the channel axis first (RGB -> BGR, Caffe's order).
+        **kwargs: as `keras.layers.Layer`; `dtype` defaults to float32, so that under a mixed
+            precision policy 0-255 pixels lose no precision before the mean is subtracted (the
+            next layer casts).
+    """
+
+    def __init__(self, mean, reverse_channels: bool = False, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        # float64 keeps the config's values as given (103.939, not 103.93900299...).
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.reverse_channels = bool(reverse_channels)
+        if self.mean.ndim not in (1, 3) or not np.all(np.isfinite(self.mean)):
+            raise ValueError(
+                f"InputNormalization's mean must be finite, (C,) or (H, W, C); got shape {self.mean.shape}."
+            )
+
+    def build(self, input_shape):
+        expected = tuple(input_shape[-self.mean.ndim :])
+        if any(e is not None and e != m for e, m in zip(expected, self.mean.shape, strict=True)):
+            raise ValueError(
+                f"InputNormalization's mean of shape {self.mean.shape} does not fit inputs of shape "
+                f"{tuple(input_shape)}."
+            )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def call(self, inputs):
+        x = ops.flip(inputs, axis=-1) if self.reverse_channels else inputs
+        return x - ops.convert_to_tensor(self.mean, dtype=x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean.tolist(), "reverse_channels": self.reverse_channels}

@@ -1,6 +1,6 @@
 """A run fitted to a wall-clock budget: this machine's speed measured, then the run's length planned.
 
-    cfg = budget.plan(cfg, minutes=30, started=start_of_the_command)   # then training.run(cfg)
+    cfg = budget.plan(cfg, minutes=30, started=start_of_the_command)   # then procedure.run(cfg)
 
 `train.py --time_budget=30` does this before training. Two probe runs of 25 steps (the model,
 data and precision of `cfg`, through `training.run` in a scratch directory) measure the images/s
@@ -26,15 +26,16 @@ import dataclasses
 import io
 import json
 import math
-import pathlib
 import tempfile
 import time
 from typing import Any
 
 import keras
 
-from keras_resnet import distribute, files, models, training
-from keras_resnet.config import ConfigError, TrainConfig, check_config, run_length
+from keras_resnet import files, models
+from keras_resnet.config import ConfigError, TrainConfig, run_length
+from keras_resnet.training import distribution, procedure
+from keras_resnet.training.rundir import RunDir, Summary
 
 # A probe: 5 steps of tracing, then 20 steady ones with a checkpoint after the 15th, so that the
 # time between steps and a checkpoint's own cost (its validation included) are measured too.
@@ -45,7 +46,6 @@ MARGIN = 0.06
 # An evaluation image (one view, forward only) costs at most half a training image: measured
 # 1,300-2,000 test views/s against 680 training images/s at 32 px on the Intel Xeon.
 EVAL_SPEEDUP = 2.0
-PLAN_FILE = "budget.json"
 PLANNED = ("epochs", "train_steps", "low_res_epochs", "lr_warmup_steps", "eval_test_every", "precision")
 
 
@@ -64,25 +64,25 @@ class Speeds:
 
 def epochs_at_low_res(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> int:
     """The flags' share of low-resolution epochs, applied to `epochs` (rounded up, as 27 -> 14)."""
-    if not cfg.low_res_size:
+    if not cfg.data.low_res_size:
         return 0
-    flagged_epochs = cfg.epochs or cfg.train_steps / steps_per_epoch
-    return min(epochs, math.ceil(epochs * cfg.low_res_epochs / flagged_epochs - 1e-9))
+    flagged_epochs = cfg.optim.epochs or cfg.optim.train_steps / steps_per_epoch
+    return min(epochs, math.ceil(epochs * cfg.data.low_res_epochs / flagged_epochs - 1e-9))
 
 
 def _checkpoints(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> int:
     """How many checkpoints (Keras epochs) a run of `cfg` cut to `epochs` makes: `run_length`'s count."""
-    return run_length(dataclasses.replace(cfg, epochs=epochs, train_steps=0), steps_per_epoch)[2]
+    return run_length(cfg.replace(epochs=epochs, train_steps=0), steps_per_epoch)[2]
 
 
 def predicted_seconds(cfg: TrainConfig, epochs: int, speeds: Speeds) -> float:
     """The predicted wall time of a run of `cfg` cut to `epochs`, from its start to summary.json."""
-    steps_per_epoch = speeds.train_examples // cfg.batch_size
-    images = steps_per_epoch * cfg.batch_size
+    steps_per_epoch = speeds.train_examples // cfg.data.batch_size
+    images = steps_per_epoch * cfg.data.batch_size
     low = epochs_at_low_res(cfg, epochs, steps_per_epoch)
     train = images * (low / speeds.low_res_images_per_sec + (epochs - low) / speeds.full_images_per_sec)
     checkpoints = _checkpoints(cfg, epochs, steps_per_epoch)
-    test = len(models.TTA_VIEWS[cfg.tta]) * speeds.test_examples * cfg.eval_test  # once, at the end
+    test = len(models.TTA_VIEWS[cfg.run.tta]) * speeds.test_examples * cfg.run.eval_test  # once, at the end
     return (
         speeds.run_overhead_s
         + train
@@ -102,9 +102,9 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
     Raises:
         ConfigError: not even one epoch fits.
     """
-    if speeds.train_examples < cfg.batch_size:
+    if speeds.train_examples < cfg.data.batch_size:
         raise ConfigError(
-            f"--batch_size={cfg.batch_size} is larger than the {speeds.train_examples} training images."
+            f"--batch_size={cfg.data.batch_size} is larger than the {speeds.train_examples} training images."
         )
     usable = seconds * (1 - MARGIN)
     epochs = 0
@@ -116,14 +116,14 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
             f"{_one_epoch_budget(cfg, speeds) / 60:.1f} here "
             f"(its start-up and {MARGIN:.0%} kept free included)."
         )
-    steps_per_epoch = speeds.train_examples // cfg.batch_size
+    steps_per_epoch = speeds.train_examples // cfg.data.batch_size
     flagged_steps = run_length(cfg, steps_per_epoch)[0]
     steps = epochs * steps_per_epoch
     return {
         "epochs": epochs,
         "train_steps": 0,
         "low_res_epochs": epochs_at_low_res(cfg, epochs, steps_per_epoch),
-        "lr_warmup_steps": round(cfg.lr_warmup_steps * steps / flagged_steps),
+        "lr_warmup_steps": round(cfg.optim.lr_warmup_steps * steps / flagged_steps),
         # The test set once, after the last step: --eval_test_every counts checkpoints.
         "eval_test_every": _checkpoints(cfg, epochs, steps_per_epoch),
         "precision": speeds.precision,
@@ -139,18 +139,17 @@ class _StepEnds(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def _probe(cfg: TrainConfig, low_res: bool, precision: str) -> tuple[dict[str, Any], float, float, float]:
+def _probe(cfg: TrainConfig, low_res: bool, precision: str) -> tuple[Summary, float, float, float]:
     """(summary, seconds per steady step, seconds per checkpoint, the rest of the run's seconds) of a
     PROBE_STEPS run of `cfg`, all at --low_res_size or all at full size."""
     with tempfile.TemporaryDirectory(prefix="keras_resnet_probe_") as model_dir:
-        probe = dataclasses.replace(
-            cfg,
+        probe = cfg.replace(
             model_dir=model_dir,
             export_dir="",
             train_steps=PROBE_STEPS,
             epochs=0,
             checkpoint_steps=PROBE_CHUNK,
-            low_res_size=cfg.low_res_size if low_res else 0,
+            low_res_size=cfg.data.low_res_size if low_res else 0,
             low_res_epochs=1 if low_res else 0,  # one epoch is longer than the probe
             lr_warmup_steps=0,
             eval_test=False,
@@ -160,9 +159,9 @@ def _probe(cfg: TrainConfig, low_res: bool, precision: str) -> tuple[dict[str, A
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # the probe's header is not the run's
             try:
-                summary = training.run(probe, verbose=0, callbacks=[timer])
-            except training.TrainingStopped as err:
-                raise training.TrainingStopped(
+                summary = procedure.run(probe, verbose=0, callbacks=[timer])
+            except procedure.TrainingStopped as err:
+                raise procedure.TrainingStopped(
                     "Interrupted while measuring this machine's speed (--time_budget); nothing was trained.",
                     exit_code=err.exit_code,
                 ) from None
@@ -179,19 +178,19 @@ def _probe(cfg: TrainConfig, low_res: bool, precision: str) -> tuple[dict[str, A
 
 def measure(cfg: TrainConfig) -> Speeds:
     """Times a PROBE_STEPS run of `cfg` at --low_res_size (if set) and one at full size."""
-    low = _probe(cfg, low_res=True, precision=cfg.precision) if cfg.low_res_size else None
-    full = _probe(cfg, low_res=False, precision=low[0]["precision"] if low else cfg.precision)
+    low = _probe(cfg, low_res=True, precision=cfg.run.precision) if cfg.data.low_res_size else None
+    full = _probe(cfg, low_res=False, precision=low[0].precision if low else cfg.run.precision)
     summary, step_s, checkpoint_s, overhead = full
     return Speeds(
-        low_res_images_per_sec=cfg.batch_size / (low or full)[1],
-        full_images_per_sec=cfg.batch_size / step_s,
+        low_res_images_per_sec=cfg.data.batch_size / (low or full)[1],
+        full_images_per_sec=cfg.data.batch_size / step_s,
         checkpoint_s=checkpoint_s,
         # A run traces its step once per resolution: the full-size probe's rest, plus half of the
         # low-resolution one's (its tracing, not its data loading and saving a second time).
         run_overhead_s=overhead + (low[3] / 2 if low else 0.0),
-        train_examples=summary["train_examples"],
-        test_examples=summary["test_examples"],
-        precision=summary["precision"],
+        train_examples=summary.train_examples,
+        test_examples=summary.test_examples,
+        precision=summary.precision,
     )
 
 
@@ -201,22 +200,22 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
     Raises:
         ConfigError: bad flags, a multi-worker run, a budget too small for one epoch.
     """
-    check_config(cfg)
+    cfg.check()
     if not minutes > 0:
         raise ConfigError(f"--time_budget must be > 0 minutes, got {minutes}.")
-    if cfg.distribution == "multi_worker" or distribute.cluster_size() > 1:
+    if cfg.run.distribution == "multi_worker" or distribution.cluster_size() > 1:
         raise ConfigError(
             "--time_budget plans a run on one machine: for a cluster (TF_CONFIG) give --epochs."
         )
-    if cfg.lr_milestones:
+    if cfg.optim.lr_milestones:
         raise ConfigError(
             "--time_budget plans the run's length, which fixed --lr_milestones would not follow: "
             "leave them out (the step schedule then decays at 50% and 75% of the run)."
         )
-    saved_path = pathlib.Path(cfg.model_dir) / PLAN_FILE
-    if not saved_path.exists() and (saved_path.parent / "config.json").exists():
+    saved_path = RunDir(cfg.run.model_dir).budget
+    if not saved_path.exists() and RunDir(cfg.run.model_dir).config.exists():
         raise ConfigError(
-            f"--model_dir={cfg.model_dir} holds a run that --time_budget did not plan: continue it "
+            f"--model_dir={cfg.run.model_dir} holds a run that --time_budget did not plan: continue it "
             "without --time_budget, or use a new --model_dir."
         )
     if saved_path.exists():
@@ -229,11 +228,12 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
             ) from None
         if saved.get("minutes") != minutes:
             raise ConfigError(
-                f"--model_dir={cfg.model_dir} holds a run planned for --time_budget={saved.get('minutes')}: "
+                f"--model_dir={cfg.run.model_dir} holds a run planned for "
+                f"--time_budget={saved.get('minutes')}: "
                 "give that budget to continue it, or use a new --model_dir."
             )
         print(f"--time_budget: continuing the plan in {saved_path}: {_describe(cfg, fields)}", flush=True)
-        return dataclasses.replace(cfg, **fields)
+        return cfg.replace(**fields)
 
     print(f"--time_budget={minutes:g}: measuring this machine's speed ({PROBE_STEPS}-step runs)", flush=True)
     probe_start = time.time()
@@ -245,11 +245,12 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
     except ConfigError as err:
         least = math.ceil((spent + _one_epoch_budget(cfg, speeds)) / 60)
         raise ConfigError(f"{err} Give at least --time_budget={least}, or --epochs.") from None
-    planned = dataclasses.replace(cfg, **fields)
+    planned = cfg.replace(**fields)
     expected = time.time() - started + predicted_seconds(planned, fields["epochs"], speeds)
     rates = f"{speeds.full_images_per_sec:.0f} img/s"
-    if cfg.low_res_size:
-        rates = f"{speeds.low_res_images_per_sec:.0f} img/s at {cfg.low_res_size} px and {rates} at full size"
+    if cfg.data.low_res_size:
+        low = f"{speeds.low_res_images_per_sec:.0f} img/s at {cfg.data.low_res_size} px"
+        rates = f"{low} and {rates} at full size"
     print(
         f"--time_budget={minutes:g}: measured {rates} ({time.time() - probe_start:.0f} s); "
         f"{_describe(cfg, fields)}; predicted to end at {expected / 60:.1f} min",
@@ -258,7 +259,7 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
     try:
         saved_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"--model_dir={cfg.model_dir}: cannot create it ({err.strerror}).") from None
+        raise ConfigError(f"--model_dir={cfg.run.model_dir}: cannot create it ({err.strerror}).") from None
     files.write_json(
         saved_path,
         {
@@ -273,7 +274,7 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
 
 
 def _describe(cfg: TrainConfig, fields: dict[str, Any]) -> str:
-    low = f" ({fields['low_res_epochs']} at {cfg.low_res_size} px)" if cfg.low_res_size else ""
+    low = f" ({fields['low_res_epochs']} at {cfg.data.low_res_size} px)" if cfg.data.low_res_size else ""
     warmup = f", warmup {fields['lr_warmup_steps']} steps" if fields["lr_warmup_steps"] else ""
-    test = ", the test set evaluated at the end" if cfg.eval_test else ""
+    test = ", the test set evaluated at the end" if cfg.run.eval_test else ""
     return f"{fields['epochs']} epochs{low}{warmup}{test}"

@@ -14,8 +14,8 @@ from typing import Any
 import keras_tuner
 
 from keras_resnet import files, plots
-from keras_resnet.callbacks import duration
-from keras_resnet.search_space import SEARCHABLE
+from keras_resnet.console import duration
+from keras_resnet.tuning.space import SEARCHABLE
 
 OBJECTIVE = "val_error"
 

@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 
 from keras_resnet import workarounds
-from keras_resnet.config import DISTRIBUTIONS
+from keras_resnet.config import DISTRIBUTIONS, ConfigError, TrainConfig
 
 
 def configure_cpu_devices(n: int) -> None:
@@ -123,3 +123,20 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if task_type is None:
         return True
     return task_type == "chief" or (task_type == "worker" and task_id == 0 and worker_index(strategy) == 0)
+
+
+def strategy_for(cfg: TrainConfig) -> tf.distribute.Strategy:
+    """The strategy of --distribution (after splitting the CPU for --cpu_devices); ConfigError if
+    the batch does not split evenly across its replicas."""
+    try:
+        configure_cpu_devices(cfg.run.cpu_devices)
+        strategy = make_strategy(cfg.run.distribution)
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(str(err)) from None
+    replicas, batch = strategy.num_replicas_in_sync, cfg.data.batch_size
+    if batch % replicas:
+        raise ConfigError(
+            f"--batch_size={batch} does not divide across {replicas} replicas: use a multiple of "
+            f"{replicas} (e.g. {max(replicas, batch // replicas * replicas)})."
+        )
+    return strategy

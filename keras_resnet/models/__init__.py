@@ -1,0 +1,29 @@
+"""The networks: the paper's tables as data, one builder, its registered layers, and their counts.
+
+- `specs`: Table 1 and section 4.2 as rows (`get_spec`, `list_models`); pure Python.
+- `builder`: `build_model`, the one function that turns a row into layers.
+- `layers`: registered layers (zero-padding shortcut, replica-safe fused BN, test-time views,
+  input normalization).
+- `pretrained`: `build_model(weights=...)`'s sources (Keras Applications' ImageNet weights, the
+  shipped CIFAR-10 nets, a file) and `from_keras_applications`.
+- `tta`: a model averaged over test-time views.
+- `counting`: parameters and multiply-adds per layer.
+"""
+
+from keras_resnet import _lazy
+
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    {
+        "build_model": ".builder",
+        "build_from_config": ".builder",
+        "count": ".counting",
+        "from_keras_applications": ".pretrained",
+        "shipped_cifar10": ".pretrained",
+        "InputNormalization": ".layers",
+        "get_spec": ".specs",
+        "list_models": ".specs",
+        "TTA_VIEWS": ".tta",
+        "with_test_time_augmentation": ".tta",
+    },
+)

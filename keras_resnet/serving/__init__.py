@@ -1,0 +1,26 @@
+"""Serving: versioned SavedModels for TF Serving, and a trained run as a Python classifier.
+
+- `export`: `export(model, info, base)` and `export_run(model_dir, base)`, atomic versions.
+- `signatures`: the stable names of the signatures, inputs and outputs.
+- `decode`: encoded request images to evaluation views, bad bytes refused by index.
+- `warmup`: TF Serving's warmup requests and the example-prediction line.
+- `loading`: `load(run_dir)` -> `Classifier` (what `kr.load` is).
+"""
+
+from keras_resnet import _lazy, register
+
+register()  # a model.keras loads once any stage package is imported
+
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    {
+        "export": ".exporting",
+        "export_run": ".exporting",
+        "next_version": ".exporting",
+        "DEFAULT_MAX_PIXELS": ".exporting",
+        "SIGNATURES": ".signatures",
+        "example_prediction": ".warmup",
+        "load": ".loading",
+        "Classifier": ".loading",
+    },
+)

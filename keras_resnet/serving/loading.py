@@ -1,0 +1,90 @@
+"""A trained run as a Python object: raw images in, class probabilities out.
+
+    clf = kr.load("runs/resnet20")              # model.keras + data_info.json (+ its --tta)
+    clf.predict(images)                          # uint8 RGB [N, H, W, 3], or a list of any sizes
+    clf.top_k(images, k=3)                       # [[("cat", 0.91), ("dog", 0.05), ...], ...]
+    clf.predict_files(["a.jpg", "b.png"])
+
+Each image goes through the export's own steps (`serving.decode.decode_checked` for files, the
+recipe's evaluation view, the run's test-time views), so `predict` answers what the SavedModel's
+`serving_default` answers for the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_resnet.data.info import DataInfo
+from keras_resnet.data.recipes import eval_preprocess
+from keras_resnet.data.storage import MAX_PIXELS
+from keras_resnet.models.tta import with_test_time_augmentation
+from keras_resnet.serving.decode import decode_checked
+from keras_resnet.training.rundir import RunDir
+
+
+class Classifier:
+    """A trained network with its data's evaluation view and class names."""
+
+    def __init__(self, model: keras.Model, info: DataInfo, tta: str = "none"):
+        self.model, self.info, self.tta = model, info, tta
+        self.served = with_test_time_augmentation(model, tta)
+        softmax = getattr(model.layers[-1], "activation", None) is keras.activations.softmax
+        self._softmax = not softmax and tta == "none"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    def views(self, images: np.ndarray | Sequence[np.ndarray]) -> tf.Tensor:
+        """The evaluation views (float32 [N, S, S, 3]) of 0-255 RGB images of any sizes."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return eval_preprocess(tf.constant(images), self.info)
+        return tf.concat([eval_preprocess(tf.constant(np.asarray(im))[None], self.info) for im in images], 0)
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """float32 [N, classes] probabilities of 0-255 RGB images ([N, H, W, 3] or a list)."""
+        views = self.views(images)
+        out = self.served.predict(views, batch_size=batch_size, verbose=0)
+        return tf.nn.softmax(out).numpy() if self._softmax else np.asarray(out, np.float32)
+
+    def top_k(self, images, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The `k` most probable class names of each image, with their probabilities."""
+        probabilities = self.predict(images)
+        best = np.argsort(-probabilities, axis=1)[:, :k]
+        return [
+            [(self.class_names[j], float(p[j])) for j in row]
+            for p, row in zip(probabilities, best, strict=True)
+        ]
+
+    def decode_files(
+        self, paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXELS
+    ) -> list[np.ndarray]:
+        """The files' pixels, decoded as `serving_default` decodes a request (same checks)."""
+        return [
+            decode_checked(tf.io.read_file(os.fspath(p)), tf.constant(i), max_pixels).numpy()
+            for i, p in enumerate(paths)
+        ]
+
+    def predict_files(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        return self.predict(self.decode_files(paths))
+
+
+def load(run_dir: str | os.PathLike, *, tta: str | None = None) -> Classifier:
+    """The run in `run_dir` (a train.py --model_dir, or a search's `best/`) as a `Classifier`.
+
+    `tta` None uses the run's own test-time augmentation (its config.json), as its export does.
+    """
+    run = RunDir(run_dir)
+    missing = [p.name for p in (run.model, run.data_info) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run.path} has no {' or '.join(missing)}: pass the --model_dir of a finished training run."
+        )
+    model = keras.saving.load_model(run.model, safe_mode=True, compile=False)
+    config = run.read_config()
+    return Classifier(model, DataInfo.load(run.path), tta or (config.run.tta if config else "none"))

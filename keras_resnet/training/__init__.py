@@ -1,0 +1,33 @@
+"""Training: one run of a `TrainConfig`, the same path whoever starts it.
+
+- `procedure`: `run(cfg)` and its steps (`Run`), the evaluation and export every caller shares.
+- `rundir`: the run folder (`RunDir`) and its summary (`Summary`) as types.
+- `callbacks`, `progress`, `checkpoints`: what happens between and around the steps.
+- `optimization`: loss, error metric, learning-rate schedule, SGD (registered objects).
+- `distribution`, `precision`, `signals`: tf.distribute, float32/bfloat16, Ctrl-C and SIGTERM.
+- `budget`: `--time_budget`, the run's length fitted to this machine's measured speed.
+"""
+
+from keras_resnet import _lazy, register
+
+register()  # a model.keras loads once any stage package is imported
+
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    {
+        "run": ".procedure",
+        "Run": ".procedure",
+        "TrainingStopped": ".procedure",
+        "load_data": ".procedure",
+        "build_model": ".procedure",
+        "evaluate_model": ".procedure",
+        "export_model": ".procedure",
+        "resumes_at": ".procedure",
+        "RunDir": ".rundir",
+        "Summary": ".rundir",
+        "STOP": ".signals",
+        "precision_policy": ".precision",
+        "resolve_precision": ".precision",
+        "strategy_for": ".distribution",
+    },
+)

@@ -1,0 +1,454 @@
+"""The training procedure: one run of a `TrainConfig`, from refusing bad input to summary.json.
+
+    summary = training.run(TrainConfig.of(model="resnet20", model_dir="/tmp/run", train_steps=64000))
+
+`run` is the one path every run takes, whoever starts it: `train.py`, a keras-tuner trial (with
+its own model_dir, no test set and extra callbacks) and the paper's experiments. It checks the
+flags and the saved configuration of --model_dir (a finished run returns its summary), proves
+every output location writable and locks --model_dir, then takes the steps of `Run`, in order
+(the shape of TF Model Garden's `train_lib`): `prepare`, `load_data`, `build`, `restore`, `fit`,
+`evaluate`, `save`, `export`, `finish`. `evaluate_model` and `export_model` are the evaluation and
+export every caller shares (the tuner scores and exports its winner with them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_resnet import data, files, models, workarounds
+from keras_resnet.config import ConfigError, TrainConfig, run_length
+from keras_resnet.console import duration
+from keras_resnet.training import distribution, optimization
+from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
+from keras_resnet.training.checkpoints import Checkpointer
+from keras_resnet.training.optimization import global_step
+from keras_resnet.training.precision import precision_policy
+from keras_resnet.training.rundir import RunDir, Summary, check_model_dir
+from keras_resnet.training.signals import STOP
+
+
+class TrainingStopped(RuntimeError):
+    """Training ended early (interrupted, or the loss diverged); the message says how to go on."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    verbose: int | str = "auto",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    score_test: bool = True,
+) -> Summary:
+    """Trains (or resumes) the run `cfg` describes; returns the summary also written to summary.json.
+
+    Args:
+        cfg: the run; its model_dir holds every output.
+        verbose: Keras' progress bar (1) or one line per minute (0); "auto": a bar on a terminal.
+        callbacks: extra Keras callbacks, run after the run's own.
+        score_test: evaluate the test set (a tuning trial must not see it; then
+            `summary.test_error` is None).
+
+    Raises:
+        ConfigError: bad flags, an unusable output location, a --model_dir in use or holding a
+            different run, missing data (nothing was trained).
+        TrainingStopped: interrupted (checkpoint written) or diverged (last good checkpoint kept).
+    """
+    cfg.check()
+    if summary := _finished(cfg):
+        return summary
+    start = time.time()
+    strategy = distribution.strategy_for(cfg)
+    chief = distribution.is_chief(strategy)
+    with _outputs(cfg, writes=chief), STOP.handling(), precision_policy(cfg.run.precision) as precision:
+        # Re-checked under the lock: another run may have finished it meanwhile.
+        if summary := _finished(cfg):
+            return summary
+        steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test)
+        return steps.execute()
+
+
+class Run:
+    """The steps of one run, in the order `execute` takes them; each may be overridden."""
+
+    def __init__(self, cfg, strategy, chief, precision, start, verbose, extra, score_test):
+        self.cfg, self.strategy, self.chief, self.precision = cfg, strategy, chief, precision
+        self.start, self.extra, self.score_test = start, extra, score_test
+        self.dir = RunDir(cfg.run.model_dir)
+        # Saving may involve collectives every worker must join, so the other workers write too:
+        # into a scratch directory that goes away at the end.
+        self.scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_resnet_worker_"))
+        self.verbose = (1 if sys.stdout.isatty() else 0) if verbose == "auto" else verbose
+
+    def execute(self) -> Summary:
+        try:
+            self.prepare()
+            self.load_data()
+            self.build()
+            self.restore()
+            with _distributed(self.strategy, self.model, self.evaluated, self.datasets.test):
+                self.fit()
+                test = self.evaluate()
+            summary = self.summarize(test)
+            self.save()
+            if self.cfg.run.export_dir and self.chief:
+                summary = self.export(summary)
+            self.finish(summary)
+            return summary
+        finally:
+            if self.scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def prepare(self) -> None:
+        keras.utils.set_random_seed(self.cfg.run.seed)
+        if self.cfg.run.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if self.chief:
+            files.remove_stale_temporaries(self.dir.path)
+            files.remove_stale_temporaries(self.dir.checkpoints)
+
+    def load_data(self) -> None:
+        """The data from the step the run resumes at (a resumed run must not replay its batches)."""
+        self.datasets = load_data(self.cfg, self.strategy, start_step=resumes_at(self.dir.path))
+        self.info = self.datasets.info
+        self.total_steps, self.chunk, _ = run_length(self.cfg, self.datasets.steps_per_epoch)
+        _check_schedule(self.cfg, self.total_steps, self.chief)
+        if self.chief:
+            files.write_json(self.dir.config, self.cfg.to_json())
+            files.write_text(self.dir.flags, self.cfg.to_flags())
+            self.info.save(self.dir.path)
+
+    def build(self) -> None:
+        """The compiled model inside the strategy's scope, its weight average, the evaluated model."""
+        cfg = self.cfg
+        with self.strategy.scope():
+            self.model = optimization.compile_model(build_model(cfg, self.info), cfg.optim, self.total_steps)
+            self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+            scored = self.average.average if self.average else self.model
+            self.evaluated = models.with_test_time_augmentation(scored, cfg.run.tta)
+            if self.evaluated is not self.model:
+                optimization.compile_for_evaluation(self.evaluated, cfg.optim)
+        self.counts = models.count(self.model)
+        self.callbacks: RunCallbacks = make_callbacks(
+            cfg,
+            self.model,
+            total_steps=self.total_steps,
+            evaluated=self.evaluated,
+            validation=self.datasets.validation,
+            test=self.datasets.test if self.score_test else None,
+            average=self.average,
+            scratch_dir=self.scratch,
+            verbose=self.chief,
+            intra_epoch_log=not self.verbose,
+            extra=self.extra,
+            steps_per_epoch=self.datasets.steps_per_epoch,
+        )
+        self.callbacks.checkpointer.stop_requested = lambda: STOP.requested is not None
+
+    def restore(self) -> None:
+        checkpointer = self.callbacks.checkpointer
+        with self.strategy.scope():  # restoring may build the optimizer's variables
+            try:
+                checkpointer.restore(self.model)
+            except RuntimeError as err:
+                raise ConfigError(f"--model_dir={self.cfg.run.model_dir}: {err}") from None
+        self.restored_step = checkpointer.restored_step
+        if self.chief:
+            print(self.header(), flush=True)
+        if STOP.requested:
+            raise TrainingStopped(f"{STOP.requested} before training started; nothing was trained.", 130)
+
+    def fit(self) -> None:
+        """`model.fit` until exactly the run's last step, in chunks of --checkpoint_steps counted
+        from the step it resumed at (so a run extended from mid-chunk trains its extra steps)."""
+        first = self.restored_step // self.chunk
+        self.model.fit(
+            self.datasets.train,
+            epochs=first + -(-(self.total_steps - self.restored_step) // self.chunk),
+            initial_epoch=first,
+            steps_per_epoch=self.chunk,
+            shuffle=False,  # the dataset shuffles itself
+            callbacks=self.callbacks.ordered(),
+            verbose=self.verbose if self.chief else 0,
+        )
+        self.step = global_step(self.model)
+        _stopped_early(self.callbacks.checkpointer, self.step, self.total_steps)
+
+    def evaluate(self) -> dict[str, float] | None:
+        """The final model's test metrics: the last history row's when it was scored at this step."""
+        if not self.score_test:
+            return None
+        rows = self.callbacks.history.rows
+        last = rows[-1] if rows else {}
+        if last.get("test_error") not in (None, "") and int(last.get("step", -1)) == self.step:
+            return {k[len("test_") :]: float(v) for k, v in last.items() if k.startswith("test_")}
+        return evaluate_model(self.evaluated, self.datasets.test)
+
+    def summarize(self, test: dict[str, float] | None) -> Summary:
+        cfg, info, progress = self.cfg, self.info, self.callbacks.progress
+        rows = self.callbacks.history.rows
+        last = rows[-1] if rows else {}
+
+        def logged(key: str) -> float | None:
+            return float(last[key]) if last.get(key) not in (None, "") else None
+
+        return Summary(
+            model=self.model.name,
+            dataset=info.name,
+            steps=self.step,
+            total_steps=self.total_steps,
+            test_error=float(test["error"]) if test else None,
+            test_loss=float(test["loss"]) if test else None,
+            test_top5_error=float(test["top5_error"]) if test and "top5_error" in test else None,
+            val_error=logged("val_error"),
+            train_error=logged("error"),
+            shortcut=cfg.model.resolved_shortcut if cfg.model.spec.residual else None,
+            params=self.counts.params,
+            macs=self.counts.macs,
+            batch_size=cfg.data.batch_size,
+            epochs=self.step * cfg.data.batch_size / info.train_examples,
+            train_examples=info.train_examples,
+            test_examples=self.datasets.test_examples,
+            data_sha256=info.data_sha256,
+            weight_average=bool(self.average),
+            tta=cfg.run.tta,
+            wall_time_s=time.time() - self.start,
+            train_time_s=progress.total_train_time,
+            images_per_sec=progress.images_per_sec(),
+            resumed_from_step=self.restored_step,
+            replicas=self.strategy.num_replicas_in_sync,
+            workers=distribution.num_workers(self.strategy),
+            precision=self.precision,
+            tensorflow=tf.__version__,
+            keras=keras.__version__,
+        )
+
+    def save(self) -> None:
+        """`model.keras`: the weight average's weights when averaging (what was scored)."""
+        if self.average:
+            self.model.set_weights(self.average.average.get_weights())
+        with files.replacing((self.scratch or self.dir.path) / RunDir.MODEL) as tmp:
+            self.model.save(tmp)
+
+    def export(self, summary: Summary) -> Summary:
+        """The next TF Serving version of the saved model under --export_dir."""
+        example = self.datasets.test_example(0)
+        exported = export_model(self.dir.path, self.cfg.run.export_dir, self.cfg.run.tta, example)
+        return dataclasses.replace(summary, export_path=str(exported))
+
+    def finish(self, summary: Summary) -> None:
+        if self.chief:
+            self.dir.write_summary(summary)  # last: its presence marks a finished run
+            print(
+                f"done: test error {_percent(summary.test_error)} after {summary.steps} steps in "
+                f"{duration(summary.wall_time_s)} ({summary.images_per_sec:.0f} img/s); outputs in "
+                f"{self.dir.path} (model.keras, history.csv, curves.png, summary.json)",
+                flush=True,
+            )
+        if STOP.requested:
+            # Asked to stop at the last step or after it: the run is complete, and whoever runs
+            # several (reproduce, a search, a script) must still stop.
+            raise TrainingStopped(
+                f"{STOP.requested} after the last step: the run is complete ({self.dir.summary}).", 130
+            )
+
+    def header(self) -> str:
+        """The first line of a run: what trains on what, how, and where it starts."""
+        cfg, info, datasets = self.cfg, self.info, self.datasets
+        shortcut = f", shortcut {cfg.model.resolved_shortcut}" if cfg.model.spec.residual else ""
+        sizes = f"{info.train_examples:,} train"
+        if datasets.validation_examples:
+            sizes += f" / {datasets.validation_examples:,} validation"
+        sizes += f" / {datasets.test_examples:,} test images"
+        workers = distribution.num_workers(self.strategy)
+        where = f"{self.strategy.num_replicas_in_sync} replica(s)" + (
+            f" on {workers} workers" if workers > 1 else ""
+        )
+        start = f"resuming at step {self.restored_step}" if self.restored_step else "starting"
+        px = f"{info.image_size} px"
+        if cfg.data.low_res_size:
+            px += f", the first {cfg.data.low_res_epochs} epochs resized to {cfg.data.low_res_size} px"
+        return (
+            f"Training {self.model.name} ({self.counts.params:,} parameters, "
+            f"{self.counts.macs / 1e6:,.1f}M multiply-adds{shortcut}) on {info.name} ({sizes}, "
+            f"{info.num_classes} classes, {px}), {self.precision}, {where}: {self.total_steps:,} steps of "
+            f"{cfg.data.batch_size} ({self.datasets.steps_per_epoch} per epoch); {start}; outputs in "
+            f"{cfg.run.model_dir}"
+        )
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: int = 0) -> data.Datasets:
+    """The datasets of --dataset, sharded for this worker: infinite global batches from `start_step`
+    on, validation, test."""
+    try:
+        return data.load_config(
+            cfg.data,
+            seed=cfg.run.seed,
+            start_step=start_step,
+            deterministic=cfg.run.deterministic,
+            # Each worker reads its own shard; batches stay global (tf.distribute splits them).
+            num_workers=distribution.num_workers(strategy),
+            worker_index=distribution.worker_index(strategy),
+            verbose=distribution.is_chief(strategy),
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"--dataset={cfg.data.dataset}: {err}") from None
+
+
+def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
+    """The network of --model for `info`'s classes and image size (call inside strategy.scope())."""
+    model = models.build_from_config(
+        cfg.model,
+        num_classes=info.num_classes,
+        input_shape=(info.image_size, info.image_size, 3),
+        weight_decay=cfg.optim.weight_decay,
+    )
+    if cfg.data.low_res_size:
+        # The first --low_res_epochs feed smaller images. The weights take any size (convolutions
+        # and global average pooling); only the declared input shape must not refuse them. The
+        # relaxed check is not saved: the saved and exported model keeps its declared size.
+        model.input_spec = keras.InputSpec(ndim=4, axes={-1: model.input_shape[-1]})
+    return model
+
+
+def evaluate_model(model: keras.Model, batches: tf.data.Dataset) -> dict[str, float]:
+    """`model`'s loss and metrics over `batches` (a compiled model, under its strategy)."""
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        workarounds.keras_build_from_a_global_batch(model, batches)
+    return {k: float(v) for k, v in model.evaluate(batches, verbose=0, return_dict=True).items()}
+
+
+def export_model(
+    run_dir: str | os.PathLike,
+    export_dir: str | os.PathLike,
+    tta: str,
+    example: tuple[Any, int] | None = None,
+) -> pathlib.Path:
+    """The next TF Serving version of the run saved in `run_dir` under `export_dir` (as
+    export/export.py makes it), and a line of what it predicts for `example` (image, label)."""
+    from keras_resnet.serving import exporting, warmup  # the TF Serving code is only needed here
+
+    exported = exporting.export_run(run_dir, export_dir, tta=tta)
+    print(f"exported for TF Serving: {exported}", flush=True)
+    if example is not None:
+        image, label = example
+        names = data.DataInfo.load(run_dir).class_names
+        print(warmup.example_prediction(exported, image, names[label]), flush=True)
+    return exported
+
+
+def resumes_at(model_dir: str | os.PathLike) -> int:
+    """The step a run in `model_dir` resumes from: its newest checkpoint's (0 if it has none)."""
+    newest = Checkpointer(RunDir(model_dir).checkpoints, verbose=False).candidates()
+    return int(newest[0]["step"]) if newest else 0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _outputs(cfg: TrainConfig, writes: bool) -> Iterator[None]:
+    """Proves --model_dir and --export_dir writable and holds --model_dir's lock for the block.
+
+    A --model_dir this call created is removed again if the run stops before writing into it.
+    """
+    if not writes:
+        yield
+        return
+    model_dir = pathlib.Path(cfg.run.model_dir)
+    created = not model_dir.exists()
+    try:
+        files.check_writable(model_dir, "--model_dir")
+        if cfg.run.export_dir:
+            files.check_writable(cfg.run.export_dir, "--export_dir")
+        lock = files.DirLock(model_dir, purpose="train.py run").acquire()
+    except (files.NotWritable, files.Locked) as err:
+        raise ConfigError(str(err)) from None
+    try:
+        yield
+    except BaseException:
+        if created and {p.name for p in model_dir.iterdir()} <= {files.LOCK_FILE}:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _finished(cfg: TrainConfig) -> Summary | None:
+    if not check_model_dir(cfg):
+        return None
+    summary = RunDir(cfg.run.model_dir).read_summary()
+    print(
+        f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
+        f"{_percent(summary.test_error)}); nothing to do.",
+        flush=True,
+    )
+    return summary
+
+
+def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:
+    """Says so when --lr_milestones lie beyond the run (a preset's 32k/48k with --train_steps=200):
+    those decays never happen."""
+    late = [m for m in cfg.optim.lr_milestones if m >= total_steps]
+    if late and cfg.optim.lr_schedule == "step" and chief:
+        print(
+            f"note: --lr_milestones {','.join(map(str, late))} lie at or beyond this run's last step "
+            f"({total_steps:,}): the learning rate does not drop there. Give milestones inside the run, "
+            "or --lr_milestones= (empty) to decay at 50% and 75% of it.",
+            flush=True,
+        )
+
+
+def _percent(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2%}"
+
+
+@contextlib.contextmanager
+def _distributed(strategy, trained: keras.Model, evaluated: keras.Model, batches) -> Iterator[None]:
+    """Library workarounds for fit/evaluate on several replicas or workers (`workarounds`)."""
+    if strategy.num_replicas_in_sync > 1 or distribution.is_multi_worker(strategy):
+        for model in {id(trained): trained, id(evaluated): evaluated}.values():
+            workarounds.keras_build_from_a_global_batch(model, batches)
+    if distribution.is_multi_worker(strategy):
+        with workarounds.keras_multi_worker_logs():
+            yield
+    else:
+        yield
+
+
+def _stopped_early(checkpointer: Checkpointer, step: int, total_steps: int) -> None:
+    if checkpointer.nan_step is not None:
+        kept = (
+            f"the last good checkpoint (step {checkpointer.last_saved_step}) is kept in "
+            f"{checkpointer.read_dir}"
+            if checkpointer.last_saved_step is not None
+            else "no checkpoint was written yet"
+        )
+        raise TrainingStopped(
+            f"loss became NaN at step {checkpointer.nan_step}; {kept}. Lower --learning_rate or use "
+            "--warmup, then run again with --allow_config_change.",
+            exit_code=3,
+        )
+    if checkpointer.interrupted:
+        raise TrainingStopped(
+            f"interrupted at step {step}/{total_steps}; checkpoint saved in {checkpointer.read_dir}. "
+            "Run the same command again to resume.",
+            exit_code=130,
+        )

@@ -1,0 +1,121 @@
+"""Progress on stdout: the run's step, errors, speed and the ETA of the whole run."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+
+from keras_resnet.console import duration
+from keras_resnet.training.optimization import global_step
+
+
+class Progress(keras.callbacks.Callback):
+    """Whole-run progress: global step, errors, training images/s and the ETA of the whole run.
+
+    Prints one line per epoch; without a terminal (no progress bar) also every `every_s`. The ETA
+    comes from this process's wall time per step, evaluations included; `cheap_steps` (n, c) says
+    that the run's first n steps cost c of a later one (low-resolution epochs), so that the ETA
+    of a run in those steps counts the dearer ones to come.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        batch_size: int,
+        every_s: float = 60.0,
+        intra_epoch: bool = False,
+        quiet: bool = False,
+        cheap_steps: tuple[int, float] = (0, 1.0),
+    ):
+        super().__init__()
+        self.quiet, self.cheap_steps = quiet, cheap_steps
+        self.total, self.batch_size = total_steps, batch_size
+        self.every_s, self.intra_epoch = every_s, intra_epoch
+        self.step = self.start_step = 0
+        self.epoch_steps, self.epoch_time = 0, 0.0
+        self.train_time = 0.0  # seconds inside training steps, this process
+        self.earlier_train_time = 0.0  # the same, of the invocations this run resumed from
+        self.earlier_images_per_sec = 0.0  # the speed they measured (a run resumed at its end trains none)
+        self.steady_steps, self.steady_time = 0, 0.0  # excluding the first steps (tracing)
+
+    @property
+    def total_train_time(self) -> float:
+        """Seconds inside training steps over every invocation of the run (kept in checkpoints)."""
+        return self.earlier_train_time + self.train_time
+
+    def get_state(self) -> dict:
+        return {"train_time_s": self.total_train_time, "images_per_sec": self.images_per_sec()}
+
+    def set_state(self, state: dict) -> None:
+        self.earlier_train_time = float(state.get("train_time_s", 0.0))
+        self.earlier_images_per_sec = float(state.get("images_per_sec", 0.0))
+
+    def on_train_begin(self, logs=None):
+        self.step = self.start_step = global_step(self.model)
+        self.began = self.last_print = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_steps, self.epoch_time = 0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        dt = now - self.t0
+        self.step += 1
+        self.epoch_steps += 1
+        self.epoch_time += dt
+        self.train_time += dt
+        if self.step - self.start_step > 5:
+            self.steady_steps += 1
+            self.steady_time += dt
+        if self.intra_epoch and not self.quiet and now - self.last_print >= self.every_s:
+            self.last_print = now
+            loss = float(logs["loss"]) if logs and "loss" in logs else float("nan")
+            print(
+                f"{self._where()} loss {loss:.4f} {self.images_per_sec():.0f} img/s ETA {self.eta()}",
+                flush=True,
+            )
+
+    def _where(self) -> str:
+        return f"step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%)"
+
+    def eta(self) -> str:
+        done = self.step - self.start_step
+        if not done:
+            return "?"
+        per_step = (time.perf_counter() - self.began) / self._cost(self.start_step, self.step)
+        return duration(self._cost(self.step, self.total) * per_step)
+
+    def _cost(self, first: int, end: int) -> float:
+        """Steps first..end-1 in later steps' cost."""
+        n, c = self.cheap_steps
+        cheap = max(0, min(end, n) - first)
+        return end - first - (1 - c) * cheap
+
+    def images_per_sec(self) -> float:
+        """Training images per second in this invocation's steady steps (else the previous one's)."""
+        steady = self.steady_steps > 0
+        steps, secs = (self.steady_steps, self.steady_time) if steady else (self.epoch_steps, self.epoch_time)
+        return steps * self.batch_size / secs if secs else self.earlier_images_per_sec
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["step"] = self.step
+        logs["images_per_sec"] = (
+            self.epoch_steps * self.batch_size / self.epoch_time if self.epoch_time else 0.0
+        )
+        parts = [self._where()]
+        for key in ("loss", "error", "val_loss", "val_error", "test_loss", "test_error"):
+            if key in logs:
+                parts.append(f"{key} {logs[key]:.4f}" if "loss" in key else f"{key} {logs[key]:.2%}")
+        if "lr" in logs:
+            parts.append(f"lr {logs['lr']:.4g}")
+        parts.append(f"{logs['images_per_sec']:.0f} img/s ETA {self.eta()}")
+        if not self.quiet:
+            # Beside Keras' progress bar (a terminal), start a line of our own.
+            print(("" if self.intra_epoch else "\n") + "  ".join(parts), flush=True)
+        self.last_print = time.perf_counter()
