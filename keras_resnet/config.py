@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,9 +97,18 @@ class ModelConfig:
     fused_bn: bool = option(
         True, "TensorFlow's fused batch-norm kernel in training (Keras' results, faster).", operational=True
     )
+    weights: str = option(
+        "",
+        "Start from these weights: imagenet (resnet50/101/152), cifar10 (a shipped net), a finished run's "
+        "--model_dir, or a .keras/.weights.h5 file; a new classifier where the classes differ.",
+    )
+    freeze: tuple[str, ...] = option(
+        (), "Stages kept as they are, by the paper's names (conv1 is the stem), e.g. conv1,conv2."
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "shortcut", self.shortcut.strip().upper())
+        object.__setattr__(self, "freeze", tuple(str(s).strip() for s in self.freeze if str(s).strip()))
 
     @property
     def spec(self) -> specs.ModelSpec:
@@ -121,6 +131,27 @@ class ModelConfig:
         if self.family and self.family not in specs.FAMILIES:
             _fail(f"--family={self.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
         _check_choices(self)
+        self._check_weights()
+
+    def _check_weights(self) -> None:
+        spec = self.spec
+        stages = tuple(f"conv{i + 1}" for i in range(len(spec.stages) + 1))
+        if unknown := [s for s in self.freeze if s not in stages]:
+            _fail(f"--freeze={','.join(unknown)}: {spec.name}'s stages are {', '.join(stages)}.")
+        w = self.weights
+        if w == "imagenet" and not (spec.family == specs.IMAGENET and spec.depth in (50, 101, 152)):
+            _fail(f"--weights=imagenet exists for resnet50, resnet101 and resnet152, not {spec.name}.")
+        elif w == "cifar10" and spec.family != specs.CIFAR:
+            _fail(f"--weights=cifar10 is for the CIFAR nets; {spec.name} is an ImageNet net.")
+        elif w not in ("", "imagenet", "cifar10"):
+            path = pathlib.Path(w).expanduser()
+            if not (
+                (path / "model.keras").is_file() or (path.is_file() and w.endswith((".keras", ".weights.h5")))
+            ):
+                _fail(
+                    f"--weights={w}: no finished run (with model.keras) or .keras/.weights.h5 file there; "
+                    "give one, or imagenet or cifar10."
+                )
 
 
 @dataclasses.dataclass(frozen=True)

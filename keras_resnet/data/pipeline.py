@@ -102,6 +102,7 @@ def load_config(
     worker_index: int = 0,
     cache_images: bool | None = None,
     cache_dir: str | None = None,
+    subtract_mean: bool = True,
     verbose: bool = True,
 ) -> Datasets:
     """Training and evaluation datasets of a run's `DataConfig`.
@@ -118,6 +119,8 @@ def load_config(
         num_workers, worker_index: shard all splits per worker (MultiWorkerMirroredStrategy).
         cache_images: hold decoded folder images in memory (default: when they fit in a quarter of RAM).
         cache_dir: where the mean is cached (default `$KERAS_RESNET_CACHE` or ~/.cache/keras_resnet).
+        subtract_mean: False for a network that carries its own input normalization (fine-tuning
+            from pretrained weights): every view is then raw 0-255 pixels and `info.mean` zeros.
         verbose: print progress while decoding large folders.
 
     Raises:
@@ -149,7 +152,7 @@ def load_config(
         cache_dir=cache_dir or "",
         verbose=verbose,
     )
-    info = _info(src, row, size)
+    info = _info(src, row, size, subtract_mean)
     if info.num_classes < 2:
         raise ValueError(f"{src.name} has {info.num_classes} class: a classifier needs at least 2.")
     if src.train.num_examples < batch_size:
@@ -180,7 +183,8 @@ def load_config(
     )
 
 
-def _info(src, row: registry.Dataset, size: int) -> DataInfo:
+def _info(src, row: registry.Dataset, size: int, subtract_mean: bool) -> DataInfo:
+    mean = np.asarray(src.mean, np.float32)
     return DataInfo(
         name=src.name,
         recipe=row.recipe,
@@ -188,7 +192,7 @@ def _info(src, row: registry.Dataset, size: int) -> DataInfo:
         class_names=tuple(src.class_names),
         image_size=size,
         resize_size=size if row.recipe == CIFAR_RECIPE else resize_size_for(size),
-        mean=np.asarray(src.mean, np.float32),
+        mean=mean if subtract_mean else np.zeros_like(mean),
         train_examples=src.train.num_examples,
         data_sha256=src.data_sha256,
     )

@@ -30,7 +30,7 @@ import tensorflow as tf
 from keras_resnet import data, files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
-from keras_resnet.training import distribution, optimization
+from keras_resnet.training import distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.optimization import global_step
@@ -123,7 +123,8 @@ class Run:
 
     def load_data(self) -> None:
         """The data from the step the run resumes at (a resumed run must not replay its batches)."""
-        self.datasets = load_data(self.cfg, self.strategy, start_step=resumes_at(self.dir.path))
+        self.start_step = resumes_at(self.dir.path)
+        self.datasets = load_data(self.cfg, self.strategy, start_step=self.start_step)
         self.info = self.datasets.info
         self.total_steps, self.chunk, _ = run_length(self.cfg, self.datasets.steps_per_epoch)
         _check_schedule(self.cfg, self.total_steps, self.chief)
@@ -136,7 +137,10 @@ class Run:
         """The compiled model inside the strategy's scope, its weight average, the evaluated model."""
         cfg = self.cfg
         with self.strategy.scope():
-            self.model = optimization.compile_model(build_model(cfg, self.info), cfg.optim, self.total_steps)
+            weights = finetune.weights_for(cfg, self.info, resuming=self.start_step > 0)
+            model = build_model(cfg, self.info, weights)
+            finetune.freeze(model, cfg.model.freeze)
+            self.model = optimization.compile_model(model, cfg.optim, self.total_steps)
             self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
             scored = self.average.average if self.average else self.model
             self.evaluated = models.with_test_time_augmentation(scored, cfg.run.tta)
@@ -307,19 +311,26 @@ def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: in
             num_workers=distribution.num_workers(strategy),
             worker_index=distribution.worker_index(strategy),
             verbose=distribution.is_chief(strategy),
+            # A network that carries its own input normalization (--weights) takes raw pixels.
+            subtract_mean=not finetune.raw_pixels(cfg),
         )
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"--dataset={cfg.data.dataset}: {err}") from None
 
 
-def build_model(cfg: TrainConfig, info: data.DataInfo) -> keras.Model:
-    """The network of --model for `info`'s classes and image size (call inside strategy.scope())."""
-    model = models.build_from_config(
-        cfg.model,
-        num_classes=info.num_classes,
-        input_shape=(info.image_size, info.image_size, 3),
-        weight_decay=cfg.optim.weight_decay,
-    )
+def build_model(cfg: TrainConfig, info: data.DataInfo, weights=None) -> keras.Model:
+    """The network of --model for `info`'s classes and image size (call inside strategy.scope()),
+    with `weights` as `models.build_model` takes them (`finetune.weights_for`)."""
+    try:
+        model = models.build_from_config(
+            cfg.model,
+            num_classes=info.num_classes,
+            input_shape=(info.image_size, info.image_size, 3),
+            weight_decay=cfg.optim.weight_decay,
+            weights=weights,
+        )
+    except ValueError as err:  # weights that are not there or do not fit: one line
+        raise ConfigError(f"--weights={cfg.model.weights}: {err}") from None
     if cfg.data.low_res_size:
         # The first --low_res_epochs feed smaller images. The weights take any size (convolutions
         # and global average pooling); only the declared input shape must not refuse them. The
