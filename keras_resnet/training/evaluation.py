@@ -1,4 +1,5 @@
-"""Scoring a trained run again, as the paper scores it: `train.py --model_dir=DIR --eval_only`.
+"""Scoring and exporting a trained model: the steps every caller shares (a run, the tuner's
+winner), and `train.py --model_dir=DIR --eval_only`, which scores a finished run again.
 
 CIFAR recipe: the single original view (with the run's own --tta). ImageNet recipe: the paper's
 10-crop testing (section 3.4: the 4 corners and the center of the shorter side resized to 256
@@ -8,17 +9,45 @@ S/224, and their flips, softmax averaged), beside the single center crop.
 from __future__ import annotations
 
 import os
+import pathlib
+from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_resnet import data, models
+from keras_resnet import data, models, workarounds
 from keras_resnet.config import ConfigError
 from keras_resnet.data.info import IMAGENET_RECIPE
 from keras_resnet.training import optimization
 from keras_resnet.training.precision import precision_policy
-from keras_resnet.training.procedure import evaluate_model
 from keras_resnet.training.rundir import RunDir
+
+
+def evaluate_model(model: keras.Model, batches: tf.data.Dataset) -> dict[str, float]:
+    """`model`'s loss and metrics over `batches` (a compiled model, under its strategy)."""
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        workarounds.keras_build_from_a_global_batch(model, batches)
+    return {k: float(v) for k, v in model.evaluate(batches, verbose=0, return_dict=True).items()}
+
+
+def export_model(
+    run_dir: str | os.PathLike,
+    export_dir: str | os.PathLike,
+    tta: str,
+    example: tuple[Any, int] | None = None,
+) -> pathlib.Path:
+    """The next TF Serving version of the run saved in `run_dir` under `export_dir` (as
+    export/export.py makes it), and a line of what it predicts for `example` (image, label)."""
+    from keras_resnet.serving import exporting, warmup  # the TF Serving code is only needed here
+
+    exported = exporting.export_run(run_dir, export_dir, tta=tta)
+    print(f"exported for TF Serving: {exported}", flush=True)
+    if example is not None:
+        image, label = example
+        names = data.DataInfo.load(run_dir).class_names
+        print(warmup.example_prediction(exported, image, names[label]), flush=True)
+    return exported
 
 
 def evaluate_run(model_dir: str | os.PathLike) -> dict[str, float]:

@@ -7,8 +7,9 @@ its own model_dir, no test set and extra callbacks) and the paper's experiments.
 flags and the saved configuration of --model_dir (a finished run returns its summary), proves
 every output location writable and locks --model_dir, then takes the steps of `Run`, in order
 (the shape of TF Model Garden's `train_lib`): `prepare`, `load_data`, `build`, `restore`, `fit`,
-`evaluate`, `save`, `export`, `finish`. `evaluate_model` and `export_model` are the evaluation and
-export every caller shares (the tuner scores and exports its winner with them).
+`evaluate`, `save`, `export`, `finish`. Their evaluation and export are `evaluation.evaluate_model`
+and `evaluation.export_model`, which every caller shares (the tuner scores and exports its winner
+with them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import keras
 import tensorflow as tf
@@ -33,6 +33,7 @@ from keras_resnet.console import duration
 from keras_resnet.training import distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
+from keras_resnet.training.evaluation import evaluate_model, export_model
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.rundir import RunDir, Summary, check_model_dir
@@ -337,32 +338,6 @@ def build_model(cfg: TrainConfig, info: data.DataInfo, weights=None) -> keras.Mo
         # relaxed check is not saved: the saved and exported model keeps its declared size.
         model.input_spec = keras.InputSpec(ndim=4, axes={-1: model.input_shape[-1]})
     return model
-
-
-def evaluate_model(model: keras.Model, batches: tf.data.Dataset) -> dict[str, float]:
-    """`model`'s loss and metrics over `batches` (a compiled model, under its strategy)."""
-    if model.distribute_strategy.num_replicas_in_sync > 1:
-        workarounds.keras_build_from_a_global_batch(model, batches)
-    return {k: float(v) for k, v in model.evaluate(batches, verbose=0, return_dict=True).items()}
-
-
-def export_model(
-    run_dir: str | os.PathLike,
-    export_dir: str | os.PathLike,
-    tta: str,
-    example: tuple[Any, int] | None = None,
-) -> pathlib.Path:
-    """The next TF Serving version of the run saved in `run_dir` under `export_dir` (as
-    export/export.py makes it), and a line of what it predicts for `example` (image, label)."""
-    from keras_resnet.serving import exporting, warmup  # the TF Serving code is only needed here
-
-    exported = exporting.export_run(run_dir, export_dir, tta=tta)
-    print(f"exported for TF Serving: {exported}", flush=True)
-    if example is not None:
-        image, label = example
-        names = data.DataInfo.load(run_dir).class_names
-        print(warmup.example_prediction(exported, image, names[label]), flush=True)
-    return exported
 
 
 def resumes_at(model_dir: str | os.PathLike) -> int:

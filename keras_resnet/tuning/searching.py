@@ -32,7 +32,7 @@ import keras_tuner
 
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
-from keras_resnet.training import distribution, optimization, procedure
+from keras_resnet.training import distribution, evaluation, optimization, procedure
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.rundir import RunDir
 from keras_resnet.training.signals import STOP
@@ -302,7 +302,7 @@ def _score(best: RunDir, best_cfg: TrainConfig, test, strategy) -> dict[str, flo
         evaluated = models.with_test_time_augmentation(model, best_cfg.run.tta)
         if evaluated is not model:
             optimization.compile_for_evaluation(evaluated, best_cfg.optim)
-        return procedure.evaluate_model(evaluated, test)
+        return evaluation.evaluate_model(evaluated, test)
 
 
 def _export_winner(best: RunDir, best_cfg: TrainConfig, base: pathlib.Path, previous: dict, trial: str):
@@ -316,7 +316,7 @@ def _export_winner(best: RunDir, best_cfg: TrainConfig, base: pathlib.Path, prev
         and (pathlib.Path(exported) / "saved_model.pb").is_file()
     ):
         return pathlib.Path(exported)
-    return procedure.export_model(best.path, base, best_cfg.run.tta)
+    return evaluation.export_model(best.path, base, best_cfg.run.tta)
 
 
 def _space_text(space: dict[str, tuple]) -> str:
