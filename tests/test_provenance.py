@@ -1,0 +1,57 @@
+"""Which data a run read: `data_sha256` in every summary and data info, and caches keyed by it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from keras_resnet import data
+from keras_resnet.data import digits, splits
+from keras_resnet.data.info import DataInfo
+from keras_resnet.training.rundir import RunDir
+
+
+def _png(path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(image).numpy())
+
+
+def _folder(root, value: int, size: int = 12) -> None:
+    for split, count in (("train", 4), ("val", 2)):
+        for c in ("a", "b"):
+            for i in range(count):
+                _png(root / split / c / f"{i}.png", np.full((size, size, 3), value + i, np.uint8))
+
+
+def test_every_run_records_the_fingerprint_of_its_training_data(tiny_run):
+    cfg, summary = tiny_run
+    # The embedded digits are arrays, not files: their bytes are hashed.
+    assert summary.data_sha256 == splits.array_fingerprint(*digits._digits_images(8))
+    run = RunDir(cfg.run.model_dir)
+    assert json.loads(run.summary.read_text())["data_sha256"] == summary.data_sha256
+    assert DataInfo.load(run.path).data_sha256 == summary.data_sha256  # exported with the model
+
+
+def test_cifar10_fingerprint_is_its_train_files_sha256_and_keys_the_mean_cache(tfds_dir, tmp_path):
+    ds = data.load("cifar10", data_dir=str(tfds_dir), cache_dir=tmp_path / "cache")
+    (train_file,) = (tfds_dir / "cifar10" / "3.0.2").glob("cifar10-train.tfrecord*")
+    assert ds.info.data_sha256 == hashlib.sha256(train_file.read_bytes()).hexdigest()[:16]
+    (key,) = (tmp_path / "cache").glob("mean-*.json")
+    assert json.loads(key.read_text())["data_sha256"] == ds.info.data_sha256
+
+
+def test_a_changed_folder_at_the_same_path_never_meets_its_stale_cache(tmp_path):
+    root, cache = tmp_path / "images", tmp_path / "cache"
+    _folder(root, value=10)
+    first = data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=cache, cache_images=False)
+    _folder(root, value=200, size=16)  # the same files, other pixels and sizes
+    second = data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=cache, cache_images=False)
+    assert first.info.data_sha256 != second.info.data_sha256
+    np.testing.assert_allclose(first.info.mean, 11.5)  # (10 + 11 + 12 + 13) / 4, per channel
+    np.testing.assert_allclose(second.info.mean, 201.5)
+    # Listed by names and sizes: the fingerprint of the same folder read again does not move.
+    again = data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=cache, cache_images=False)
+    assert again.info.data_sha256 == second.info.data_sha256
