@@ -3,6 +3,7 @@
     import keras_resnet as kr
     model = kr.build_model("resnet56")          # CIFAR, 6n+2 layers, option A
     kr.count(model).table(); kr.list_models()
+    classifier = kr.load("runs/resnet20")     # a trained run: raw images in, probabilities out
 
 Importing the package imports no TensorFlow (a command reads its flags first); the names below
 load their modules on first use. `register()` registers every custom object a saved model
@@ -36,6 +37,7 @@ __getattr__, __dir__ = _lazy.exports(
         "from_keras_applications": "keras_resnet.models.pretrained",
         "get_spec": "keras_resnet.models.specs",
         "list_models": "keras_resnet.models.specs",
+        "load": "keras_resnet.serving.loading",
         "with_test_time_augmentation": "keras_resnet.models.tta",
         "BatchNormalization": "keras_resnet.models.layers",
         "HorizontalFlip": "keras_resnet.models.layers",
