@@ -91,6 +91,7 @@ def _has_jpeg_end(image: tf.Tensor) -> tf.Tensor:
         safe = tf.minimum(pos, tf.maximum(n - 4, 0))
         return pos + 2 + data[safe + 2] * 256 + data[safe + 3]  # the length counts itself
 
-    scan = tf.while_loop(in_header, next_segment, [tf.constant(2)])[0]
+    # A tuple in, a tuple out: eager while_loop (kr.load, predict) is stricter than a graph's.
+    (scan,) = tf.while_loop(in_header, lambda pos: (next_segment(pos),), (tf.constant(2),))
     end = tf.logical_and(tf.equal(data[:-1], 0xFF), tf.equal(data[1:], 0xD9))
     return tf.reduce_any(tf.logical_and(end, tf.range(tf.maximum(n - 1, 0)) >= scan))
