@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 
+import keras
 import numpy as np
+import pytest
 import tensorflow as tf
+from conftest import tiny
 
-from keras_resnet import data
+import keras_resnet as kr
+from keras_resnet import data, training
 from keras_resnet.data import digits, splits
 from keras_resnet.data.info import DataInfo
+from keras_resnet.models import pretrained
 from keras_resnet.training.rundir import RunDir
 
 
@@ -55,3 +60,22 @@ def test_a_changed_folder_at_the_same_path_never_meets_its_stale_cache(tmp_path)
     # Listed by names and sizes: the fingerprint of the same folder read again does not move.
     again = data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=cache, cache_images=False)
     assert again.info.data_sha256 == second.info.data_sha256
+
+
+@pytest.mark.slow
+def test_a_shipped_cifar10_net_takes_raw_pixels_and_answers_as_the_run_did(tfds_dir, tmp_path, monkeypatch):
+    """A short real CIFAR-10 run shipped with `pretrained.ship_cifar10`: `weights="cifar10"` builds
+    it with its mean image inside, so raw pixels give the run's own probabilities."""
+    cfg = tiny(tmp_path / "run", dataset="cifar10", data_dir=str(tfds_dir), train_steps=4, eval_test=False)
+    summary = training.run(cfg, verbose=0)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
+    pretrained.ship_cifar10(cfg.run.model_dir)
+    assert pretrained.shipped_cifar10() == ["resnet8"]
+    record = pretrained.cifar10_record("resnet8")
+    assert record["data_sha256"] == summary.data_sha256 and record["steps"] == 4
+    shipped = kr.build_model("resnet8", weights="cifar10")
+    ds = data.load("cifar10", data_dir=str(tfds_dir), eval_batch_size=64)
+    raw = np.stack([ds.test_example(i)[0] for i in range(64)])
+    trained = keras.saving.load_model(RunDir(cfg.run.model_dir).model, compile=False)
+    views = next(iter(ds.test))[0]
+    np.testing.assert_allclose(shipped.predict(raw, verbose=0), trained.predict(views, verbose=0), atol=1e-4)

@@ -390,3 +390,39 @@ def _check_build(what: str, expected: dict, given: dict) -> None:
         asked = ", ".join(f"{key}={given.get(key)!r}" for key in wrong)
         needed = ", ".join(f"{key}={value!r}" for key, value in wrong.items())
         raise WeightsMismatchError(f"{what} are for {needed}, not {asked}.")
+
+
+def ship_cifar10(run_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Makes a finished CIFAR-10 run (a `train.py --model_dir`) a shipped net: its final weights as
+    `<name>_cifar10.weights.h5` and its record (mean image, test error, data_sha256) beside them
+    (the command: models/weights/README.md)."""
+    run = pathlib.Path(run_dir)
+    config, summary, info = (
+        json.loads((run / n).read_text()) for n in ("config.json", "summary.json", "data_info.json")
+    )
+    if config.get("dataset") != CIFAR10 or summary.get("test_error") is None:
+        raise ValueError(f"{run} is not a finished CIFAR-10 run with a test error: nothing to ship.")
+    build = {k: config[k] for k in ("shortcut", "padding") if config.get(k) and config[k] != _CIFAR_BUILD[k]}
+    trained = keras.saving.load_model(run / "model.keras", compile=False)
+    spec = specs.get_spec(config["model"], config.get("family") or None)
+    from keras_resnet.models.builder import build_model  # here: the builder imports this module
+
+    net = build_model(spec.name, family=spec.family, **build)
+    net.set_weights(trained.get_weights())  # the same network: only the optimizer stays behind
+    target = pathlib.Path(weights_dir or WEIGHTS_DIR)
+    target.mkdir(parents=True, exist_ok=True)
+    weights = target / (spec.name + _CIFAR_WEIGHTS)
+    tmp = weights.with_name(".tmp-" + weights.name)
+    net.save_weights(tmp)
+    os.replace(tmp, weights)
+    record = {
+        "mean": np.asarray(info["mean"], np.float32).round(4).tolist(),
+        "test_error": round(float(summary["test_error"]), 5),
+        "data_sha256": summary.get("data_sha256", ""),
+        "steps": summary["steps"],
+        **({"build": build} if build else {}),
+    }
+    path = target / (spec.name + _CIFAR_RECORD)
+    path.with_name(".tmp-" + path.name).write_text(json.dumps(record) + "\n")
+    os.replace(path.with_name(".tmp-" + path.name), path)
+    return weights
