@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 from keras_resnet.training.rundir import RunDir
@@ -24,6 +25,7 @@ def _python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_reads_the_runs_own_history(tmp_path):
     flagfile = tmp_path / "tiny.cfg"
     flagfile.write_text(

@@ -72,6 +72,7 @@ def test_a_plan_that_cannot_hold_is_refused_before_measuring(changes, message, t
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_probes_plan_and_a_rerun_continues_the_plan(tmp_path, monkeypatch, capsys):
     model_dir = tmp_path / "run"
     cfg = TrainConfig.of(

@@ -394,6 +394,7 @@ def cifar_cache(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("cifar_cache")
 
 
+@pytest.mark.slow
 def test_real_cifar10_sizes_shapes_and_mean(tfds_dir, cifar_cache):
     import tensorflow_datasets as tfds
 
@@ -466,6 +467,7 @@ def test_cifar_under_mirrored_strategy_splits_global_batches_without_warnings(
     assert not [r for r in caplog.records if "shard" in r.getMessage().lower()]
 
 
+@pytest.mark.slow
 def test_real_imagenette_from_the_shared_folder(imagenette_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(tfds_source.DATA_ENV, str(imagenette_dir.parent))
     ds = data.load("imagenette", batch_size=32, cache_dir=tmp_path, verbose=False)
@@ -507,3 +509,20 @@ def test_streamed_tfds_split_as_used_for_imagenet2012(tfds_dir, cifar_cache):
     assert test[0][0].shape == (128, 24, 24, 3)
     with pytest.raises(ValueError, match="image_size=64.*original 32x32"):
         data.load("cifar10", data_dir=str(tfds_dir), image_size=64, cache_dir=cifar_cache)
+
+
+def test_an_extreme_aspect_ratio_is_cut_before_the_evaluation_view_scales_it_up():
+    # A 1 x 100,000 strip (373 bytes as a PNG): scaling its short side to 55 first would make
+    # 55 x 5,500,000 pixels (1.5 GB of float32); cut to 1 x 2 first, it stays small.
+    from keras_resnet.data import views
+
+    strip = tf.random.stateless_uniform([1, 1, 100_000, 3], seed=(1, 2), maxval=255.0)
+    cut = views.center_crop_aspect(strip, views.MAX_ASPECT)
+    assert cut.shape[1:] == (1, views.MAX_ASPECT, 3)
+    np.testing.assert_array_equal(cut[0, 0], strip[0, 0, 49_999:50_001])
+    # The same view as without the cut, shown where the uncut path is affordable (1 x 1,000).
+    zero = np.zeros(3, np.float32)
+    for image in (strip[:, :, :1000], tf.transpose(strip[:, :, :1000], [0, 2, 1, 3])):  # wide and tall
+        uncut = views.center_crop(views.resize_shorter_side(image, 55), 48)
+        np.testing.assert_allclose(views.imagenet_eval_view(image, 48, 55, zero), uncut, atol=0.01)
+    assert views.imagenet_eval_view(strip, 48, 55, zero).shape == (1, 48, 48, 3)

@@ -89,6 +89,7 @@ def test_unreachable_download_host_is_refused_before_tfds_retries(monkeypatch, t
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.slow
 def test_nodownload_exits_1_with_one_line_in_seconds(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
@@ -122,6 +123,7 @@ def test_digits_are_embedded_split_and_resized():
     assert data.load("digits", batch_size=64, image_size=16).info.image_size == 16
 
 
+@pytest.mark.slow
 def test_quickstart_trains_exports_and_serves_offline(tmp_path):
     """The README's first command, on digits: exit 0, quiet, a served prediction, above chance."""
     run_dir = tmp_path / "quickstart"

@@ -184,7 +184,14 @@ def test_bottleneck_stride_placement():
     assert kr.count(v15).macs > kr.count(v1).macs
 
 
-@pytest.mark.parametrize("name", [n for n in specs.list_models() if n != "resnet1202"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "plain1202" else n  # 1,202 layers: 36 s to build
+        for n in specs.list_models()
+        if n != "resnet1202"  # test_resnet1202_builds_counts_and_runs
+    ],
+)
 def test_forward_shapes_for_every_named_model(name):
     spec = specs.get_spec(name)
     # ImageNet nets run at 64x64 here to stay fast: the shapes follow the same strides.
@@ -246,6 +253,7 @@ def test_builds_under_mirrored_strategy(mirrored_strategy):
     )
 
 
+@pytest.mark.slow
 def test_resnet1202_builds_counts_and_runs():
     # Deeper than Python's default recursion limit for Keras' graph walks: the builder raises it.
     model = kr.build_model("resnet1202")

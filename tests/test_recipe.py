@@ -75,6 +75,7 @@ def test_weight_average_follows_its_update_rule_bn_statistics_included():
     assert any("moving_variance" in w.path for w in average.average.weights)
 
 
+@pytest.mark.slow
 def test_weight_average_is_what_is_evaluated_saved_and_exported(tmp_path):
     cfg = TrainConfig.of(
         **TINY,
@@ -146,6 +147,7 @@ def test_cutout_zeroes_one_square_and_alternating_flips_alternate():
     assert 30 < flips[0].sum() < 70  # which images start mirrored is mixed
 
 
+@pytest.mark.slow
 def test_evaluation_of_the_test_set_every_n_checkpoints(tmp_path):
     cfg = TrainConfig.of(**TINY, train_steps=40, eval_test_every=3, model_dir=str(tmp_path / "run"))
     training.run(cfg, verbose=0)
@@ -246,6 +248,7 @@ def test_low_resolution_epochs_are_the_same_batches_resized_then_full_size():
         data.load("digits", **{**low, "low_res_size": 32})
 
 
+@pytest.mark.slow
 def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(tmp_path):
     # 44 steps per epoch: the first 44 at 16 px, the last 16 at 32 px.
     cfg = TrainConfig.of(

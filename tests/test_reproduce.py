@@ -29,6 +29,7 @@ def tiny(tmp_path_factory) -> tuple[list[str], pathlib.Path]:
     return [*args, f"--results={root / 'results'}"], root
 
 
+@pytest.mark.slow
 def test_degradation_trains_each_net_once_with_one_recipe_and_writes_csv_and_figure(tiny):
     args, root = tiny
     assert reproduce.main(["degradation", *args]) == 0
@@ -60,6 +61,7 @@ def test_degradation_trains_each_net_once_with_one_recipe_and_writes_csv_and_fig
     assert [p.stat().st_mtime_ns for p in summaries] == before
 
 
+@pytest.mark.slow
 def test_responses_reuse_the_trained_nets_and_list_every_3x3_layer(tiny):
     args, root = tiny
     summary = root / "runs" / "20" / "resnet8" / "summary.json"
@@ -74,6 +76,7 @@ def test_responses_reuse_the_trained_nets_and_list_every_3x3_layer(tiny):
     assert (root / "results" / "responses.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_table6_puts_the_final_test_error_beside_the_papers_as_fractions(tiny, monkeypatch):
     args, root = tiny
     args = ["--models=resnet8" if a.startswith("--models=") else a for a in args]
@@ -153,6 +156,7 @@ def test_bad_arguments_and_dry_run(tmp_path, capsys):
     assert resnet56.model.family == ""  # as before: the config.json of runs under way is unchanged
 
 
+@pytest.mark.slow
 def test_estimate_and_dry_run_count_the_checkpointed_iterations(tmp_path, capsys):
     from keras_resnet import training
 
