@@ -53,19 +53,39 @@ def plot_history(history_csv: str | pathlib.Path, png: str | pathlib.Path, title
         ("val_error", "validation", "-."),
         ("test_error", "test", "-"),
     ):
-        steps, values = column(key)
-        if steps:
-            ax_err.plot(steps, [100 * v for v in values], style, label=label)
-        steps, values = column(key.replace("error", "loss"))
-        if steps:
-            ax_loss.plot(steps, values, style, label=label)
-    for step in lr_change_steps(rows):
-        for ax in (ax_err, ax_loss):
-            ax.axvline(step, color="grey", lw=0.6, ls=":")
+        for ax, name, scale in ((ax_err, key, 100), (ax_loss, key.replace("error", "loss"), 1)):
+            steps, values = column(name)
+            if steps:  # a set scored a few times only (the test set of a timed run) gets markers
+                marker = "o" if len(steps) < 4 else ""
+                ax.plot(steps, [scale * v for v in values], style, label=label, marker=marker)
+    _mark_lr_drops(rows, (ax_err, ax_loss))
     ax_err.set(xlabel="iterations", ylabel="top-1 error (%)", title=title or "error")
-    ax_loss.set(xlabel="iterations", ylabel="loss", title="loss (incl. weight decay for train)")
+    ax_loss.set(xlabel="iterations", ylabel="loss (log scale)", title="loss (incl. weight decay for train)")
+    if ax_loss.lines:
+        ax_loss.set_yscale("log")
     for ax in (ax_err, ax_loss):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     return files.save_figure(fig, png)
+
+
+def _mark_lr_drops(rows: list[dict[str, str]], axes) -> None:
+    """A dotted line at each learning-rate change, labelled with the new rate on the first axis."""
+    lrs = [(int(r["step"]), float(r["lr"])) for r in rows if r.get("lr") not in (None, "")]
+    for step in lr_change_steps(rows):
+        after = next((lr for s, lr in lrs if s > step), None)
+        for ax in axes:
+            ax.axvline(step, color="grey", lw=0.6, ls=":")
+        if after is not None:
+            ax = axes[0]
+            ax.text(
+                step,
+                0.98,
+                f" lr {after:g}",
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                color="grey",
+                va="top",
+                ha="left",
+            )

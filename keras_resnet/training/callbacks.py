@@ -8,6 +8,7 @@ of `--checkpoint_steps` iterations: each ends with an evaluation, a history row 
 - `Evaluation`: validation (every chunk) and test (every `--eval_test_every` chunks) errors.
 - `LearningRateControl`: the paper's warmup and plateau decays; logs the learning rate.
 - `HistoryCSV`: `history.csv` and `curves.png`.
+- `Scalars`: the same curves for TensorBoard, on the iteration axis, train and test overlaid.
 
 Progress (`progress.Progress`) and checkpoints (`checkpoints.Checkpointer`) have modules of their own.
 """
@@ -98,9 +99,10 @@ class Evaluation(keras.callbacks.Callback):
         test: tf.data.Dataset | None,
         total_steps: int,
         test_every: int = 1,
+        progress: Progress | None = None,
     ):
         super().__init__()
-        self.evaluated, self.validation, self.test = model, validation, test
+        self.evaluated, self.validation, self.test, self.progress = model, validation, test, progress
         self.total_steps, self.test_every = total_steps, max(int(test_every), 1)
         self.step = 0  # at the previous chunk end (or where the run resumed)
 
@@ -111,15 +113,22 @@ class Evaluation(keras.callbacks.Callback):
         if logs is None or not math.isfinite(logs.get("loss", 0.0)):
             return
         if self.validation is not None:
-            results = self.evaluated.evaluate(self.validation, verbose=0, return_dict=True)
-            logs.update({f"val_{k}": float(v) for k, v in results.items()})
+            logs.update(self._evaluate(self.validation, "val", "the validation set"))
         step, previous = global_step(self.model), self.step
         self.step = step
         period = self.test_every * (self.params.get("steps") or 1)  # Keras' steps per chunk
         due = step // period > previous // period or step >= self.total_steps
         if self.test is not None and due:
-            results = self.evaluated.evaluate(self.test, verbose=0, return_dict=True)
-            logs.update({f"test_{k}": float(v) for k, v in results.items()})
+            logs.update(self._evaluate(self.test, "test", "the test set"))
+
+    def _evaluate(self, data: tf.data.Dataset, prefix: str, what: str) -> dict[str, float]:
+        if self.progress:
+            self.progress.phase(f"evaluating {what}")
+        began = time.perf_counter()
+        results = self.evaluated.evaluate(data, verbose=0, return_dict=True)
+        if self.progress:
+            self.progress.took(time.perf_counter() - began)
+        return {f"{prefix}_{k}": float(v) for k, v in results.items()}
 
 
 class LearningRateControl(keras.callbacks.Callback):
@@ -224,9 +233,10 @@ class HistoryCSV(keras.callbacks.Callback):
         path: pathlib.Path,
         columns: Callable[[], dict[str, Any]] | None = None,
         steps_per_epoch: int | None = None,
+        title: str = "",
     ):
         super().__init__()
-        self.path = pathlib.Path(path)
+        self.path, self.title = pathlib.Path(path), title
         self.columns = columns
         self.steps_per_epoch = steps_per_epoch
         self.rows: list[dict] = []
@@ -264,13 +274,55 @@ class HistoryCSV(keras.callbacks.Callback):
             writer.writeheader()
             writer.writerows(self.rows)
         try:
-            plots.plot_history(self.path, self.path.with_name(RunDir.CURVES), title=self.model.name)
+            title = self.title or self.model.name
+            plots.plot_history(self.path, self.path.with_name(RunDir.CURVES), title=title)
         except Exception as err:  # a figure is never worth a training run
             if not self.plot_failed:
                 log.warning(
                     "Could not draw %s (%s: %s); training goes on.", "curves.png", type(err).__name__, err
                 )
             self.plot_failed = True
+
+
+class Scalars(keras.callbacks.Callback):
+    """TensorBoard's view of the history: `loss` and `error` under `logs/train`, `logs/validation`
+    and `logs/test` (one chart per quantity, the sets overlaid as runs, as the paper's Fig. 6),
+    and `learning_rate` under `logs/train`, all against the global iteration, at every chunk end.
+
+    Keras' own TensorBoard callback puts test metrics inside the train run as `epoch_test_*`,
+    on an epoch-index axis, with the learning rate twice.
+    """
+
+    SETS = {"train": "", "validation": "val_", "test": "test_"}
+
+    def __init__(self, logs_dir: pathlib.Path):
+        super().__init__()
+        self.logs_dir = pathlib.Path(logs_dir)
+        self.writers: dict[str, Any] = {}
+
+    def _writer(self, name: str):
+        if name not in self.writers:
+            self.writers[name] = tf.summary.create_file_writer(str(self.logs_dir / name))
+        return self.writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs or "step" not in logs:
+            return
+        step = int(logs["step"])
+        for name, prefix in self.SETS.items():
+            values = {q: logs[prefix + q] for q in ("loss", "error") if prefix + q in logs}
+            if name == "train" and "lr" in logs:
+                values["learning_rate"] = logs["lr"]
+            if values:
+                with self._writer(name).as_default(step=step):
+                    for tag, value in values.items():
+                        tf.summary.scalar(tag, float(value))
+                self._writer(name).flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
 
 
 # ----------------------------------------------------------------------------- all of them
@@ -291,7 +343,7 @@ class RunCallbacks:
     learning_rate: LearningRateControl
     progress: Progress
     history: HistoryCSV
-    tensorboard: keras.callbacks.TensorBoard
+    tensorboard: Scalars
     checkpointer: Checkpointer
     extra: tuple[keras.callbacks.Callback, ...] = ()
 
@@ -324,6 +376,7 @@ def make_callbacks(
     intra_epoch_log: bool = False,
     extra: tuple[keras.callbacks.Callback, ...] = (),
     steps_per_epoch: int | None = None,
+    live: bool = False,
 ) -> RunCallbacks:
     """The callbacks of a run of `cfg`; `evaluated` is the model the evaluations score.
 
@@ -341,6 +394,7 @@ def make_callbacks(
         cfg.data.batch_size,
         intra_epoch=intra_epoch_log,
         quiet=not verbose,
+        live=live,
         cheap_steps=(
             cfg.data.low_res_epochs * (steps_per_epoch or 0),
             (low_res / model.input_shape[1]) ** 2 if low_res else 1.0,
@@ -350,12 +404,19 @@ def make_callbacks(
         stop=StopAtStep(total_steps),
         average=average,
         evaluation=Evaluation(
-            evaluated, validation, test if cfg.run.eval_test else None, total_steps, cfg.run.eval_test_every
+            evaluated,
+            validation,
+            test if cfg.run.eval_test else None,
+            total_steps,
+            cfg.run.eval_test_every,
+            progress=progress,
         ),
         learning_rate=lr,
         progress=progress,
-        history=HistoryCSV(out.history, columns=lr.pop_changes, steps_per_epoch=steps_per_epoch),
-        tensorboard=keras.callbacks.TensorBoard(str(out.logs), write_graph=False, profile_batch=0),
+        history=HistoryCSV(
+            out.history, columns=lr.pop_changes, steps_per_epoch=steps_per_epoch, title=_title(cfg)
+        ),
+        tensorboard=Scalars(out.logs),
         checkpointer=Checkpointer(
             run_dir.checkpoints,
             out.checkpoints,
@@ -365,3 +426,11 @@ def make_callbacks(
         ),
         extra=tuple(extra),
     )
+
+
+def _title(cfg: TrainConfig) -> str:
+    """`resnet20 on cifar10`: the net and its data (a folder by its name), for the curves."""
+    dataset = cfg.data.dataset
+    if dataset.startswith("folder:"):
+        dataset = pathlib.Path(dataset.split(":", 1)[1]).name or dataset
+    return f"{cfg.model.name} on {dataset}"

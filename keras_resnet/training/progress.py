@@ -1,7 +1,13 @@
-"""Progress on stdout: the run's step, errors, speed and the ETA of the whole run."""
+"""Progress on stdout: the run's step, errors, speed and the ETA of the whole run.
+
+The run's only progress display (Keras' own bar stays off): on a terminal a status line redrawn in
+place, with the phase the run is in (training, evaluating); redirected, a plain line a minute.
+Every chunk ends with a permanent line that says how long its evaluation took.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import keras
@@ -13,7 +19,8 @@ from keras_resnet.training.optimization import global_step
 class Progress(keras.callbacks.Callback):
     """Whole-run progress: global step, errors, training images/s and the ETA of the whole run.
 
-    Prints one line per epoch; without a terminal (no progress bar) also every `every_s`. The ETA
+    Prints one line per chunk; `live` (a terminal) redraws a status line in place between them,
+    else `intra_epoch` prints a plain line every `every_s`. The ETA
     comes from this process's wall time per step, evaluations included; `cheap_steps` (n, c) says
     that the run's first n steps cost c of a later one (low-resolution epochs), so that the ETA
     of a run in those steps counts the dearer ones to come.
@@ -27,9 +34,11 @@ class Progress(keras.callbacks.Callback):
         intra_epoch: bool = False,
         quiet: bool = False,
         cheap_steps: tuple[int, float] = (0, 1.0),
+        live: bool = False,
     ):
         super().__init__()
-        self.quiet, self.cheap_steps = quiet, cheap_steps
+        self.quiet, self.cheap_steps, self.live = quiet, cheap_steps, live and not quiet
+        self.phase_seconds = 0.0  # evaluation etc. since the last chunk line
         self.total, self.batch_size = total_steps, batch_size
         self.every_s, self.intra_epoch = every_s, intra_epoch
         self.step = self.start_step = 0
@@ -71,13 +80,28 @@ class Progress(keras.callbacks.Callback):
         if self.step - self.start_step > 5:
             self.steady_steps += 1
             self.steady_time += dt
-        if self.intra_epoch and not self.quiet and now - self.last_print >= self.every_s:
+        every = 0.5 if self.live else self.every_s
+        if (self.live or self.intra_epoch) and not self.quiet and now - self.last_print >= every:
             self.last_print = now
             loss = float(logs["loss"]) if logs and "loss" in logs else float("nan")
-            print(
-                f"{self._where()} loss {loss:.4f} {self.images_per_sec():.0f} img/s ETA {self.eta()}",
-                flush=True,
-            )
+            self._show(f"{self._where()} loss {loss:.4f} {self.images_per_sec():.0f} img/s ETA {self.eta()}")
+
+    def _show(self, line: str, permanent: bool = False) -> None:
+        """A status line: redrawn in place on a terminal (until a permanent one), else printed."""
+        if self.live:
+            sys.stdout.write(f"\r{line}\x1b[K" + ("\n" if permanent else ""))
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+
+    def phase(self, what: str) -> None:
+        """Shows, on a terminal, what the run is doing between training steps (e.g. evaluating)."""
+        if self.live:
+            self._show(f"{self._where()} {what}...")
+
+    def took(self, seconds: float) -> None:
+        """Counts `seconds` spent outside training steps (evaluation) into the next chunk line."""
+        self.phase_seconds += seconds
 
     def _where(self) -> str:
         return f"step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%)"
@@ -114,8 +138,11 @@ class Progress(keras.callbacks.Callback):
                 parts.append(f"{key} {logs[key]:.4f}" if "loss" in key else f"{key} {logs[key]:.2%}")
         if "lr" in logs:
             parts.append(f"lr {logs['lr']:.4g}")
-        parts.append(f"{logs['images_per_sec']:.0f} img/s ETA {self.eta()}")
+        parts.append(f"{logs['images_per_sec']:.0f} img/s")
+        if self.phase_seconds >= 1:
+            parts.append(f"evaluation {duration(self.phase_seconds)}")
+        parts.append(f"ETA {self.eta()}")
+        self.phase_seconds = 0.0
         if not self.quiet:
-            # Beside Keras' progress bar (a terminal), start a line of our own.
-            print(("" if self.intra_epoch else "\n") + "  ".join(parts), flush=True)
+            self._show("  ".join(parts), permanent=True)
         self.last_print = time.perf_counter()

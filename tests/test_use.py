@@ -1,0 +1,189 @@
+"""A user's first day with a trained run: extend it, load it in Python, predict files with the
+command, score it again (--eval_only), and ask the commands for --help without waiting for TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, tiny
+
+from keras_resnet import data
+from keras_resnet.training.rundir import RunDir
+
+
+def _history_steps(model_dir) -> list[int]:
+    with RunDir(model_dir).history.open() as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_extending_a_run_trains_the_extra_steps_mid_epoch_and_across_an_epoch_boundary(tmp_path):
+    from keras_resnet import training
+
+    cfg = tiny(tmp_path / "run", train_steps=25, eval_test=False)  # the digits: 44 steps per epoch
+    first = training.run(cfg, verbose=0)
+    mid_epoch = training.run(cfg.replace(train_steps=35, allow_config_change=True), verbose=0)
+    across = training.run(cfg.replace(train_steps=60, allow_config_change=True), verbose=0)
+    assert (first.steps, mid_epoch.steps, across.steps) == (25, 35, 60)
+    assert (mid_epoch.resumed_from_step, across.resumed_from_step) == (25, 35)
+    # Timings accumulate over the invocations instead of restarting from the extension's.
+    assert across.train_time_s > mid_epoch.train_time_s > first.train_time_s > 0
+    assert across.images_per_sec > 0
+    steps = _history_steps(cfg.run.model_dir)
+    assert steps == sorted(steps) and {25, 35, 60} <= set(steps) and steps[-1] == 60
+    assert training.resumes_at(cfg.run.model_dir) == 60
+
+
+def _digit_files(tmp_path, n: int = 6):
+    ds = data.load("digits", batch_size=32)
+    paths, labels = [], []
+    for i in range(n):
+        image, label = ds.test_example(i)
+        path = tmp_path / f"digit{i}.png"
+        path.write_bytes(tf.io.encode_png(image).numpy())
+        paths.append(path)
+        labels.append(label)
+    return paths, labels
+
+
+def test_load_predicts_what_the_exported_serving_default_serves(tiny_run, tmp_path):
+    import keras_resnet as kr
+    from keras_resnet import serving
+
+    cfg, _ = tiny_run
+    paths, _ = _digit_files(tmp_path)
+    classifier = kr.load(cfg.run.model_dir)
+    ours = classifier.predict_files(paths)
+    exported = serving.export_run(cfg.run.model_dir, tmp_path / "export")
+    served = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    theirs = served(images=tf.constant([p.read_bytes() for p in paths]))
+    np.testing.assert_allclose(ours, theirs["probabilities"].numpy(), atol=1e-5)
+    assert ours.shape == (len(paths), 10)
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-5)
+    top = [[name.decode() for name in row] for row in theirs["class_names"].numpy()]
+    best = classifier.top_k(classifier.decode_files(paths), 1)
+    assert [row[0] for row in top] == [b[0][0] for b in best]
+
+
+def test_predict_command_prints_each_files_top_classes_and_refuses_bad_bytes(tiny_run, tmp_path, capsys):
+    import keras_resnet as kr
+    from keras_resnet import predict
+
+    cfg, _ = tiny_run
+    paths, _ = _digit_files(tmp_path, n=3)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files = [str(p) for p in [*paths, broken]]
+    assert predict.main([*files, f"--model_dir={cfg.run.model_dir}", "--top_k=2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    expected = kr.load(cfg.run.model_dir).top_k(kr.load(cfg.run.model_dir).decode_files(paths), k=2)
+    for line, path, best in zip(lines, paths, expected, strict=False):
+        name, rest = line.split(": ", 1)
+        assert name == str(path)
+        assert [part.split()[0] for part in rest.split(", ")] == [c for c, _ in best]
+    assert lines[3].startswith(f"{broken}: refused: ") and len(lines[3]) < 200
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path / "absent.png"), f"--model_dir={cfg.run.model_dir}"])
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_eval_only_scores_the_finished_run_as_it_scored_itself(tiny_run, tmp_path, capsys):
+    from keras_resnet.config import ConfigError
+    from keras_resnet.training import evaluation
+
+    cfg, summary = tiny_run
+    results = evaluation.evaluate_run(cfg.run.model_dir)
+    assert results["test_error"] == pytest.approx(summary.test_error, abs=1e-6)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"test error {summary.test_error:.2%}" in line and "359 images of digits" in line
+    with pytest.raises(ConfigError, match="--eval_only needs --model_dir of a finished run"):
+        evaluation.evaluate_run(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command, flag",
+    [
+        (["train.py"], "--model_dir"),
+        (["-m", "keras_resnet.reproduce"], "--budget"),
+        (["-m", "keras_resnet.predict"], "--top_k"),
+        (["export/export.py"], "--model_dir"),
+    ],
+    ids=["train", "reproduce", "predict", "export"],
+)
+def test_help_answers_without_importing_tensorflow(command, flag):
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *command, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert flag in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "tensorflow" not in imported and "keras" not in imported
+
+
+@pytest.mark.slow
+def test_the_export_at_the_end_of_training_stores_each_variable_once(tmp_path):
+    """keras-team/keras#23553 on the path users take (train.py --export_dir, under MirroredStrategy):
+    every tensor was stored twice, under `variables/N` and `_all_variables/N`."""
+    import keras
+
+    from keras_resnet import training
+
+    cfg = tiny(tmp_path / "run", train_steps=10, eval_test=False, export_dir=str(tmp_path / "models"))
+    training.run(cfg, verbose=0)
+    model = keras.saving.load_model(RunDir(cfg.run.model_dir).model, safe_mode=True, compile=False)
+    weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    stored = sum(f.stat().st_size for f in (tmp_path / "models" / "1" / "variables").iterdir())
+    assert weights < stored < 1.05 * weights
+    keys = tf.train.load_checkpoint(str(tmp_path / "models" / "1" / "variables" / "variables"))
+    assert not [k for k in keys.get_variable_to_shape_map() if k.startswith("_all_variables")]
+
+
+def _scalars(logs_dir) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(run, tag) -> [(step, value)] from the TensorBoard event files under `logs_dir`."""
+    found: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for events in sorted(logs_dir.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                tensor = value.HasField("tensor")
+                number = float(tf.make_ndarray(value.tensor)) if tensor else value.simple_value
+                found.setdefault((events.parent.name, value.tag), []).append((event.step, number))
+    return found
+
+
+@pytest.mark.slow
+def test_one_progress_display_live_on_a_terminal_plain_lines_in_a_log_and_tensorboard_by_iteration(
+    tmp_path, capsys
+):
+    from keras_resnet import training
+
+    cfg = tiny(tmp_path / "live", train_steps=20)
+    training.run(cfg, verbose=1)  # as on a terminal
+    live = capsys.readouterr().out
+    assert "\r" in live and "━" not in live  # our status line redrawn in place; no Keras bar
+    chunk_lines = [line for line in live.split("\n") if "test_error" in line]
+    assert len(chunk_lines) == 2 and all(line.rsplit("\r", 1)[-1].startswith("step ") for line in chunk_lines)
+    training.run(tiny(tmp_path / "log", train_steps=20), verbose=0)  # redirected to a file
+    log = capsys.readouterr().out
+    assert "\r" not in log and "\x1b" not in log and "━" not in log
+    assert [line.split()[1] for line in log.splitlines() if "test_error" in line] == ["10/20", "20/20"]
+
+    scalars = _scalars(RunDir(cfg.run.model_dir).logs)
+    for run in ("train", "test"):
+        for tag in ("loss", "error"):
+            assert [step for step, _ in scalars[(run, tag)]] == [10, 20], (run, tag)
+    assert [step for step, _ in scalars[("train", "learning_rate")]] == [10, 20]
+    with RunDir(cfg.run.model_dir).history.open() as f:
+        last = list(csv.DictReader(f))[-1]
+    assert scalars[("test", "error")][-1][1] == pytest.approx(float(last["test_error"]), abs=1e-6)
+    assert not any(tag.startswith("epoch_") for _, tag in scalars)
