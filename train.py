@@ -16,13 +16,12 @@ diverged, 130 interrupted (checkpoint written).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
 from absl import app, flags
 
-from keras_resnet.config import ConfigError, TrainConfig, flag_fields
+from keras_resnet.config import ConfigError, TrainConfig, define_absl_flags, from_absl_flags
 
 STARTED = time.time()  # --time_budget counts the whole command (Python's own start: ~0.1 s before)
 FLAGS = flags.FLAGS
@@ -30,22 +29,8 @@ HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 
 
 def _define_flags() -> None:
-    """One absl flag per config field, so the config's sections are the single list of flags."""
-    for name, _, f in flag_fields():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text, choices = f.metadata["help"], f.metadata.get("choices")
-        if choices:
-            flags.DEFINE_enum(name, default, list(choices), help_text)
-        elif isinstance(default, bool):
-            flags.DEFINE_bool(name, default, help_text)
-        elif isinstance(default, int):
-            flags.DEFINE_integer(name, default, help_text)
-        elif isinstance(default, float):
-            flags.DEFINE_float(name, default, help_text)
-        elif isinstance(default, tuple):
-            flags.DEFINE_list(name, [str(v) for v in default], help_text)
-        else:
-            flags.DEFINE_string(name, default, help_text)
+    """The config's flags (`config.define_absl_flags`), then this command's own."""
+    define_absl_flags()
     flags.DEFINE_float(
         "time_budget",
         0.0,
@@ -77,17 +62,6 @@ def _define_flags() -> None:
 
 
 _define_flags()
-
-
-def config_from_flags() -> TrainConfig:
-    values = {name: FLAGS[name].value for name, _, _ in flag_fields()}
-    try:
-        values["lr_milestones"] = tuple(int(v) for v in values["lr_milestones"])
-    except ValueError:
-        raise ConfigError(
-            f"--lr_milestones must be integers, got {','.join(values['lr_milestones'])}."
-        ) from None
-    return TrainConfig.of(**values)
 
 
 def _check_command_flags() -> None:
@@ -130,12 +104,12 @@ def main(argv: list[str]) -> None:
     code = 0
     try:
         _check_command_flags()
-        cfg = config_from_flags()
+        cfg = from_absl_flags(FLAGS)
         if not FLAGS.eval_only:
             cfg.check()  # bad flags are refused before TensorFlow starts
     except ConfigError as err:
         sys.exit(f"train.py: error: {err}")
-    from keras_resnet import runtime
+    from keras_resnet import files, runtime
 
     runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)
     from keras_resnet.training.procedure import TrainingStopped
@@ -148,6 +122,11 @@ def main(argv: list[str]) -> None:
     except TrainingStopped as err:
         print(f"train.py: {err}", file=sys.stderr)
         code = err.exit_code
+    except Exception as err:  # a full disk is the user's to fix: one line, not h5py's traceback
+        if not files.disk_full(err):
+            raise
+        print(f"train.py: error: {files.no_space(f'--model_dir={cfg.run.model_dir}')}", file=sys.stderr)
+        code, _full = 1, err  # kept: freeing h5py's open files in its frames prints their own traceback
     from keras_resnet import workarounds
 
     workarounds.exit_before_finalization(code)

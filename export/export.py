@@ -53,8 +53,10 @@ def main(argv: list[str]) -> None:
             max_pixels=FLAGS.max_pixels,
             tta=FLAGS.tta,
         )
-    except (OSError, ValueError, files.Locked) as err:  # missing run, unwritable base, version taken
-        sys.exit(f"export.py: error: {err}")
+    except Exception as err:  # missing run, unwritable base, version taken, full disk: one line
+        if not (files.disk_full(err) or isinstance(err, (OSError, ValueError, files.Locked))):
+            raise
+        sys.exit(f"export.py: error: {files.no_space(FLAGS.export_base) if files.disk_full(err) else err}")
     base, name = path.parent.resolve(), path.parent.resolve().name
     print(f"Exported {path}")
     print(f"  signatures: {', '.join(exporting.SIGNATURES)} (inputs and outputs: export/README.md)")

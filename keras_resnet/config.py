@@ -316,6 +316,39 @@ def flag_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
 _WHERE = {flag: (section, f.name) for flag, section, f in flag_fields()}
 
 
+def define_absl_flags() -> None:
+    """One absl flag per config field, so the config's sections are the single list of flags."""
+    from absl import flags
+
+    for name, _, f in flag_fields():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text, choices = f.metadata["help"], f.metadata.get("choices")
+        if choices:
+            flags.DEFINE_enum(name, default, list(choices), help_text)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_text)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(name, [str(v) for v in default], help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+
+
+def from_absl_flags(parsed: Any) -> TrainConfig:
+    """The config of absl's parsed flags (`define_absl_flags`); bad milestones are a `ConfigError`."""
+    values = {name: parsed[name].value for name, _, _ in flag_fields()}
+    try:
+        values["lr_milestones"] = tuple(int(v) for v in values["lr_milestones"])
+    except ValueError:
+        raise ConfigError(
+            f"--lr_milestones must be integers, got {','.join(values['lr_milestones'])}."
+        ) from None
+    return TrainConfig.of(**values)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A training run: its network, data, optimisation and run settings."""

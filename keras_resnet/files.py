@@ -11,6 +11,7 @@ kill -9), so no stale lock is ever left behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -151,13 +152,37 @@ def check_writable(path: str | os.PathLike, flag: str) -> pathlib.Path:
             raise NotWritable(f"{flag}={path} is a file, not a directory: pass a directory.")
         path.mkdir(parents=True, exist_ok=True)
         probe = _temp_path(path / "write-test")
-        probe.write_bytes(b"")
-        probe.unlink()
+        try:
+            # A megabyte, synced: an empty file is created even on a full disk.
+            with probe.open("wb") as f:
+                f.write(bytes(PROBE_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as err:
         raise NotWritable(
             f"{flag}={path} is not writable ({err.strerror or err}): choose a directory you can write to."
         ) from None
     return path
+
+
+PROBE_BYTES = 1 << 20
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` (OSError, h5py's, TensorFlow's ResourceExhaustedError...) says the disk is full."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return any("No space left on device" in str(e) for e in (err, err.__cause__, err.__context__) if e)
+
+
+def no_space(where: str) -> str:
+    """The one line for a full disk under `where`: what to do, and that nothing was lost."""
+    return (
+        f"no space left on the device of {where}: free some space and run the same command again "
+        "(what was written before is kept; nothing half-written is left)."
+    )
 
 
 class NotWritable(OSError):

@@ -163,6 +163,7 @@ _SERVE_WITHOUT_KERAS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fresh_process_without_keras_matches_keras_model(imagenette, cifar, tmp_path):
     jobs = []
     for name, ex in (("imagenette", imagenette), ("cifar", cifar)):
@@ -209,6 +210,7 @@ def test_fresh_process_without_keras_matches_keras_model(imagenette, cifar, tmp_
             np.testing.assert_array_equal(names.astype(str), np.array(ex.info.class_names)[classes])
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_documented_signatures(imagenette):
     proc = subprocess.run(
         [
@@ -309,6 +311,7 @@ def test_client_errors_are_one_line_for_a_server_that_never_answers_or_is_not_th
         client.predict_rest(server, "m", [b"x"], timeout=0.5)  # closed now: refused
 
 
+@pytest.mark.slow
 def test_versions_count_up_and_are_never_overwritten(imagenette):
     proc = subprocess.run(
         [
@@ -357,6 +360,17 @@ def test_failed_export_leaves_no_partial_version(cifar, tmp_path, monkeypatch):
     assert serving.export(cifar.model, cifar.info, base).name == "1"
 
 
+def test_non_finite_pixels_are_refused(cifar):
+    served = tf.saved_model.load(str(cifar.path)).signatures["predict_pixels"]
+    pixels = cifar.pixels[:2].astype(np.float32)
+    assert served(pixels=tf.constant(pixels))["probabilities"].shape == (2, 10)
+    for bad in (np.nan, np.inf, -np.inf):
+        damaged = pixels.copy()
+        damaged[1, 3, 4, 0] = bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match="pixels must be finite RGB values"):
+            served(pixels=tf.constant(damaged))
+
+
 def test_bad_images_give_invalid_argument(cifar):
     served = tf.saved_model.load(str(cifar.path)).signatures["serving_default"]
     good = cifar.encoded[0]
@@ -391,6 +405,7 @@ def test_bad_images_give_invalid_argument(cifar):
     assert empty["probabilities"].shape == (0, 10) and empty["class_names"].shape == (0, cifar.k)
 
 
+@pytest.mark.slow
 def test_export_stores_each_variable_once_and_serves_from_saved_model_cli(tmp_path):
     """keras-team/keras#23553: Keras' export wrote every weight twice (2.03x); TF Serving loaded both."""
     model = build_model("resnet8")
@@ -442,6 +457,7 @@ def test_logits_model_serves_probabilities_and_mismatches_are_refused(cifar, tmp
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_tta_export_serves_the_mean_over_views_and_a_run_exports_with_its_own_tta(cifar, tmp_path):
     views = eval_preprocess(cifar.pixels, cifar.info)
     plain = cifar.model(views, training=False).numpy()

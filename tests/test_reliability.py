@@ -77,6 +77,7 @@ class _CtrlCAtStep(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_last_step_finishes_the_run_then_reports_the_stop(tmp_path):
     cfg = TrainConfig.of(**TINY, train_steps=12, eval_test=False, model_dir=str(tmp_path / "run"))
     with pytest.raises(training.TrainingStopped, match="after the last step: the run is complete") as stop:
@@ -91,6 +92,7 @@ def test_ctrl_c_during_the_last_step_finishes_the_run_then_reports_the_stop(tmp_
     assert training.run(cfg, verbose=0).steps == 12
 
 
+@pytest.mark.slow
 def test_a_resumed_run_tests_where_the_uninterrupted_run_would(tmp_path):
     # Test set every 3 chunks of 10 steps: at step 30 and the last. A Ctrl-C at step 25 makes the
     # resumed chunks end at 35 and 40; the first of them at or past step 30 is the one tested.
@@ -211,6 +213,7 @@ def test_export_base_that_is_a_file_is_one_line(tmp_path):
         serving.export(build_model("resnet8"), info, base)
 
 
+@pytest.mark.slow
 def test_saved_model_loads_compiled_in_a_fresh_process_that_imports_only_keras_resnet(tmp_path):
     cfg = TrainConfig.of(**TINY, train_steps=10, label_smoothing=0.1, model_dir=str(tmp_path / "run"))
     training.run(cfg, verbose=0)
@@ -286,3 +289,81 @@ def test_fewer_than_two_classes_and_too_small_images_are_refused(tmp_path):
         ):
             training.run(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_test_time_mirrors_are_refused_for_a_net_trained_without_flips(tmp_path):
+    for tta in ("flip", "flip_translate"):
+        cfg = TrainConfig.of(**TINY, tta=tta, train_steps=1, model_dir=str(tmp_path / "r"))
+        with pytest.raises(ConfigError, match=rf"--tta={tta} averages over mirrored test images.*--tta=none"):
+            training.run(cfg, verbose=0)
+    assert not (tmp_path / "r" / "config.json").exists()  # nothing recorded, nothing trained
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_config_change_leaves_the_runs_record_as_it_was(finished, tmp_path):
+    cfg = _unfinished_copy(finished, tmp_path)
+    run = pathlib.Path(cfg.run.model_dir)
+    record = {name: (run / name).read_text() for name in ("config.json", "flags.cfg")}
+    deeper = cfg.replace(model="resnet14", train_steps=30, allow_config_change=True)
+    with pytest.raises(ConfigError, match="no usable checkpoint"):
+        training.run(deeper, verbose=0)
+    assert {name: (run / name).read_text() for name in record} == record
+    assert training.run(cfg, verbose=0).steps == 20  # the original command still resumes
+
+
+def test_garbled_manifests_do_not_condemn_sound_checkpoint_files(finished, tmp_path, capsys):
+    cfg = _unfinished_copy(finished, tmp_path)
+    checkpoints = pathlib.Path(cfg.run.model_dir) / "checkpoints"
+    for manifest in checkpoints.glob("*.json"):  # state.json and every ckpt-N.json
+        manifest.write_text("{garbled")
+    summary = training.run(cfg, verbose=0)
+    assert summary.resumed_from_step == 20 and summary.steps == 20
+    out = capsys.readouterr().out
+    assert "ckpt-20.json is missing or unreadable; trying ckpt-20.weights.h5 unverified" in out
+    # An unverified file is still loaded and checked: wrong bytes are no checkpoint.
+    cfg = _unfinished_copy(finished, tmp_path / "bad")
+    checkpoints = pathlib.Path(cfg.run.model_dir) / "checkpoints"
+    for path in checkpoints.iterdir():
+        path.write_bytes(b"x" * path.stat().st_size)
+    with pytest.raises(ConfigError, match="no usable checkpoint"):
+        training.run(cfg, verbose=0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (as root; skipped elsewhere), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_same_command_recovers_once_there_is_space(small_disk, tmp_path):
+    cfg = TrainConfig.of(**TINY, train_steps=60, eval_test=False, model_dir=str(small_disk / "run"))
+    cmd = _flags(cfg, tmp_path / "run.cfg")
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 1, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    assert f"train.py: error: no space left on the device of --model_dir={small_disk / 'run'}" in full.stderr
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((small_disk / "run" / "summary.json").read_text())
+    assert summary["steps"] == 60
+    assert not [p for p in (small_disk / "run").rglob("*") if p.name.startswith(files.TMP_PREFIX)]
+
+
+@pytest.mark.slow
+def test_a_disk_full_before_the_run_starts_is_refused_in_one_line_leaving_nothing(small_disk, tmp_path):
+    (small_disk / "filler").write_bytes(bytes(2 * 1024 * 1024 - 64 * 1024))  # all but 64 KB
+    cfg = TrainConfig.of(**TINY, train_steps=5, eval_test=False, model_dir=str(small_disk / "run"))
+    done = subprocess.run(_flags(cfg, tmp_path / "run.cfg"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"--model_dir={small_disk / 'run'} is not writable" in done.stderr
+    run = small_disk / "run"
+    assert not run.exists() or not any(run.iterdir())  # no .lock, no probe left behind

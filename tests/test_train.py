@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -125,29 +126,58 @@ def test_model_dir_with_other_configuration_is_refused(finished_run):
         training.run(other)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished_run, tmp_path):
+# lr 1e3 blows up slowly (huge and tiny floats are slow on a CPU): about 2 minutes.
+@pytest.mark.parametrize(
+    "learning_rate", [1e12, pytest.param(1e3, marks=pytest.mark.slow)], ids=["nan", "exploding"]
+)
+def test_a_diverged_run_stops_with_exit_3_and_keeps_the_last_good_checkpoint(
+    finished_run, tmp_path, learning_rate
+):
     cfg, _ = finished_run
     model_dir = tmp_path / "run"
     shutil.copytree(cfg.run.model_dir, model_dir)
-    # Continue the finished 40-step run with an absurd learning rate: it must diverge.
+    # Continue the finished 40-step run with an absurd learning rate: it must diverge, to NaN
+    # (1e12) or to a huge but finite loss (1e3: 6e29 once, with BN variances at inf).
     diverging = TrainConfig.of(
         **{
             **cfg.to_json(),
             "model_dir": str(model_dir),
             "train_steps": 80,
-            "learning_rate": 1e12,
+            "checkpoint_steps": 1,
+            "learning_rate": learning_rate,
             "eval_test": False,
             "allow_config_change": True,
         }
     )
-    with pytest.raises(training.TrainingStopped, match="NaN") as err:
+    with pytest.raises(training.TrainingStopped, match=r"training diverged at step (\d+) \(") as err:
         training.run(diverging, verbose=0)
     assert err.value.exit_code == 3
+    diverged_at, kept = (int(n) for n in re.findall(r"step (\d+)", str(err.value))[:2])
     state = json.loads((model_dir / "checkpoints" / "state.json").read_text())
-    assert state["step"] == 40
+    assert 40 <= state["step"] == kept < diverged_at  # the last step whose loss and weights were finite
     model = keras.models.load_model(model_dir / "model.keras")  # untouched: the 40-step model
+    assert json.loads((model_dir / "summary.json").read_text())["steps"] == 40
     model.load_weights(model_dir / "checkpoints" / state["weights"])
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+def test_a_checkpoint_with_a_non_finite_bn_statistic_is_never_written(tmp_path):
+    import keras_resnet as kr
+    from keras_resnet.training.checkpoints import Checkpointer
+
+    model = kr.build_model("resnet8", num_classes=10, input_shape=(16, 16, 3))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    checkpointer.set_model(model)
+    checkpointer.save(1)
+    assert (tmp_path / "checkpoints" / "state.json").exists() and checkpointer.diverged is None
+    variance = next(v for v in model.variables if v.path.endswith("moving_variance"))
+    variance.assign(np.full(variance.shape, np.inf, np.float32))
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    checkpointer.save(2)
+    assert checkpointer.diverged is not None and variance.path in checkpointer.diverged[1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert model.stop_training
 
 
 def test_step_schedule_changes_lr_at_the_milestones():
@@ -241,6 +271,7 @@ def test_history_rows_from_before_the_passes_column_are_renumbered_on_resume(tmp
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1.0", "1.5", "2.5", "3.0"]
 
 
+@pytest.mark.slow
 def test_imagenet_family_short_run_on_imagenette(imagenette_dir, tmp_path, monkeypatch):
     """ResNet-50 (bottlenecks, option B, fused BN, 2 replicas) through the ImageNet recipe.
 
@@ -325,7 +356,7 @@ def test_configs_parse_and_match_the_paper(tmp_path):
     seen = {}
     for path in sorted((REPO / "configs").glob("*.cfg")):
         train.FLAGS(["train.py", f"--flagfile={path}", "--model_dir=/tmp/x"])
-        cfg = train.config_from_flags()
+        cfg = train.from_absl_flags(train.FLAGS)
         cfg.check()
         # A preset is a recipe: where a run writes is the command's to say.
         assert (cfg.run.model_dir, cfg.run.export_dir) == ("/tmp/x", ""), path
@@ -355,7 +386,7 @@ def test_configs_parse_and_match_the_paper(tmp_path):
     try:
         flagfile.write_text(cfg.to_flags())
         train.FLAGS(["train.py", f"--flagfile={flagfile}"])
-        assert train.config_from_flags() == cfg
+        assert train.from_absl_flags(train.FLAGS) == cfg
     finally:
         train.FLAGS.unparse_flags()
 
@@ -372,6 +403,7 @@ def _train_cmd(*args: str) -> list[str]:
         (["--time_budget=5", "--tune"], "--time_budget"),
     ],
 )
+@pytest.mark.slow
 def test_train_py_bad_flag_exits_with_one_line(args, flag, tmp_path):
     proc = subprocess.run(
         _train_cmd(f"--model_dir={tmp_path}/run", "--train_steps=10", *args),

@@ -102,6 +102,19 @@ def test_search_whose_data_fails_to_load_records_no_settings(tmp_path):
     assert not (tuning.default_tune_dir(cfg) / "search.json").exists()
 
 
+@pytest.mark.parametrize("damage", ['{"tuner": "gr', "[]", "\udcff"], ids=["truncated", "a-list", "not-utf8"])
+def test_a_damaged_search_record_is_one_line_and_deleting_it_continues(tmp_path, damage):
+    from keras_resnet.tuning import searching
+
+    cfg = TrainConfig.of(model="resnet8", model_dir=str(tmp_path), train_steps=2)
+    record = tmp_path / "search.json"
+    record.write_bytes(damage.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ConfigError, match=r"search\.json is damaged .*delete it to continue"):
+        searching.check_same_search(tmp_path, cfg, "grid", {"shortcut": ["A", "B"]})
+    record.unlink()
+    assert searching.check_same_search(tmp_path, cfg, "grid", {"shortcut": ["A", "B"]})["tuner"] == "grid"
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -181,7 +194,7 @@ def test_hyperband_over_a_space_smaller_than_its_first_round_is_refused(tmp_path
 def abc_search(tmp_path_factory):
     root = tmp_path_factory.mktemp("abc")
     recorder = Recorder(root / "fits.txt")
-    cfg = tiny_config(root / "run", export_dir=str(root / "export"), tta="flip")
+    cfg = tiny_config(root / "run", export_dir=str(root / "export"), tta="flip", flip="random")
     result = tuning.search(cfg, callbacks=[recorder])
     return result, recorder, cfg
 
@@ -234,6 +247,7 @@ def test_a_finished_search_run_again_trains_and_exports_nothing_new(abc_search):
     assert json.loads((best_dir / "summary.json").read_text())["export"] == str(result.export_path)
 
 
+@pytest.mark.slow
 def test_a_search_whose_every_trial_diverges_ends_in_one_message_also_when_run_again(tmp_path):
     # Four failures in a row: one more than keras-tuner's default limit, which raised from inside
     # the oracle and, run again, re-ran the third trial forever.

@@ -190,6 +190,8 @@ def _archive(
         return predict(decode_images(images, info, max_pixels))
 
     def serve_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        if pixels.dtype.is_floating:  # NaN in, NaN probabilities and arbitrary classes out: refused
+            pixels = tf.debugging.assert_all_finite(pixels, "pixels must be finite RGB values in 0..255")
         return predict(eval_preprocess(pixels, info))
 
     archive = keras.export.ExportArchive()

@@ -11,11 +11,26 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from keras_resnet import files
 from keras_resnet.training.optimization import global_step
 
 _CKPT = re.compile(r"^ckpt-(\d+)\.json$")
+_WEIGHTS = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
+
+
+# Cross-entropy at chance is ln(classes): 2.3 for CIFAR-10, 6.9 for ImageNet. A loss a thousand is
+# logits that have blown up, whatever the net (an lr of 1e3 reached 6e29 without ever a NaN).
+DIVERGED_LOSS = 1e3
+
+
+def non_finite_variable(model: keras.Model) -> str | None:
+    """The path of the first variable (weights, BN moving statistics) that is not finite, if any."""
+    for variable in model.variables:
+        if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(variable.value, tf.float32)))):
+            return variable.path
+    return None
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -28,9 +43,11 @@ class Checkpointer(keras.callbacks.Callback):
     a checkpoint exists only once complete. `state.json` names the newest manifest (for humans
     and older readers); the previous checkpoint is kept. On resume, checkpoints are tried from the
     newest: one whose files are missing, truncated, altered or unloadable is skipped with a line
-    saying why; `state.json` itself is not needed. A NaN loss stops training without saving, so
-    the last good checkpoint survives. Non-chief workers save into a temporary directory (saving
-    may involve collectives every worker must join) and restore from the chief's.
+    saying why; `state.json` itself is not needed. A diverged run (a loss that is not finite or
+    above `DIVERGED_LOSS`, or weights and BN statistics that are not finite when a checkpoint is
+    due) stops without saving, so the last good checkpoint survives. Non-chief workers save into
+    a temporary directory (saving may involve collectives every worker must join) and restore
+    from the chief's.
     """
 
     def __init__(
@@ -49,7 +66,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.verbose = verbose
         self.epoch = 0
         self.restored_step = 0
-        self.nan_step: int | None = None
+        self.diverged: tuple[int, str] | None = None  # (step, what was seen)
         self.interrupted = False
         self.last_saved_step: int | None = None
         self.skipped: list[str] = []
@@ -75,12 +92,32 @@ class Checkpointer(keras.callbacks.Callback):
                     found[int(manifest["step"])] = manifest
                 except (OSError, ValueError, KeyError, TypeError) as err:
                     self._skip(f"{path.name} is unreadable ({type(err).__name__}); ignored")
+        self._without_manifest(found)
         legacy = self.state()
         if legacy and "files" not in legacy and isinstance(legacy.get("step"), int):
             found.setdefault(legacy["step"], legacy)  # written before manifests existed: unverified
         elif (self.read_dir / "state.json").exists() and legacy is None and found:
             self._skip("state.json is unreadable; rebuilt from the checkpoint files present")
         return [found[s] for s in sorted(found, reverse=True)]
+
+    def _without_manifest(self, found: dict[int, dict]) -> None:
+        """Adds, unverified, the weights files whose manifest is missing or unreadable: the
+        manifest is an aid, not a single point of failure. Each file was complete when renamed
+        into place; loading it still checks its layout and its step. Callback state (timings,
+        plateau decays) restarts from zero for such a checkpoint."""
+        for path in self.read_dir.glob("ckpt-*.weights.h5"):
+            match = _WEIGHTS.match(path.name)
+            step = int(match.group(1)) if match else None
+            if step is None or step in found:
+                continue
+            manifest: dict[str, Any] = {"step": step, "epoch": 0, "weights": path.name}
+            average = path.with_name(f"ckpt-{step}.average.weights.h5")
+            if average.is_file():
+                manifest["average"] = average.name
+            elif self.average is not None:
+                continue  # the weight average would start over: not the run it was
+            self._skip(f"ckpt-{step}.json is missing or unreadable; trying {path.name} unverified")
+            found[step] = manifest
 
     def _skip(self, why: str) -> None:
         self.skipped.append(why)
@@ -142,7 +179,7 @@ class Checkpointer(keras.callbacks.Callback):
             for cb in self.stateful:
                 cb.set_state(manifest.get("callbacks", {}).get(type(cb).__name__, {}))
             self.restored_step = self.last_saved_step = step
-            return int(manifest["epoch"])
+            return int(manifest.get("epoch") or 0)
         raise RuntimeError(
             f"no usable checkpoint in {self.read_dir} ({'; '.join(self.skipped)}): move the folder away to "
             "start over, or restore it from a backup."
@@ -150,7 +187,7 @@ class Checkpointer(keras.callbacks.Callback):
 
     # -- writing
 
-    def save(self, epoch: int) -> None:
+    def _write(self, epoch: int) -> None:
         self.write_dir.mkdir(parents=True, exist_ok=True)
         step = global_step(self.model)
         manifest: dict[str, Any] = {"epoch": epoch, "step": step, "weights": f"ckpt-{step}.weights.h5"}
@@ -179,8 +216,9 @@ class Checkpointer(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
-            self.nan_step = global_step(self.model)
+        loss = float(logs["loss"]) if logs and "loss" in logs else 0.0
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+            self.diverged = (global_step(self.model), f"the loss reached {loss:.3g}")
             self.model.stop_training = True
             return
         if self.model.stop_training and not self.interrupted:
@@ -192,5 +230,14 @@ class Checkpointer(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.nan_step is None and not self.interrupted:
+        if self.diverged is None and not self.interrupted:
             self.save(epoch + 1)
+
+    def save(self, epoch: int) -> None:
+        """Writes the checkpoint of this step, unless a variable is no longer finite (then: diverged)."""
+        bad = non_finite_variable(self.model)
+        if bad is not None:
+            self.diverged = (global_step(self.model), f"{bad} is not finite")
+            self.model.stop_training = True
+            return
+        self._write(epoch)

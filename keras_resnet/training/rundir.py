@@ -5,15 +5,19 @@
     summary = run.read_summary()                              # a `Summary`, or None if unfinished
 
 `summary.json` is written last, as the mark of a finished run; `Summary` is its schema, read back
-by the tuner and the experiments through `RunDir.read_summary`.
+by the tuner and the experiments through `RunDir.read_summary`. `claimed` holds the folder for a
+run: proved writable, locked against a second writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
 from keras_resnet import files
@@ -193,3 +197,31 @@ def config_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
     """`--flag: old -> new` for every run-defining flag that differs."""
     before, after = old.training_fields(), new.training_fields()
     return [f"--{k}: {before.get(k)!r} -> {after[k]!r}" for k in after if before.get(k) != after[k]]
+
+
+@contextlib.contextmanager
+def claimed(cfg: TrainConfig, writes: bool) -> Iterator[None]:
+    """Proves --model_dir and --export_dir writable and holds --model_dir's lock for the block.
+
+    A --model_dir this call created is removed again if the run stops before writing into it.
+    """
+    if not writes:
+        yield
+        return
+    model_dir = pathlib.Path(cfg.run.model_dir)
+    created = not model_dir.exists()
+    try:
+        files.check_writable(model_dir, "--model_dir")
+        if cfg.run.export_dir:
+            files.check_writable(cfg.run.export_dir, "--export_dir")
+        lock = files.DirLock(model_dir, purpose="train.py run").acquire()
+    except (files.NotWritable, files.Locked) as err:
+        raise ConfigError(str(err)) from None
+    try:
+        yield
+    except BaseException:
+        if created and {p.name for p in model_dir.iterdir()} <= {files.LOCK_FILE}:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+    finally:
+        lock.release()

@@ -352,7 +352,7 @@ def check_same_search(
             "and every worker)."
         )
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _read_settings(path)
         # Fields added since the search started count as their value for it (the defaults, and
         # "same" padding), so a new flag alone does not refuse an old search.
         if isinstance(saved.get("config"), dict):
@@ -373,6 +373,20 @@ def check_same_search(
             )
         return None
     return settings
+
+
+def _read_settings(path: pathlib.Path) -> dict:
+    """A search's recorded settings; a damaged file is one line saying what to do."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        saved = err
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"{path} is damaged ({type(saved).__name__}): it records the search's settings. Restore it, or "
+            "delete it to continue the search with this command's flags (its trials are kept)."
+        )
+    return saved
 
 
 def report_failures(kt: keras_tuner.Tuner) -> None:
