@@ -44,59 +44,71 @@ def _seconds_since(started: datetime.datetime, stamp: str) -> float:
     return (datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S") - started).total_seconds()
 
 
+# Every run before 2026-12-01 read the JPEG copy of CIFAR-10 (its JSON has no data_sha256).
+DATA_NAMES = {"dc4dcd1587e8b65b": "lossless CIFAR-10", "7e35ed11c6dd36bb": "CIFAR-10 JPEG copy"}
+
+
+def _panel(result: dict) -> str:
+    """The figure's panel of a run: its CPU and its data (figures from two machines never share one)."""
+    machine = result.get("cpu", "?").replace("(R)", "").replace(" Processor", "")
+    sha = result.get("data_sha256") or "7e35ed11c6dd36bb"
+    return f"{machine}, {result.get('precision', 'float32')}, {DATA_NAMES.get(sha[:16], 'data ' + sha[:8])}"
+
+
+def _curve(json_path: pathlib.Path, history: pathlib.Path) -> tuple[dict, list[tuple[float, float]]]:
+    """A run's result and its (wall minutes, test accuracy %) points."""
+    result = json.loads(json_path.read_text())
+    started = datetime.datetime.fromisoformat(result["started"])
+    with history.open() as f:
+        points = [
+            (_seconds_since(started, r["time"]) / 60, 100 * (1 - float(r["test_error"])))
+            for r in csv.DictReader(f)
+            if r.get("test_error")
+        ]
+    return result, points
+
+
 def plot_folder(folder: pathlib.Path) -> pathlib.Path | None:
-    """Draws every run of `folder` (`<name>.json` + `<name>_history.csv`): test accuracy vs wall minutes."""
-    runs = [(j, j.with_name(f"{j.stem}_history.csv")) for j in sorted(folder.glob("*.json"))]
-    runs = [(j, h) for j, h in runs if h.exists()]
-    if not runs:
+    """Draws every run of `folder` (`<name>.json` + `<name>_history.csv`): test accuracy vs wall
+    minutes, one panel per CPU and data, the PyTorch reference points on the panel of their data."""
+    panels: dict[str, list] = {}
+    for json_path in sorted(folder.glob("*.json")):
+        history = json_path.with_name(f"{json_path.stem}_history.csv")
+        if history.exists():
+            result, points = _curve(json_path, history)
+            if points:  # a run that never evaluated the test set has no curve
+                panels.setdefault(_panel(result), []).append((json_path.stem, result, points))
+    if not panels:
         return None
     plt = plots.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5 + 0.17 * len(runs)), layout="constrained")
+    size = (7 * len(panels), 6)
+    fig, axes = plt.subplots(1, len(panels), figsize=size, layout="constrained", squeeze=False)
+    for ax, (title, runs) in zip(axes[0], sorted(panels.items()), strict=True):
+        _draw_panel(ax, plt, title, runs)
+    fig.suptitle("ResNet-20 on CIFAR-10, 2 CPU cores: time to accuracy (whole command)")
+    return files.save_figure(fig, folder / FIGURE)
+
+
+def _draw_panel(ax, plt, title: str, runs: list) -> None:
     colors = plt.get_cmap("tab20").colors  # 20 distinct colours: the default cycle repeats after 10
-    for i, (json_path, history) in enumerate(runs):
-        result = json.loads(json_path.read_text())
-        started = datetime.datetime.fromisoformat(result["started"])
-        with history.open() as f:
-            points = [
-                (_seconds_since(started, r["time"]) / 60, 100 * (1 - float(r["test_error"])))
-                for r in csv.DictReader(f)
-                if r.get("test_error")
-            ]
-        if not points:  # a run that never evaluated the test set has no curve
-            continue
-        flags = " ".join(result.get("extra_flags", []))
+    for i, (name, result, points) in enumerate(runs):
         accuracy, minutes = 100 * result["final_test_accuracy"], result["wall_s"] / 60
-        machine = result.get("cpu", "?").split(" (")[0].replace("(R)", "").replace(" Processor", "")
-        label = f"{json_path.stem}: {accuracy:.2f}% in {minutes:.1f} min, {machine}"
         ax.plot(
             *zip(*points, strict=True),
             "o-",
             ms=3 if len(points) > 1 else 7,  # a run that saw the test set once is one point: make it seen
             color=colors[i % len(colors)],
-            label=label + (f" ({flags})" if flags else ""),
+            label=f"{name}: {accuracy:.2f}% in {minutes:.1f} min",
         )
-    for name, (accuracy, minutes) in PYTORCH_REFERENCE.items():
-        ax.plot(minutes, 100 * accuracy, "k*", ms=10)
-        ax.annotate(
-            f"PyTorch, {name}\n(AVX-512 machine)",
-            (minutes, 100 * accuracy),
-            textcoords="offset points",
-            xytext=(0, 8),
-            ha="center",
-            fontsize=8,
-        )
+    if "JPEG" in title:  # the reference was measured on the JPEG copy
+        for name, (accuracy, minutes) in PYTORCH_REFERENCE.items():
+            ax.plot(minutes, 100 * accuracy, "k*", ms=10, label=f"PyTorch, {name} (AVX-512 EPYC)")
     for threshold in THRESHOLDS:
         ax.axhline(100 * threshold, color="grey", lw=0.6, ls=":")
     ax.set_xlim(0, max(ax.get_xlim()[1], 65))
-    ax.set(
-        xlabel="wall minutes (whole command)",
-        ylabel="test accuracy (%)",
-        ylim=(50, 95),
-        title="ResNet-20 on CIFAR-10, 2 CPU cores: time to accuracy",
-    )
+    ax.set(xlabel="wall minutes", ylabel="test accuracy (%)", ylim=(70, 93), title=title)
     ax.grid(alpha=0.3)
-    fig.legend(fontsize=8, loc="outside lower center")  # below the axes: the curves stay visible
-    return files.save_figure(fig, folder / FIGURE)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def main() -> None:
@@ -158,6 +170,7 @@ def main() -> None:
         "load_average_before": round(load, 2),
         "precision": summary["precision"],
         "cpu": runtime.cpu_description(),
+        "data_sha256": summary.get("data_sha256", ""),
     }
     print(
         f"\nwall {wall / 60:.1f} min, final test accuracy {result['final_test_accuracy']:.2%} after "
@@ -183,14 +196,29 @@ def main() -> None:
         "epochs",
         "images_per_sec",
     ]
-    fields += [f"s_to_{k}" for k in reached] + ["load_average_before", "precision", "cpu"]
+    fields += [f"s_to_{k}" for k in reached] + ["load_average_before", "precision", "cpu", "data_sha256"]
     row = {
         **result,
         "extra_flags": " ".join(args.train_flags),
         **{f"s_to_{k}": v for k, v in reached.items()},
     }
+    _append(log, fields, row)
+
+
+def _append(log: pathlib.Path, fields: list[str], row: dict) -> None:
+    """One line appended to the log (a log, not a file rewritten), unless its columns changed:
+    then it is rewritten once with the new columns, older rows blank in them."""
+    if log.exists():
+        with log.open(newline="") as f:
+            reader = csv.DictReader(f)
+            old_rows, old_fields = list(reader), reader.fieldnames or []
+        if old_fields != fields:
+            with files.replacing(log) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
+                writer.writeheader()
+                writer.writerows(old_rows)
     new_file = not log.exists()
-    with log.open("a", newline="") as f:  # one line appended: a log, not a file rewritten
+    with log.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new_file:
             writer.writeheader()
