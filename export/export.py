@@ -54,9 +54,10 @@ def main(argv: list[str]) -> None:
             tta=FLAGS.tta,
         )
     except Exception as err:  # missing run, unwritable base, version taken, full disk: one line
-        if not (files.disk_full(err) or isinstance(err, (OSError, ValueError, files.Locked))):
+        full = files.disk_full(err)
+        if not (full or isinstance(err, (OSError, ValueError, files.Locked))):
             raise
-        sys.exit(f"export.py: error: {files.no_space(FLAGS.export_base) if files.disk_full(err) else err}")
+        sys.exit(f"export.py: error: {files.no_space(FLAGS.export_base) if full else err}")
     base, name = path.parent.resolve(), path.parent.resolve().name
     print(f"Exported {path}")
     print(f"  signatures: {', '.join(exporting.SIGNATURES)} (inputs and outputs: export/README.md)")
