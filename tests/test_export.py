@@ -33,6 +33,7 @@ from keras_resnet import build_model, files, models, serving
 from keras_resnet.config import TrainConfig
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
+from keras_resnet.models.folding import fold_batch_norm
 from keras_resnet.serving import signatures, warmup
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
@@ -411,7 +412,7 @@ def test_export_stores_each_variable_once_and_serves_from_saved_model_cli(tmp_pa
     model = build_model("resnet8")
     info = DataInfo("x", "cifar", 10, tuple("0123456789"), 32, 32, np.zeros((32, 32, 3), np.float32), 10)
     path = serving.export(model, info, tmp_path / "exports")
-    weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    weights = sum(int(np.prod(w.shape)) * 4 for w in fold_batch_norm(model).weights)  # what is served
     stored = sum(f.stat().st_size for f in (path / "variables").iterdir())
     assert weights < stored < 1.05 * weights
     np.save(tmp_path / "x.npy", np.full((2, 32, 32, 3), 128, np.float32))
@@ -432,6 +433,21 @@ def test_export_stores_each_variable_once_and_serves_from_saved_model_cli(tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Result for output key probabilities" in proc.stdout and "class_names" in proc.stdout
+
+
+def _op_types(function) -> list[str]:
+    graph = function.graph.as_graph_def()
+    return [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+
+
+def test_served_graph_has_batch_norm_folded_into_its_convolutions(cifar):
+    """The inference fold: each convolution carries its batch norm as a bias; no BN op is served."""
+    served = tf.saved_model.load(str(cifar.path))
+    convs = sum(isinstance(la, keras.layers.Conv2D) for la in cifar.model.layers)
+    for name in signatures.SIGNATURES:
+        ops = _op_types(served.signatures[name])
+        assert not [op for op in ops if "BatchNorm" in op or op in ("Rsqrt", "Sqrt")], name
+        assert ops.count("Conv2D") == convs and ops.count("BiasAdd") == convs + 1, name  # + the classifier
 
 
 def test_logits_model_serves_probabilities_and_mismatches_are_refused(cifar, tmp_path):

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import keras_resnet as kr
 from keras_resnet.models import specs
+from keras_resnet.models.folding import fold_batch_norm
 
 # Trainable parameters as the paper and torchvision count them (CIFAR: 10 classes, ImageNet: 1000).
 REFERENCE_PARAMS = {
@@ -359,3 +360,58 @@ def test_fused_and_unfused_models_train_alike():
     assert loss_a[-1] < loss_a[0]
     for a, b in zip(weights_a, weights_b, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+
+
+def _random_statistics(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Every BN given random scales, offsets and moving statistics, far from the identity."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            stats = (
+                rng.uniform(0.5, 1.5, c),
+                rng.normal(0, 0.2, c),
+                rng.normal(0, 0.2, c),
+                rng.uniform(0.5, 2, c),
+            )
+            layer.set_weights([s.astype(np.float32) for s in stats])
+    return model
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("resnet20", {}),
+        ("plain20", {}),
+        ("resnet14", {"shortcut": "C"}),
+        ("resnet18", {"input_shape": (64, 64, 3), "num_classes": 7}),
+        ("resnet50", {"input_shape": (64, 64, 3), "include_top": False, "pooling": "avg"}),
+    ],
+)
+def test_folded_network_computes_what_the_trained_one_does_without_batch_norm(name, kwargs):
+    model = _random_statistics(kr.build_model(name, classifier_activation=None, **kwargs))
+    folded = fold_batch_norm(model)
+    assert not [la for la in folded.layers if isinstance(la, keras.layers.BatchNormalization)]
+    convs = [la.name for la in model.layers if isinstance(la, keras.layers.Conv2D)]
+    assert all(folded.get_layer(c).use_bias for c in convs)
+    assert trainable(folded) == trainable(model) - sum(
+        la.gamma.shape[0] for la in model.layers if isinstance(la, keras.layers.BatchNormalization)
+    )
+    x = np.random.default_rng(1).uniform(-120, 130, (4, *model.input_shape[1:])).astype(np.float32)
+    want, got = model(x, training=False).numpy(), folded(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_folded_network_is_float32_and_loads_with_safe_mode(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _random_statistics(kr.build_model("resnet8"))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.get_layer("conv1_conv").compute_dtype == "bfloat16"
+    folded = fold_batch_norm(model)
+    assert {la.dtype_policy.name for la in folded.layers} == {"float32"}
+    folded.save(tmp_path / "folded.keras")
+    loaded = keras.saving.load_model(tmp_path / "folded.keras", safe_mode=True)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x).numpy(), folded(x).numpy(), atol=1e-6)

@@ -145,6 +145,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 @keras.saving.register_keras_serializable(package="keras_resnet")
+class FoldedBatchNorm(keras.layers.Layer):
+    """Where a batch norm was before `models.folding` folded it into the convolution it follows:
+    passes its input on (it takes the batch norm's call arguments, so the graph is cloned as is)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="keras_resnet")
 class InputNormalization(keras.layers.Layer):
     """Raw RGB pixels (0-255) in, the network's normalised input out: `x[..., ::-1]` if
     `reverse_channels`, minus `mean`.

@@ -2,6 +2,7 @@
 
 The export is self-contained: decoding, the evaluation view and the training mean are ops and
 constants in the graph, so `tensorflow/serving` (or `tf.saved_model.load` without Keras) serves it.
+The network inside is `serving.inference`'s: batch norms folded into the convolutions, float32.
 
 Layout: `<export_base>/<version>/{saved_model.pb, variables/, assets/, assets.extra/}`, where
 `assets.extra/` holds `tf_serving_warmup_requests` (replayed by the model server on load) and a
@@ -20,12 +21,13 @@ import pathlib
 import keras
 import tensorflow as tf
 
-from keras_resnet import files, models, workarounds
+from keras_resnet import files, workarounds
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
 from keras_resnet.data.storage import MAX_PIXELS
 from keras_resnet.serving import warmup
 from keras_resnet.serving.decode import decode_images
+from keras_resnet.serving.inference import Inference
 from keras_resnet.serving.signatures import (
     CLASS_NAMES,
     CLASSES,
@@ -102,13 +104,11 @@ def _export_version(model, info, base: pathlib.Path, version, top_k, max_pixels,
             f"{target} already exists: versions are never overwritten. Pass another version, or "
             f"none to take the next free one ({next_version(base)})."
         )
-    # Decided on the model itself: the averaged model ends in an Average layer either way.
-    softmax_inside = getattr(model.layers[-1], "activation", None) is keras.activations.softmax
-    served = models.with_test_time_augmentation(model, tta)
+    served = Inference(model, tta)
     # Built in a hidden, non-numeric folder beside the target (TF Serving's poller ignores it; the
     # rename stays on one filesystem and is atomic), readable by a server running as another user.
     with files.staging_dir(target) as tmp:
-        archive = _archive(served, info, min(top_k, info.num_classes), max_pixels, softmax_inside)
+        archive = _archive(served, info, min(top_k, info.num_classes), max_pixels)
         archive.write_out(str(tmp), verbose=False)
         (tmp / "assets").mkdir(exist_ok=True)  # TF Serving's documented layout has it, even empty.
         extra = tmp / "assets.extra"
@@ -164,14 +164,11 @@ def _check_model(model: keras.Model, info: DataInfo) -> None:
         )
 
 
-def _archive(
-    model: keras.Model, info: DataInfo, k: int, max_pixels: int, softmax_inside: bool
-) -> keras.export.ExportArchive:
+def _archive(served: Inference, info: DataInfo, k: int, max_pixels: int) -> keras.export.ExportArchive:
     names = tf.constant(list(info.class_names), tf.string)
 
     def classify(views: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = tf.cast(model(views, training=False), tf.float32)
-        probabilities = out if softmax_inside else tf.nn.softmax(out)
+        probabilities = served(views)
         top = tf.math.top_k(probabilities, k=k).indices
         return {PROBABILITIES: probabilities, CLASSES: top, CLASS_NAMES: tf.gather(names, top)}
 
@@ -195,7 +192,7 @@ def _archive(
         return predict(eval_preprocess(pixels, info))
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(served.network)
     workarounds.export_each_variable_once(archive)
     archive.add_endpoint(
         IMAGES_SIGNATURE, serve_images, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES)]

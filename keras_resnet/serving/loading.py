@@ -22,8 +22,8 @@ import tensorflow as tf
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
 from keras_resnet.data.storage import MAX_PIXELS
-from keras_resnet.models.tta import with_test_time_augmentation
 from keras_resnet.serving.decode import decode_checked
+from keras_resnet.serving.inference import Inference
 from keras_resnet.training.rundir import RunDir
 
 
@@ -32,9 +32,13 @@ class Classifier:
 
     def __init__(self, model: keras.Model, info: DataInfo, tta: str = "none"):
         self.model, self.info, self.tta = model, info, tta
-        self.served = with_test_time_augmentation(model, tta)
-        softmax = getattr(model.layers[-1], "activation", None) is keras.activations.softmax
-        self._softmax = not softmax and tta == "none"
+        inference = Inference(model, tta)
+        # One graph from pixels to probabilities, as the export's `predict_pixels`: traced once,
+        # then each call runs without Keras' per-call `predict` machinery (15-50x faster at batch 1).
+        self._predict_pixels = tf.function(
+            lambda pixels: inference(eval_preprocess(pixels, info)),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        )
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -48,9 +52,13 @@ class Classifier:
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
         """float32 [N, classes] probabilities of 0-255 RGB images ([N, H, W, 3] or a list)."""
-        views = self.views(images)
-        out = self.served.predict(views, batch_size=batch_size, verbose=0)
-        return tf.nn.softmax(out).numpy() if self._softmax else np.asarray(out, np.float32)
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        else:  # images of different sizes: one call each
+            batches = [np.asarray(image)[None] for image in images]
+        if not batches:
+            return np.zeros([0, self.info.num_classes], np.float32)
+        return np.concatenate([self._predict_pixels(np.asarray(b, np.float32)).numpy() for b in batches])
 
     def top_k(self, images, k: int = 5) -> list[list[tuple[str, float]]]:
         """The `k` most probable class names of each image, with their probabilities."""
