@@ -82,15 +82,16 @@ def test_plain_net_has_no_shortcuts_and_same_layers():
     assert convs(plain) == convs(res)  # option A adds no convolution
 
 
+@pytest.mark.parametrize("training", [True, False])  # pooled in training, sliced in inference
 @pytest.mark.parametrize("size", [4, 5])
-def test_zero_pad_shortcut_exact_tensor_and_gradient(size):
+def test_zero_pad_shortcut_exact_tensor_and_gradient(size, training):
     import tensorflow as tf
 
     x = tf.constant(np.arange(2 * size * size * 3, dtype="float32").reshape(2, size, size, 3))
     layer = kr.ZeroPadShortcut(filters=5, strides=2)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        y = layer(x)
+        y = layer(x, training=training)
         loss = tf.reduce_sum(y * tf.reshape(tf.range(tf.size(y), dtype=y.dtype), y.shape))
     half = -(-size // 2)
     assert y.shape == (2, half, half, 5) == layer.compute_output_shape(x.shape)

@@ -36,12 +36,20 @@ class ZeroPadShortcut(keras.layers.Layer):
         if input_shape[-1] > self.filters:
             raise ValueError(f"ZeroPadShortcut cannot shrink {input_shape[-1]} channels to {self.filters}.")
 
-    def call(self, inputs):
-        # A 1x1 average pool with stride s is exactly inputs[:, ::s, ::s, :], for odd sizes too,
-        # but runs as one oneDNN pooling op: TensorFlow's strided-slice gradient is a slow scatter.
-        # Measured here (Xeon, batch 256, float32): ResNet-20's two strided shortcuts, forward and
-        # backward, 25.4 ms per step sliced, 7.5 pooled; train.py 688 -> 724 img/s (4 interleaved runs).
-        x = ops.average_pool(inputs, 1, strides=self.strides) if self.strides > 1 else inputs
+    def call(self, inputs, training=None):
+        s = self.strides
+        if s == 1:
+            x = inputs
+        elif training:
+            # A 1x1 average pool with stride s is exactly inputs[:, ::s, ::s, :], for odd sizes too,
+            # but runs as one oneDNN pooling op: TensorFlow's strided-slice gradient is a slow scatter.
+            # Measured here (Xeon, batch 256, float32): ResNet-20's two strided shortcuts, forward and
+            # backward, 25.4 ms per step sliced, 7.5 pooled; train.py 688 -> 724 img/s (4 interleaved runs).
+            x = ops.average_pool(inputs, 1, strides=s)
+        else:
+            # Without a gradient the slice is the cheaper op: the pool costs about 70 us per call
+            # at batch 1 (2-core Zen 4, profiled), most of it dispatching to the thread pool.
+            x = inputs[:, ::s, ::s, :]
         extra = self.filters - x.shape[-1]
         if extra:
             x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
