@@ -32,6 +32,7 @@ DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 FLIPS = ("", "random", "alternating", "none")
 TTA = ("none", "flip", "flip_translate")
 PADDINGS = ("symmetric", "same")
+BN_MOMENTUM = 0.9  # models.builder.BN_MOMENTUM (that module imports Keras); a test holds them equal
 BOTTLENECK_STRIDES = ("1x1", "3x3")
 MAX_STEPS = 100_000_000  # 1,500x the paper's 64k iterations: anything longer is a typo
 SEED_RANGE = 2**32  # numpy's seeds
@@ -94,6 +95,10 @@ class ModelConfig:
         PADDINGS,
     )
     sync_bn: bool = option(False, "Synchronized batch norm: statistics over the global batch.")
+    bn_momentum: float = option(
+        BN_MOMENTUM,
+        "Momentum of every batch norm's moving statistics (Keras' convention: 0.9 is PyTorch's 0.1).",
+    )
     fused_bn: bool = option(
         True, "TensorFlow's fused batch-norm kernel in training (Keras' results, faster).", operational=True
     )
@@ -130,6 +135,8 @@ class ModelConfig:
                 _fail(f"--shortcut: {err}")
         if self.family and self.family not in specs.FAMILIES:
             _fail(f"--family={self.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
+        if not 0 < self.bn_momentum < 1:
+            _fail(f"--bn_momentum must be in (0, 1) (e.g. 0.9, PyTorch's 0.1), got {self.bn_momentum}.")
         _check_choices(self)
         self._check_weights()
 

@@ -282,3 +282,22 @@ def test_the_eta_counts_the_full_size_steps_still_to_come():
     assert bar.eta() == "2m40s"
     bar.cheap_steps = (0, 1.0)
     assert bar.eta() == "40s"
+
+
+def test_bn_momentum_is_every_batch_norms_and_its_moving_statistics_follow_it():
+    from keras_resnet.models import builder
+
+    assert TrainConfig.of().model.bn_momentum == builder.BN_MOMENTUM  # the default: unchanged
+    cfg = TrainConfig.of(bn_momentum=0.5)
+    model = models.build_from_config(cfg.model, num_classes=2, input_shape=(8, 8, 3), weight_decay=0)
+    bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and {bn.momentum for bn in bns} == {0.5}
+    x = np.random.default_rng(0).normal(2.0, 1.0, (4, 8, 8, 3)).astype("float32")
+    stem = keras.Model(model.input, model.get_layer("conv1_conv").output)(x).numpy()
+    model(x, training=True)
+    # moving <- 0.5 moving + 0.5 batch, from 0: half the batch's mean
+    want = 0.5 * stem.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(model.get_layer("conv1_bn").moving_mean.numpy(), want, rtol=1e-4, atol=1e-5)
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(config.ConfigError, match="--bn_momentum"):
+            TrainConfig.of(model_dir="x", train_steps=1, bn_momentum=bad).check()

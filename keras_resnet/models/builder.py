@@ -34,9 +34,10 @@ class _Factory:
         fused_bn: bool,
         zero_init_residual: bool = False,
         padding: str = "symmetric",
+        bn_momentum: float = BN_MOMENTUM,
     ):
         self.sync_bn, self.fused_bn, self.zero_init_residual = sync_bn, fused_bn, zero_init_residual
-        self.padding = padding
+        self.padding, self.bn_momentum = padding, bn_momentum
         # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
         # l * ||w||^2, hence the half.
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
@@ -80,7 +81,7 @@ class _Factory:
     ):
         x = self.conv(x, filters, kernel, strides, name + "_conv")
         x = BatchNormalization(
-            momentum=BN_MOMENTUM,
+            momentum=self.bn_momentum,
             epsilon=BN_EPSILON,
             synchronized=self.sync_bn,
             fused=self.fused_bn,
@@ -150,6 +151,7 @@ def build_model(
     zero_init_residual: bool = False,
     padding: Literal["symmetric", "same"] = "symmetric",
     weights: str | os.PathLike | Weights | None = None,
+    bn_momentum: float = BN_MOMENTUM,
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -186,6 +188,8 @@ def build_model(
             fetched once into Keras' cache) or "cifar10" (the nets shipped here), both taking raw
             RGB pixels (0-255) with their input normalization inside; or the path of a
             `.weights.h5` file of a network built alike, loaded as it is. See `models.pretrained`.
+        bn_momentum: of every batch norm's moving statistics, `moving <- m moving + (1 - m) batch`
+            (Keras' convention; the default 0.9 is PyTorch's momentum 0.1, as Caffe-era nets used).
 
     Returns:
         A `keras.Model` named after the network.
@@ -193,12 +197,14 @@ def build_model(
     spec = specs.get_spec(name, family)
     option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
     _check_arguments(bottleneck_stride, padding, weight_decay, include_top, pooling)
+    if not 0 < bn_momentum < 1:
+        raise ValueError(f"bn_momentum must be in (0, 1), got {bn_momentum}.")
     num_classes = spec.default_num_classes if num_classes is None else num_classes
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     # Before any layer is built: refusals and a missing download cost no graph.
     source = _weights(weights, spec, option, bottleneck_stride, padding, include_top, num_classes)
-    f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding)
+    f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding, bn_momentum)
     blocks = sum(repeats for _, _, repeats in spec.stages)
     # ResNet-1202 is about 2,000 nodes deep: more than Keras' recursive graph walk allows by default.
     with workarounds.recursion_limit(1000 + 12 * blocks):
@@ -269,6 +275,7 @@ def build_from_config(
         zero_init_residual=config.zero_init_residual,
         padding=config.padding,
         weights=weights,
+        bn_momentum=config.bn_momentum,
     )
 
 
