@@ -229,6 +229,10 @@ class OptimConfig:
     nesterov: bool = option(False, "Nesterov momentum.")
     weight_decay: float = option(1e-4, "Weight decay (L2 on convolution and classifier kernels only).")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.")
+    bn_lr_multiplier: float = option(
+        1.0, "Learning rate of the batch norms' offsets (beta) and scales (gamma), in --learning_rate's."
+    )
+    freeze_bn_scale: bool = option(False, "Keep every batch norm's scale (gamma) at its initial value.")
     ema_decay: float = option(
         0.0,
         "Exponential moving average of the weights (BN statistics included) for evaluation, "
@@ -261,6 +265,8 @@ class OptimConfig:
             _fail("--weight_decay must be >= 0 and --momentum in [0, 1).")
         if not 0 <= self.label_smoothing < 1:
             _fail(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not (math.isfinite(self.bn_lr_multiplier) and self.bn_lr_multiplier > 0):
+            _fail(f"--bn_lr_multiplier must be > 0 (1: the paper's), got {self.bn_lr_multiplier}.")
         if not 0 <= self.ema_decay < 1:
             _fail(f"--ema_decay must be in [0, 1) (e.g. 0.999; 0 turns it off), got {self.ema_decay}.")
         ms = list(self.lr_milestones)
@@ -423,6 +429,15 @@ class TrainConfig:
         self.data.check(self.model.spec)
         self.optim.check()
         self.run.check()
+        self._check_batch_norm()
+
+    def _check_batch_norm(self) -> None:
+        """The batch-norm levers that span sections."""
+        if self.optim.freeze_bn_scale and self.model.zero_init_residual:
+            _fail(
+                "--freeze_bn_scale with --zero_init_residual keeps each block's last BN scale at 0 (every "
+                "residual branch off for good): give one of them."
+            )
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -301,3 +301,50 @@ def test_bn_momentum_is_every_batch_norms_and_its_moving_statistics_follow_it():
     for bad in (0.0, 1.0, float("nan")):
         with pytest.raises(config.ConfigError, match="--bn_momentum"):
             TrainConfig.of(model_dir="x", train_steps=1, bn_momentum=bad).check()
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_bn_lr_multiplier_moves_bn_parameters_that_many_times_as_far_and_nothing_else(
+    replicas, mirrored_strategy
+):
+    strategy = mirrored_strategy if replicas == 2 else tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 8, 8, 3)).astype("float32"), rng.integers(0, 2, 8)
+    with strategy.scope():
+        init = build_model("resnet8", num_classes=2, input_shape=(8, 8, 3)).get_weights()
+    moved = {}
+    for flags in ({}, {"bn_lr_multiplier": 4.0}, {"bn_lr_multiplier": 4.0, "freeze_bn_scale": True}):
+        cfg = TrainConfig.of(learning_rate=0.05, nesterov=True, **flags)
+        with strategy.scope():
+            model = build_model("resnet8", num_classes=2, input_shape=(8, 8, 3))
+            model.set_weights(init)
+            optimization.compile_model(model, cfg.optim, 100)
+        model.train_on_batch(x, y)
+        moved[tuple(flags)] = {w.path: w.numpy() - w0 for w, w0 in zip(model.weights, init, strict=True)}
+    plain, scaled, frozen = moved.values()
+    for path, step in plain.items():
+        name = path.rsplit("/", 1)[-1]
+        # The first step of momentum SGD is -lr * gradient: 4x the rate is 4x the step.
+        factor = {"beta": 4.0, "gamma": 4.0}.get(name, 1.0)
+        # atol: gamma starts at 1, where float32 resolves 1.2e-7; the steps are 1e-4 to 1e-2.
+        np.testing.assert_allclose(scaled[path], factor * step, rtol=1e-4, atol=1e-6, err_msg=path)
+        if name == "gamma":
+            assert np.all(frozen[path] == 0) and np.abs(step).max() > 1e-4
+        elif name == "beta":
+            np.testing.assert_allclose(frozen[path], 4.0 * step, rtol=1e-4, atol=1e-6, err_msg=path)
+    # The default run's optimizer is the one it always was.
+    assert type(optimization.optimizer(TrainConfig.of().optim, 100)) is keras.optimizers.SGD
+
+
+def test_bn_lr_multiplier_flags_are_checked_and_the_optimizer_saves(tmp_path):
+    with pytest.raises(config.ConfigError, match="--bn_lr_multiplier"):
+        TrainConfig.of(model_dir="x", train_steps=1, bn_lr_multiplier=0.0).check()
+    with pytest.raises(config.ConfigError, match="--freeze_bn_scale with --zero_init_residual"):
+        TrainConfig.of(model_dir="x", train_steps=1, freeze_bn_scale=True, zero_init_residual=True).check()
+    cfg = TrainConfig.of(bn_lr_multiplier=2.0, freeze_bn_scale=True)
+    model = build_model("resnet8", num_classes=2, input_shape=(8, 8, 3))
+    optimization.compile_model(model, cfg.optim, 9)
+    model.train_on_batch(np.zeros((2, 8, 8, 3), "float32"), np.zeros(2, "int32"))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert loaded.optimizer.lr_multipliers == {"beta": 2.0, "gamma": 0.0}

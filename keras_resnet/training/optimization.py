@@ -1,4 +1,5 @@
-"""What training minimises and how: the loss, the error metrics, the learning-rate schedule, SGD.
+"""What training minimises and how: the loss, the error metrics, the learning-rate schedule, SGD
+(with a multiple of the learning rate for the batch norms' scales and offsets, if asked).
 
 Keras only (no TensorFlow): every object here is registered (`keras_resnet.register()` imports
 this module), so a saved compiled model (`model.keras`, optimizer state included) loads with
@@ -106,6 +107,57 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="keras_resnet")
+class ScaledRateSGD(keras.optimizers.SGD):
+    """SGD where the variables of some names learn at a multiple of the learning rate.
+
+    `lr_multipliers` maps a variable's name (the last part of its path: a batch norm's `gamma` and
+    `beta`, a layer's `kernel`) to the factor of its learning rate; 0 leaves it as it is (not
+    trained). The velocity accumulates `lr * gradient`, so a variable's every step, momentum and
+    Nesterov included, is the factor times what plain SGD takes. Weight decay here is an L2 penalty
+    on the kernels (part of their gradient), so it scales with their own factor only.
+    """
+
+    def __init__(self, learning_rate=0.01, lr_multipliers: dict[str, float] | None = None, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        # Indexed as the optimizer's own slots (`_get_variable_index`): the update step receives
+        # the backend's variable, whose name differs from the Keras variable's under a strategy.
+        self._factors = [self.lr_multipliers.get(v.name, 1.0) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factors[self._get_variable_index(variable)]
+        if factor == 0.0:
+            return
+        if factor != 1.0:
+            learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), factor)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_multipliers": dict(self.lr_multipliers)}
+
+
+def bn_lr_multipliers(optim: OptimConfig) -> dict[str, float]:
+    """{variable name: factor} of --bn_lr_multiplier and --freeze_bn_scale; empty for the paper's SGD."""
+    gamma = 0.0 if optim.freeze_bn_scale else optim.bn_lr_multiplier
+    return {k: v for k, v in (("beta", optim.bn_lr_multiplier), ("gamma", gamma)) if v != 1.0}
+
+
+def optimizer(optim: OptimConfig, total_steps: int) -> keras.optimizers.SGD:
+    """SGD with momentum on the schedule of `optim`; `ScaledRateSGD` when the BN parameters'
+    learning rate differs (so that a default run saves the very optimizer it always did)."""
+    rate = schedule(optim, total_steps)
+    multipliers = bn_lr_multipliers(optim)
+    if not multipliers:
+        return keras.optimizers.SGD(rate, momentum=optim.momentum, nesterov=optim.nesterov)
+    return ScaledRateSGD(rate, multipliers, momentum=optim.momentum, nesterov=optim.nesterov)
+
+
 def global_step(model: keras.Model) -> int:
     """Iterations the model's optimizer has run (a strategy-wrapped variable)."""
     return int(ops.convert_to_numpy(model.optimizer.iterations))
@@ -138,15 +190,14 @@ def metrics(num_classes: int) -> list[keras.metrics.Metric]:
 
 
 def compile_model(model: keras.Model, optim: OptimConfig, total_steps: int) -> keras.Model:
-    """SGD with momentum, the learning-rate schedule by iterations, cross-entropy and top-1 error.
+    """SGD with momentum (`optimizer`), the learning-rate schedule by iterations, cross-entropy and
+    top-1 error.
 
     Call inside strategy.scope(). Weight decay is not here: it is an L2 penalty on the kernels,
     part of the model (`models.build_model(weight_decay=...)`).
     """
     model.compile(
-        optimizer=keras.optimizers.SGD(
-            schedule(optim, total_steps), momentum=optim.momentum, nesterov=optim.nesterov
-        ),
+        optimizer=optimizer(optim, total_steps),
         loss=loss(optim),
         metrics=metrics(model.output_shape[-1]),
     )
