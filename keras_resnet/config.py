@@ -99,6 +99,11 @@ class ModelConfig:
         BN_MOMENTUM,
         "Momentum of every batch norm's moving statistics (Keras' convention: 0.9 is PyTorch's 0.1).",
     )
+    ghost_batch_size: int = option(
+        0,
+        "Ghost batch norm: in training, BN statistics over groups of N examples of each replica's "
+        "batch (N must divide it); inference unchanged; 0: off.",
+    )
     fused_bn: bool = option(
         True, "TensorFlow's fused batch-norm kernel in training (Keras' results, faster).", operational=True
     )
@@ -137,6 +142,12 @@ class ModelConfig:
             _fail(f"--family={self.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
         if not 0 < self.bn_momentum < 1:
             _fail(f"--bn_momentum must be in (0, 1) (e.g. 0.9, PyTorch's 0.1), got {self.bn_momentum}.")
+        _check_at_least(self, 0, "ghost_batch_size")
+        if self.ghost_batch_size and self.sync_bn:
+            _fail(
+                "--ghost_batch_size normalizes groups of each replica's batch, --sync_bn the global batch: "
+                "give one of them."
+            )
         _check_choices(self)
         self._check_weights()
 
@@ -432,12 +443,28 @@ class TrainConfig:
         self._check_batch_norm()
 
     def _check_batch_norm(self) -> None:
-        """The batch-norm levers that span sections."""
+        """The batch-norm levers that span sections. The ghost batch must divide each replica's
+        share of the batch: checked here for --cpu_devices, and where the strategy is known."""
+        ghost, batch = self.model.ghost_batch_size, self.data.batch_size
+        replicas = self.run.cpu_devices if self.run.distribution != "one_device" else 1
+        per_replica = batch // replicas if replicas > 1 and batch % replicas == 0 else batch
+        if ghost and per_replica % ghost:
+            _fail(ghost_batch_error(ghost, batch, batch // per_replica))
         if self.optim.freeze_bn_scale and self.model.zero_init_residual:
             _fail(
                 "--freeze_bn_scale with --zero_init_residual keeps each block's last BN scale at 0 (every "
                 "residual branch off for good): give one of them."
             )
+
+
+def ghost_batch_error(ghost: int, batch: int, replicas: int) -> str:
+    """Why --ghost_batch_size does not fit --batch_size on `replicas` replicas (one line)."""
+    share = (
+        f"{batch // replicas} per replica of --batch_size={batch}"
+        if replicas > 1
+        else f"--batch_size={batch}"
+    )
+    return f"--ghost_batch_size={ghost} must divide {share}: change --ghost_batch_size or --batch_size."
 
 
 def check_config(cfg: TrainConfig) -> None:

@@ -348,3 +348,57 @@ def test_bn_lr_multiplier_flags_are_checked_and_the_optimizer_saves(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
     assert loaded.optimizer.lr_multipliers == {"beta": 2.0, "gamma": 0.0}
+
+
+def test_ghost_batch_norm_normalizes_each_group_alone_and_infers_as_before():
+    from keras_resnet.models.layers import BatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4, 4, 3)).astype("float32") * rng.uniform(0.5, 3, 8)[:, None, None, None]
+    gamma, beta = rng.uniform(0.5, 2, 3).astype("float32"), rng.normal(size=3).astype("float32")
+    ghost, whole = BatchNormalization(ghost_batch_size=2, momentum=0.8), BatchNormalization(momentum=0.8)
+    for layer in (ghost, whole):
+        layer.build(x.shape)
+        layer.set_weights([gamma, beta, np.zeros(3, "float32"), np.ones(3, "float32")])
+    got = ghost(x, training=True).numpy()
+    pairs = x.reshape(4, 2, 4, 4, 3)
+    mean, var = pairs.mean(axis=(1, 2, 3), keepdims=True), pairs.var(axis=(1, 2, 3), keepdims=True)
+    want = ((pairs - mean) / np.sqrt(var + ghost.epsilon) * gamma + beta).reshape(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(got - whole(x, training=True).numpy()).max() > 0.1  # not the whole batch's statistics
+    # The moving statistics follow the mean of the pairs' statistics.
+    np.testing.assert_allclose(ghost.moving_mean.numpy(), 0.2 * mean.mean(axis=0).ravel(), atol=1e-5)
+    np.testing.assert_allclose(ghost.moving_variance.numpy(), 0.8 + 0.2 * var.mean(axis=0).ravel(), atol=1e-5)
+    whole.set_weights(ghost.get_weights())
+    np.testing.assert_allclose(ghost(x, training=False).numpy(), whole(x, training=False).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="--ghost_batch_size=2 must divide .* --batch_size"):
+        ghost(x[:5], training=True)
+    assert BatchNormalization.from_config(ghost.get_config()).ghost_batch_size == 2
+
+
+def test_ghost_batch_size_must_divide_each_replicas_batch(mirrored_strategy):
+    from keras_resnet.training import distribution
+
+    check = dict(model_dir="x", train_steps=1)
+    for changes, share in (
+        ({"batch_size": 128, "ghost_batch_size": 48}, "--batch_size=128"),
+        ({"batch_size": 64, "ghost_batch_size": 64, "cpu_devices": 2}, "32 per replica of --batch_size=64"),
+    ):
+        with pytest.raises(config.ConfigError, match=f"--ghost_batch_size=.* must divide {share}"):
+            TrainConfig.of(**check, **changes).check()
+    with pytest.raises(config.ConfigError, match="--sync_bn"):
+        TrainConfig.of(**check, ghost_batch_size=4, sync_bn=True).check()
+    cfg = TrainConfig.of(**check, batch_size=32, ghost_batch_size=32, distribution="mirrored")
+    cfg.check()  # the replicas are known once the strategy is: conftest's two CPUs
+    with pytest.raises(config.ConfigError, match="must divide 16 per replica of --batch_size=32"):
+        distribution.strategy_for(cfg)
+    # Per replica 8 examples in ghost batches of 4: trains, and ResNet-20 keeps its 269,722 parameters.
+    with mirrored_strategy.scope():
+        model = build_model("resnet8", num_classes=2, input_shape=(8, 8, 3), ghost_batch_size=4)
+        model.compile("sgd", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    model.fit(x, np.zeros(16, "int32"), batch_size=16, epochs=1, verbose=0)
+    assert all(la.ghost_batch_size == 4 for la in model.layers if hasattr(la, "ghost_batch_size"))
+    levers = TrainConfig.of(ghost_batch_size=32, bn_momentum=0.8).model
+    r20 = models.build_from_config(levers, num_classes=10, input_shape=(32, 32, 3), weight_decay=1e-4)
+    assert models.count(r20).params == 269_722

@@ -35,9 +35,10 @@ class _Factory:
         zero_init_residual: bool = False,
         padding: str = "symmetric",
         bn_momentum: float = BN_MOMENTUM,
+        ghost_batch_size: int = 0,
     ):
         self.sync_bn, self.fused_bn, self.zero_init_residual = sync_bn, fused_bn, zero_init_residual
-        self.padding, self.bn_momentum = padding, bn_momentum
+        self.padding, self.bn_momentum, self.ghost_batch_size = padding, bn_momentum, ghost_batch_size
         # SGD's weight decay `wd` is the gradient of (wd / 2) * ||w||^2, and Keras' L2(l) adds
         # l * ||w||^2, hence the half.
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
@@ -85,6 +86,7 @@ class _Factory:
             epsilon=BN_EPSILON,
             synchronized=self.sync_bn,
             fused=self.fused_bn,
+            ghost_batch_size=self.ghost_batch_size,
             gamma_initializer="zeros" if zero_gamma else "ones",
             name=name + "_bn",
         )(x)
@@ -152,6 +154,7 @@ def build_model(
     padding: Literal["symmetric", "same"] = "symmetric",
     weights: str | os.PathLike | Weights | None = None,
     bn_momentum: float = BN_MOMENTUM,
+    ghost_batch_size: int = 0,
 ) -> keras.Model:
     """Builds a residual or plain network of He et al. (2015).
 
@@ -190,6 +193,9 @@ def build_model(
             `.weights.h5` file of a network built alike, loaded as it is. See `models.pretrained`.
         bn_momentum: of every batch norm's moving statistics, `moving <- m moving + (1 - m) batch`
             (Keras' convention; the default 0.9 is PyTorch's momentum 0.1, as Caffe-era nets used).
+        ghost_batch_size: in training, every batch norm normalizes groups of this many examples of
+            each replica's batch with their own statistics (ghost batch norm; it must divide the
+            batch); 0: the whole share of the batch, as the paper. Inference is the same either way.
 
     Returns:
         A `keras.Model` named after the network.
@@ -204,7 +210,7 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     # Before any layer is built: refusals and a missing download cost no graph.
     source = _weights(weights, spec, option, bottleneck_stride, padding, include_top, num_classes)
-    f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding, bn_momentum)
+    f = _Factory(weight_decay, sync_bn, fused_bn, zero_init_residual, padding, bn_momentum, ghost_batch_size)
     blocks = sum(repeats for _, _, repeats in spec.stages)
     # ResNet-1202 is about 2,000 nodes deep: more than Keras' recursive graph walk allows by default.
     with workarounds.recursion_limit(1000 + 12 * blocks):
@@ -276,6 +282,7 @@ def build_from_config(
         padding=config.padding,
         weights=weights,
         bn_momentum=config.bn_momentum,
+        ghost_batch_size=config.ghost_batch_size,
     )
 
 

@@ -106,12 +106,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
             TensorFlow's fused kernel (see `keras_resnet.models.tf_kernels`; same results, ResNet-20
             trains 1.4x (float32) to 1.65x (bfloat16) faster on CPU). Other backends,
             synchronized statistics and other layouts use Keras' own computation regardless.
+        ghost_batch_size: in training, normalize each group of this many consecutive examples
+            of the (per-replica) batch with the group's own statistics ("ghost" batch norm,
+            Hoffer et al., 2017), which must divide the batch; the moving statistics follow the
+            mean of the groups' statistics, and inference is unchanged. 0: the whole batch.
         **kwargs: as `keras.layers.BatchNormalization`.
     """
 
-    def __init__(self, *, fused: bool = True, **kwargs):
+    def __init__(self, *, fused: bool = True, ghost_batch_size: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.fused = bool(fused)
+        self.ghost_batch_size = int(ghost_batch_size)
+        if self.ghost_batch_size < 0:
+            raise ValueError(f"ghost_batch_size must be >= 0 (0: off), got {ghost_batch_size}.")
+        if self.ghost_batch_size and (self.synchronized or self.renorm):
+            raise ValueError("ghost_batch_size groups a replica's batch: not with synchronized or renorm.")
 
     def add_weight(self, *args, **kwargs):
         if not kwargs.get("trainable", True):
@@ -134,6 +143,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
+        if training and self.trainable and self.ghost_batch_size and mask is None:
+            return self._ghost_call(inputs)
         if not (training and self.trainable and self._can_fuse(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
         from keras_resnet.models import tf_kernels  # TensorFlow-only; the other backends never get here
@@ -148,8 +159,34 @@ class BatchNormalization(keras.layers.BatchNormalization):
             variable.assign(moving * self.momentum + batch_value * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
 
+    def _ghost_call(self, inputs):
+        """Training: each group of `ghost_batch_size` examples normalized with its own statistics."""
+        n = self.ghost_batch_size
+        if inputs.shape[0] is not None and inputs.shape[0] % n:
+            raise ValueError(
+                f"--ghost_batch_size={n} must divide the batch per replica, {inputs.shape[0]}: change "
+                "--ghost_batch_size or --batch_size."
+            )
+        # float32 statistics under mixed precision, as Keras' layer computes them.
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        shape = ops.shape(x)
+        groups = ops.reshape(x, (-1, n, *shape[1:]))  # [G, n, ...]: group g is examples g*n .. g*n+n-1
+        channel = self.axis % len(inputs.shape) + 1
+        axes = [a for a in range(1, len(groups.shape)) if a != channel]
+        mean, variance = ops.moments(groups, axes=axes, keepdims=True)
+        stats_shape = [1] * len(groups.shape)
+        stats_shape[channel] = inputs.shape[self.axis]
+        gamma = ops.reshape(ops.cast(self.gamma, x.dtype), stats_shape) if self.scale else 1.0
+        beta = ops.reshape(ops.cast(self.beta, x.dtype), stats_shape) if self.center else 0.0
+        y = (groups - mean) * (gamma * ops.rsqrt(variance + self.epsilon)) + beta
+        for variable, batch_value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving = ops.cast(variable, x.dtype)
+            update = ops.reshape(ops.mean(batch_value, axis=0), variable.shape)  # the groups' mean
+            variable.assign(ops.cast(moving * self.momentum + update * (1.0 - self.momentum), variable.dtype))
+        return ops.cast(ops.reshape(y, shape), self.compute_dtype)
+
     def get_config(self):
-        return {**super().get_config(), "fused": self.fused}
+        return {**super().get_config(), "fused": self.fused, "ghost_batch_size": self.ghost_batch_size}
 
 
 @keras.saving.register_keras_serializable(package="keras_resnet")

@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 
 from keras_resnet import workarounds
-from keras_resnet.config import DISTRIBUTIONS, ConfigError, TrainConfig
+from keras_resnet.config import DISTRIBUTIONS, ConfigError, TrainConfig, ghost_batch_error
 
 
 def configure_cpu_devices(n: int) -> None:
@@ -127,7 +127,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def strategy_for(cfg: TrainConfig) -> tf.distribute.Strategy:
     """The strategy of --distribution (after splitting the CPU for --cpu_devices); ConfigError if
-    the batch does not split evenly across its replicas."""
+    the batch does not split evenly across its replicas, or a replica's share into ghost batches."""
     try:
         configure_cpu_devices(cfg.run.cpu_devices)
         strategy = make_strategy(cfg.run.distribution)
@@ -139,4 +139,7 @@ def strategy_for(cfg: TrainConfig) -> tf.distribute.Strategy:
             f"--batch_size={batch} does not divide across {replicas} replicas: use a multiple of "
             f"{replicas} (e.g. {max(replicas, batch // replicas * replicas)})."
         )
+    ghost = cfg.model.ghost_batch_size
+    if ghost and (batch // replicas) % ghost:
+        raise ConfigError(ghost_batch_error(ghost, batch, replicas))
     return strategy
