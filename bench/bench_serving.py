@@ -1,22 +1,58 @@
-"""Speed of the exported SavedModel against Keras, on the same real images.
+"""Serving speed: the exported SavedModel alone, or against Keras and PyTorch, on the same real images.
 
-    python bench/bench_serving.py --model resnet20 --json bench_serving.json
+    python bench/bench_serving.py --model resnet20 --against=keras,torch --json results/bench_serving.json
+    python bench/bench_serving.py --model resnet50 --recipe imagenet --against=keras,torch --json ...
 
-Exports a randomly initialised model (speed does not depend on the weights), loads the export
-with `tf.saved_model.load` as TF Serving would (without its REST/gRPC layer), and times:
-- `serving_default` on encoded images: one image per call (latency p50/p99), then batches of 64
-  (throughput), decoding and preprocessing included;
-- `predict_pixels_uint8` on decoded pixels, batch 64: the same without the JPEG decoding;
-- `model.predict` on the already-preprocessed views (their preprocessing is not timed, which
-  flatters Keras).
+Exports a randomly initialised model (speed does not depend on the weights), loads the export as
+TF Serving does (`tf.saved_model.load`, then `.signatures[name]`; its
+`assets.extra/tf_serving_warmup_requests` replayed once, as the model server replays it on load)
+and times, at each of --batches (1, 8, 64, 256):
+
+  framework   path                   input
+  tensorflow  predict_pixels_uint8   uint8 pixels at the view size (preprocessing in the graph)
+  tensorflow  serving_default        the JPEGs (decoding and preprocessing in the graph)
+  --against=keras:
+  keras       model.predict          the float32 evaluation views (preprocessing not timed)
+  keras       kr.load predict        `serving.Classifier(model, info).predict`, what
+                                     `kr.load(run).predict` runs, on the uint8 pixels
+  --against=torch (the `bench` extra: pip install -e '.[bench]'), the same net in PyTorch
+  (bench/torch_resnet20.py, bench/torch_resnet50.py, their parameter counts checked equal to the
+  Keras net's) on the views, under torch.inference_mode, channels_last:
+  pytorch     eager                  the nn.Module
+  pytorch     jit.trace+freeze       TorchScript, traced and frozen
+  pytorch     torch.compile          inductor, one static graph per batch size
+
+--against=none (the default) times the export's rows alone, as does --against=torch where torch
+does not import (after one line saying so). Every call ends with the probabilities as NumPy. The
+PyTorch and model.predict rows time the network alone on ready views; the export's include
+decoding and preprocessing (which flatters the others).
+
+- Interleaved: each of --rounds rounds times every path at every batch, the frameworks taking
+  turns at each batch (A B A B), so a shared machine's drift falls on all of them; a row pools
+  the calls of every round (p50, p99) and lists each round's images/s.
+- Calls: --calls_batch1 (300) at batch 1 and --calls_batch64 (50) at 64, log-linear in the batch
+  between and beyond (122 at 8, 28 at 256), split over the rounds (rounded up); before each
+  path's calls at each batch, --warmup_calls untimed ones (the first compiles torch.compile's graph).
+- Threads: PyTorch `torch.set_num_threads(os.cpu_count())`; TensorFlow at its defaults (intra-
+  and inter-op pools of the machine's cores), as a process that loads the export runs it. Both
+  live in this one process; the framework not timing waits idle.
+- Memory: the peak RSS (VmHWM) of a fresh process holding only the loaded export after the warmup
+  replay, and of one holding only the eager PyTorch net after one call.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import pathlib
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 from keras_resnet import runtime
 
@@ -24,14 +60,22 @@ runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 
 # isort: split
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
+from tensorflow_serving.apis import prediction_log_pb2
 
-from keras_resnet import build_model, files, serving
+from keras_resnet import build_model, files, models, serving
 from keras_resnet.data.info import CIFAR_RECIPE, DataInfo
 from keras_resnet.data.recipes import eval_preprocess
-from keras_resnet.serving import signatures
+from keras_resnet.models import specs
+from keras_resnet.serving import signatures, warmup
+
+BENCH = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))  # torch_serving.py and the PyTorch nets beside this script
+AGAINST = ("none", "keras", "torch")
+NO_TORCH = "torch not installed: pip install -e '.[bench]' to compare; timing the export alone"
 
 flags.DEFINE_string("model", "resnet20", "Network to export (a build_model name).")
 flags.DEFINE_enum(
@@ -41,14 +85,44 @@ flags.DEFINE_enum(
     "cifar: CIFAR-10 test images as JPEG; imagenet: Imagenette JPEGs.",
 )
 flags.DEFINE_integer("image_size", None, "Model input side; default 32 (cifar) or 224 (imagenet).")
-flags.DEFINE_integer("batch", 64, "Batch size of the throughput rows.")
-flags.DEFINE_integer("latency_calls", 200, "Calls with one image for the latency percentiles.")
-flags.DEFINE_integer("batch_calls", 20, "Calls with a full batch for the throughput rows.")
+flags.DEFINE_list(
+    "against", ["none"], f"Comma list of {', '.join(AGAINST)}: what the export is timed against."
+)
+flags.DEFINE_list("batches", ["1", "8", "64", "256"], "Batch sizes, comma list.")
+flags.DEFINE_integer("rounds", 2, "Rounds over every path and batch (interleaved); 2 or more to compare.")
+flags.DEFINE_integer("calls_batch1", 300, "Timed calls at batch 1 (all rounds together).")
+flags.DEFINE_integer("calls_batch64", 50, "Timed calls at batch 64; other batches log-linear in between.")
+flags.DEFINE_integer("warmup_calls", 3, "Untimed calls before each path's calls at each batch.")
 flags.DEFINE_string(
     "data", os.environ.get("KERAS_RESNET_DATA"), "Real data root (default: $KERAS_RESNET_DATA)."
 )
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 FLAGS = flags.FLAGS
+
+# A process holding only the export: TensorFlow and the serving protos, none of Keras or this
+# package (which this script imports), so its peak RSS is the export's as a server loads it.
+_HOLD_EXPORT = """
+import sys
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+served = tf.saved_model.load(sys.argv[1])
+for record in tf.data.TFRecordDataset(sys.argv[2]):
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+    served.signatures[request.model_spec.signature_name](**inputs)
+status = open("/proc/self/status").read().splitlines()
+print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024)
+"""
+
+
+@dataclasses.dataclass
+class Path:
+    """One way to serve the net: `call(x)` on each of `inputs[batch]` (distinct batches, cycled)."""
+
+    framework: str
+    name: str
+    call: Callable[[Any], Any]
+    inputs: dict[int, list]
 
 
 def _real_images(recipe: str, data: pathlib.Path, n: int) -> tuple[list[bytes], list[str]]:
@@ -73,36 +147,17 @@ def _real_images(recipe: str, data: pathlib.Path, n: int) -> tuple[list[bytes], 
             f"bench_serving.py: Imagenette not found under {root}: pass --data or set KERAS_RESNET_DATA."
         )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = sorted(root.glob("*/*.JPEG"))
-    files = files[:: max(1, len(files) // n)][:n]  # spread over the classes
-    return [f.read_bytes() for f in files], classes
+    paths = sorted(root.glob("*/*.JPEG"))
+    paths = paths[:: max(1, len(paths) // n)][:n]  # spread over the classes
+    if len(paths) < n:
+        raise SystemExit(f"bench_serving.py: {root} has {len(paths)} images, fewer than the batch of {n}.")
+    return [f.read_bytes() for f in paths], classes
 
 
-def _time_calls(fn, inputs: list, label: str) -> np.ndarray:
-    """Seconds per call of `fn(x)` for each x, after two untimed warm-up calls."""
-    fn(inputs[0])
-    fn(inputs[-1])
-    times = []
-    for i, x in enumerate(inputs):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-        if (i + 1) % max(1, len(inputs) // 4) == 0:
-            print(f"  {label}: {i + 1}/{len(inputs)} calls, {np.sum(times):.1f}s", flush=True)
-    return np.array(times)
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.WARNING)  # absl's INFO default would print TensorFlow's save chatter
-    recipe, batch = FLAGS.recipe, FLAGS.batch
-    size = FLAGS.image_size or (32 if recipe == CIFAR_RECIPE else 224)
-    if not FLAGS.data:
-        raise SystemExit("bench_serving.py: no real data: pass --data=<root> or set KERAS_RESNET_DATA.")
-    encoded, class_names = _real_images(recipe, pathlib.Path(FLAGS.data), max(batch, 64))
-    pixels = [tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in encoded]
+def _data_info(recipe: str, class_names: list[str], size: int, pixels: list[np.ndarray]) -> DataInfo:
+    """The recipe's evaluation settings with the images' own mean (what training would store)."""
     mean = np.mean([p.reshape(-1, 3).mean(0) for p in pixels], 0).astype(np.float32)
-    info = DataInfo(
+    return DataInfo(
         name=recipe,
         recipe=recipe,
         num_classes=len(class_names),
@@ -112,72 +167,323 @@ def main(argv: list[str]) -> None:
         mean=np.broadcast_to(mean, (size, size, 3)).copy() if recipe == CIFAR_RECIPE else mean,
         train_examples=0,
     )
-    model = build_model(FLAGS.model, num_classes=info.num_classes, input_shape=(size, size, 3))
+
+
+def calls_at(batch: int, calls_batch1: int, calls_batch64: int) -> int:
+    """Timed calls at `batch`: log-linear in the batch through (1, calls_batch1), (64, calls_batch64)."""
+    return max(1, round(calls_batch1 * (calls_batch64 / calls_batch1) ** (math.log(batch) / math.log(64))))
+
+
+def _batches_of(items, batch: int) -> list:
+    """Consecutive distinct batches of `items` (at least one), to cycle through."""
+    return [items[i : i + batch] for i in range(0, max(1, len(items) - batch + 1), batch)]
+
+
+def replay_warmup(served, export_dir: pathlib.Path) -> int:
+    """Calls the export's signatures with its TF Serving warmup requests, as the server does on load."""
+    records = tf.data.TFRecordDataset(str(export_dir / "assets.extra" / warmup.WARMUP_FILE))
+    count = 0
+    for record in records:
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+        served.signatures[request.model_spec.signature_name](**inputs)
+        count += 1
+    return count
+
+
+def export_paths(served, batches, encoded: list[bytes], same_size: np.ndarray) -> list[Path]:
+    """The export's two client-facing signatures, called as TF Serving calls them."""
+    pixels_fn = served.signatures[signatures.PIXELS_UINT8_SIGNATURE]
+    images_fn = served.signatures[signatures.IMAGES_SIGNATURE]
+    probabilities = signatures.PROBABILITIES
+    return [
+        Path(
+            "tensorflow",
+            signatures.PIXELS_UINT8_SIGNATURE,
+            lambda x: pixels_fn(**{signatures.PIXELS: x})[probabilities].numpy(),
+            {b: [tf.constant(x) for x in _batches_of(same_size, b)] for b in batches},
+        ),
+        Path(
+            "tensorflow",
+            signatures.IMAGES_SIGNATURE,
+            lambda x: images_fn(**{signatures.IMAGES: x})[probabilities].numpy(),
+            {b: [tf.constant(x) for x in _batches_of(encoded, b)] for b in batches},
+        ),
+    ]
+
+
+def keras_paths(model: keras.Model, info: DataInfo, batches, views, same_size) -> list[Path]:
+    """Keras' own predict on the views, and the package's Classifier (kr.load) on the pixels."""
+    classifier = serving.Classifier(model, info)
+    return [
+        Path(
+            "keras",
+            "model.predict",
+            lambda x: model.predict(x, batch_size=len(x), verbose=0),
+            {b: _batches_of(views, b) for b in batches},
+        ),
+        Path(
+            "keras",
+            "kr.load predict",
+            lambda x: classifier.predict(x, batch_size=len(x)),
+            {b: _batches_of(same_size, b) for b in batches},
+        ),
+    ]
+
+
+def torch_paths(ts, net, batches, views: np.ndarray) -> list[Path]:
+    """PyTorch's three paths (`ts` is bench/torch_serving.py), checked to give the same probabilities."""
+    inputs = {b: [ts.as_input(x) for x in _batches_of(views, b)] for b in batches}
+    example = inputs[min(batches)][0]
+    calls = ts.paths(net, example)
+    expected = calls[ts.EAGER](example)
+    for name, call in calls.items():
+        if not np.allclose(call(example), expected, atol=1e-5):
+            raise SystemExit(f"bench_serving.py: PyTorch's {name} path disagrees with eager on one batch")
+    return [Path("pytorch", name, call, inputs) for name, call in calls.items()]
+
+
+def _import_torch_serving():
+    """bench/torch_serving.py, or None where torch does not import (the export is timed without it)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    import torch_serving
+
+    return torch_serving
+
+
+def _twin(ts, model: keras.Model, num_classes: int):
+    """The PyTorch net of `--model`, refused in one line unless its parameters match the Keras net's."""
+    spec = specs.get_spec(FLAGS.model)
+    blocks = {block for block, _, _ in spec.stages}
+    if not spec.residual or (spec.family == specs.IMAGENET and blocks != {specs.BOTTLENECK}):
+        raise SystemExit(
+            f"bench_serving.py: --against=torch: no PyTorch twin of {FLAGS.model} "
+            "(residual CIFAR nets and ImageNet bottleneck nets only)."
+        )
+    net = ts.twin(spec.family, tuple(n for _, _, n in spec.stages), num_classes)
+    keras_params, torch_params = models.count(model).params, ts.count_params(net)
+    if keras_params != torch_params:
+        raise SystemExit(
+            f"bench_serving.py: the PyTorch {FLAGS.model} has {torch_params:,} parameters, "
+            f"the Keras one {keras_params:,}: not the same network."
+        )
+    return net, torch_params
+
+
+def _time_path(path: Path, batch: int, calls: int, warmup_calls: int) -> list[float]:
+    """Seconds of each of `calls` timed calls at `batch`, after `warmup_calls` untimed ones."""
+    xs = path.inputs[batch]
+    for i in range(warmup_calls):
+        path.call(xs[i % len(xs)])
+    times = []
+    for i in range(calls):
+        x = xs[i % len(xs)]
+        start = time.perf_counter()
+        path.call(x)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_rounds(paths: list[Path], batches, rounds: int) -> dict[tuple[str, str, int], list[list[float]]]:
+    """Every path at every batch, --rounds times over; the frameworks take turns at each batch."""
+    times = {(p.framework, p.name, b): [] for b in batches for p in paths}
+    total, done, start = rounds * len(times), 0, time.perf_counter()
+    for r in range(rounds):
+        for b in batches:
+            calls = -(-calls_at(b, FLAGS.calls_batch1, FLAGS.calls_batch64) // rounds)
+            for p in paths:
+                eta = (time.perf_counter() - start) / done * (total - done) if done else float("nan")
+                print(
+                    f"[{done + 1}/{total}, ETA {eta:.0f} s] round {r + 1}: {p.framework} {p.name} "
+                    f"x{b} ({calls} calls)...",
+                    flush=True,
+                )
+                times[(p.framework, p.name, b)].append(_time_path(p, b, calls, FLAGS.warmup_calls))
+                done += 1
+    return times
+
+
+def _rows(times: dict[tuple[str, str, int], list[list[float]]]) -> list[dict]:
+    rows = []
+    for (framework, path, batch), per_round in times.items():
+        t = np.concatenate(per_round)
+        rows.append(
+            {
+                "framework": framework,
+                "path": path,
+                "batch": batch,
+                "p50_ms": float(np.percentile(t, 50) * 1e3),
+                "p99_ms": float(np.percentile(t, 99) * 1e3),
+                "images_per_s": float(batch * len(t) / t.sum()),
+                "calls": len(t),
+                "rounds_images_per_s": [round(batch * len(r) / sum(r), 1) for r in per_round],
+            }
+        )
+    reference = {
+        r["batch"]: r["images_per_s"] for r in rows if r["path"] == signatures.PIXELS_UINT8_SIGNATURE
+    }
+    for r in rows:
+        r["vs_export_pixels"] = r["images_per_s"] / reference[r["batch"]]
+    return rows
+
+
+def _peak_rss_mb(cmd: list[str]) -> float:
+    """The peak RSS (MB) that `cmd`, a Python process printing its own, reports on its last line."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
+    return round(float(out.strip().splitlines()[-1]), 1)
+
+
+def _own_peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _print_table(result: dict) -> None:
+    load = result["load_average_at_end"]
+    print(
+        f"\n{result['model']}, {result['recipe']} recipe, {result['image_size']}x{result['image_size']}; "
+        f"{result['cpu']}, {result['cpus']} CPUs, load average {load:.2f} at the end"
+    )
+    params = ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
+    print(f"parameters: {params}; {result['rounds']} interleaved rounds, calls pooled")
+    memory = f"peak RSS: a process holding only the export {result['export_peak_rss_mb']:.0f} MB"
+    if result["torch_peak_rss_mb"] is not None:
+        memory += f", only the eager PyTorch net {result['torch_peak_rss_mb']:.0f} MB"
+    print(memory)
+    print("x export: images/s relative to predict_pixels_uint8 at the same batch")
+    header = ("framework", "path", "batch", "p50 ms", "p99 ms", "img/s", "x export")
+    print("{:<10} {:<20} {:>5} {:>8} {:>8} {:>8} {:>8}  runs".format(*header))
+    for r in result["rows"]:
+        rounds = ", ".join(f"{v:.0f}" for v in r["rounds_images_per_s"])
+        print(
+            f"{r['framework']:<10} {r['path']:<20} {r['batch']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['images_per_s']:>8.1f} {r['vs_export_pixels']:>8.2f}  {rounds}"
+        )
+
+
+def _check_flags() -> tuple[set[str], list[int]]:
+    against = set(FLAGS.against)
+    if unknown := against - set(AGAINST):
+        raise app.UsageError(
+            f"--against: unknown {', '.join(sorted(unknown))}; choose from {', '.join(AGAINST)}"
+        )
+    batches = [int(b) for b in FLAGS.batches]
+    if min(batches) < 1 or FLAGS.rounds < 1 or min(FLAGS.calls_batch1, FLAGS.calls_batch64) < 1:
+        raise app.UsageError("--batches, --rounds and --calls_* must be positive")
+    if not FLAGS.data:
+        raise SystemExit("bench_serving.py: no real data: pass --data=<root> or set KERAS_RESNET_DATA.")
+    return against - {"none"}, batches
+
+
+def _torch_or_none(against: set[str]):
+    """bench/torch_serving.py when --against has torch and it imports; else one line says why not."""
+    if "torch" not in against:
+        return None
+    ts = _import_torch_serving()
+    if ts is None:
+        against.discard("torch")
+        print(NO_TORCH if not against else NO_TORCH.replace("the export alone", "the export and Keras"))
+        return None
+    ts.start()
+    return ts
+
+
+def _inputs(
+    recipe: str, size: int, batches: list[int]
+) -> tuple[list[bytes], DataInfo, np.ndarray, np.ndarray]:
+    """The real JPEGs, their DataInfo, float32 evaluation views and uint8 pixels at the view size."""
+    encoded, class_names = _real_images(recipe, pathlib.Path(FLAGS.data), max(64, *batches))
+    pixels = [tf.io.decode_image(b, channels=3, expand_animations=False).numpy() for b in encoded]
+    info = _data_info(recipe, class_names, size, pixels)
     views = np.concatenate([eval_preprocess(p[None], info).numpy() for p in pixels])
     same_size = np.stack([tf.image.resize(p, (size, size)).numpy().astype(np.uint8) for p in pixels])
+    return encoded, info, views, same_size
 
+
+def _peak_memory(export_dir: pathlib.Path, ts, info: DataInfo) -> dict[str, float | None]:
+    """Peak RSS of a process holding only the export, and of one holding only the eager PyTorch net."""
+    warmup_file = export_dir / "assets.extra" / warmup.WARMUP_FILE
+    memory = {
+        "export_peak_rss_mb": _peak_rss_mb(
+            [sys.executable, "-c", _HOLD_EXPORT, str(export_dir), str(warmup_file)]
+        ),
+        "torch_peak_rss_mb": None,
+    }
+    if ts is not None:
+        spec = specs.get_spec(FLAGS.model)
+        repeats = ",".join(str(n) for _, _, n in spec.stages)
+        holder = [sys.executable, str(BENCH / "torch_serving.py"), f"--family={spec.family}"]
+        holder += [f"--repeats={repeats}", f"--classes={info.num_classes}", f"--size={info.image_size}"]
+        memory["torch_peak_rss_mb"] = _peak_rss_mb(holder)
+    return memory
+
+
+def _machine(ts) -> dict:
+    """Where and with what the rows were measured."""
+    torch = ts.torch if ts is not None else None
+    return {
+        "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
+        "cpu": runtime.cpu()[0],
+        "cpu_features": runtime.cpu_description(),
+        "cpus": os.cpu_count(),
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "torch": torch.__version__ if torch else None,
+        },
+        "threads": {
+            "torch": torch.get_num_threads() if torch else None,
+            "tensorflow": "defaults (intra- and inter-op pools of the machine's cores)",
+        },
+    }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # absl's INFO default would print TensorFlow's save chatter
+    against, batches = _check_flags()
+    ts = _torch_or_none(against)
+    recipe = FLAGS.recipe
+    size = FLAGS.image_size or (32 if recipe == CIFAR_RECIPE else 224)
+    encoded, info, views, same_size = _inputs(recipe, size, batches)
+    model = build_model(FLAGS.model, num_classes=info.num_classes, input_shape=(size, size, 3))
+    params = {"keras": models.count(model).params}
+    if ts is not None:  # before the export: a net without a twin is refused at once
+        net, params["pytorch"] = _twin(ts, model, info.num_classes)
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Exporting {FLAGS.model} ({recipe}, {size}x{size}) ...", flush=True)
-        served = tf.saved_model.load(str(serving.export(model, info, tmp)))
-        images_fn = served.signatures[signatures.IMAGES_SIGNATURE]
-        pixels_fn = served.signatures[signatures.PIXELS_UINT8_SIGNATURE]
-        n1, nb = FLAGS.latency_calls, FLAGS.batch_calls
-        one = [encoded[i % len(encoded)] for i in range(n1)]
-        runs = {
-            ("serving_default (encoded)", 1): _time_calls(
-                lambda b: images_fn(images=tf.constant([b])), one, "serving_default x1"
-            ),
-            ("serving_default (encoded)", batch): _time_calls(
-                lambda _: images_fn(images=tf.constant(encoded[:batch])),
-                range(nb),
-                f"serving_default x{batch}",
-            ),
-            ("predict_pixels_uint8", batch): _time_calls(
-                lambda _: pixels_fn(pixels=tf.constant(same_size[:batch])),
-                range(nb),
-                f"predict_pixels_uint8 x{batch}",
-            ),
-            ("keras model.predict (views)", 1): _time_calls(
-                lambda i: model.predict(views[i % len(views)][None], verbose=0), range(n1), "model.predict x1"
-            ),
-            ("keras model.predict (views)", batch): _time_calls(
-                lambda _: model.predict(views[:batch], batch_size=batch, verbose=0),
-                range(nb),
-                f"model.predict x{batch}",
-            ),
-        }
-
-    load = os.getloadavg()
-    rows = [
-        {
-            "path": path,
-            "batch": b,
-            "p50_ms": float(np.percentile(t, 50) * 1e3),
-            "p99_ms": float(np.percentile(t, 99) * 1e3),
-            "images_per_s": float(b * len(t) / t.sum()),
-            "calls": len(t),
-        }
-        for (path, b), t in runs.items()
-    ]
-    print(
-        f"\n{FLAGS.model}, {recipe} recipe, {size}x{size}, load average {load[0]:.2f}, {os.cpu_count()} CPUs"
-    )
-    print(f"{'path':30} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} {'images/s':>9}")
-    for r in rows:
-        print(
-            f"{r['path']:30} {r['batch']:5d} {r['p50_ms']:9.2f} {r['p99_ms']:9.2f} {r['images_per_s']:9.1f}"
-        )
+        export_dir = serving.export(model, info, tmp)
+        served = tf.saved_model.load(str(export_dir))
+        print(f"Replayed {replay_warmup(served, export_dir)} TF Serving warmup requests", flush=True)
+        paths = export_paths(served, batches, encoded, same_size)
+        if "keras" in against:
+            paths += keras_paths(model, info, batches, views, same_size)
+        if ts is not None:
+            paths += torch_paths(ts, net, batches, views)
+        memory = _peak_memory(export_dir, ts, info)
+        times = run_rounds(paths, batches, FLAGS.rounds)
+    result = {
+        "model": FLAGS.model,
+        "recipe": recipe,
+        "image_size": size,
+        "against": sorted(against) or ["none"],
+        **_machine(ts),
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg()[0],
+        "rounds": FLAGS.rounds,
+        "warmup_calls": FLAGS.warmup_calls,
+        "params": params,
+        **memory,
+        "bench_peak_rss_mb": _own_peak_rss_mb(),
+        "rows": _rows(times),
+    }
+    _print_table(result)
     if FLAGS.json:
-        result = {
-            "model": FLAGS.model,
-            "recipe": recipe,
-            "image_size": size,
-            "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
-            "cpus": os.cpu_count(),
-            "load_average": load,
-            "rows": rows,
-        }
         path = pathlib.Path(FLAGS.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
         files.write_json(path, result, indent=2)
         print(f"Wrote {path}")
 

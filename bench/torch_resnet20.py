@@ -49,7 +49,7 @@ class Block(nn.Module):
 class CifarResNet(nn.Module):
     """Section 4.2's 6n+2-layer net (16/32/64 filters, n blocks per stage); n=3 is ResNet-20."""
 
-    def __init__(self, n: int = 3, tf_padding: bool = False):
+    def __init__(self, n: int = 3, tf_padding: bool = False, num_classes: int = 10):
         super().__init__()
         self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
         blocks, cin = [], 16
@@ -57,7 +57,7 @@ class CifarResNet(nn.Module):
             for b in range(n):
                 blocks.append(Block(cin, cout, 2 if i > 0 and b == 0 else 1, tf_padding))
                 cin = cout
-        self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, 10)
+        self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, num_classes)
 
     def forward(self, x):
         x = self.blocks(F.relu(self.bn(self.conv(x))))
