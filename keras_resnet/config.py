@@ -32,6 +32,7 @@ DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 FLIPS = ("", "random", "alternating", "none")
 TTA = ("none", "flip", "flip_translate")
 PADDINGS = ("symmetric", "same")
+STEM_INITS = ("he", "pca")
 BN_MOMENTUM = 0.9  # models.builder.BN_MOMENTUM (that module imports Keras); a test holds them equal
 BOTTLENECK_STRIDES = ("1x1", "3x3")
 MAX_STEPS = 100_000_000  # 1,500x the paper's 64k iterations: anything longer is a typo
@@ -94,6 +95,13 @@ class ModelConfig:
         "(TensorFlow's bottom/right padding, which runs made before this flag used).",
         PADDINGS,
     )
+    stem_init: str = option(
+        "he",
+        "The first convolution's initial weights: he (the paper's He init), or pca: the whitening of "
+        "the training images' patches (their top principal components over sqrt(eigenvalue)), "
+        "computed at the start of a fresh run.",
+        STEM_INITS,
+    )
     sync_bn: bool = option(False, "Synchronized batch norm: statistics over the global batch.")
     bn_momentum: float = option(
         BN_MOMENTUM,
@@ -149,6 +157,10 @@ class ModelConfig:
                 "give one of them."
             )
         _check_choices(self)
+        if self.stem_init == "pca" and self.weights:
+            _fail(
+                f"--stem_init=pca with --weights={self.weights}: the stem comes from the weights; give one."
+            )
         self._check_weights()
 
     def _check_weights(self) -> None:

@@ -402,3 +402,67 @@ def test_ghost_batch_size_must_divide_each_replicas_batch(mirrored_strategy):
     levers = TrainConfig.of(ghost_batch_size=32, bn_momentum=0.8).model
     r20 = models.build_from_config(levers, num_classes=10, input_shape=(32, 32, 3), weight_decay=1e-4)
     assert models.count(r20).params == 269_722
+
+
+def _correlated_images(n: int, size: int = 12, seed: int = 0) -> np.ndarray:
+    """Colour images whose neighbouring pixels and channels correlate, as photographs' do."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, size + 2, size + 2, 3))
+    x = (x[:, 1:, :] + x[:, :-1, :]) / 2  # vertical, horizontal and colour correlation
+    x = (x[:, :, 1:] + x[:, :, :-1]) / 2
+    x = x @ np.array([[1.0, 0.6, 0.3], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    return (40.0 * x[:, :size, :size]).astype("float32")
+
+
+def test_pca_stem_whitens_the_training_patches():
+    from keras_resnet.models import whitening
+
+    images = _correlated_images(256)
+    model = build_model("resnet8", num_classes=2, input_shape=(12, 12, 3))
+    stem = whitening.whiten_stem(model, [images[:100], images[100:]])  # batches, as the pipeline gives
+    assert stem.name == "conv1_conv" and stem.kernel.shape == (3, 3, 3, 16)
+    # The stem as Keras applies it (its interior: no zero padding), on the images it was fitted to.
+    out = keras.Model(model.input, stem.output)(images).numpy()[:, 1:-1, 1:-1].reshape(-1, 16)
+    cov = np.cov(out, rowvar=False)
+    np.testing.assert_allclose(cov, np.diag(np.diag(cov)), atol=1e-3)  # decorrelated
+    assert 0.95 < np.diag(cov).min() and np.diag(cov).max() < 1.0 + 1e-3  # unit variance, but for eps
+    raw = np.corrcoef(whitening.patches(images, 3), rowvar=False)
+    assert np.abs(raw - np.eye(27)).max() > 0.5  # the patches themselves are far from it
+    with pytest.raises(ValueError, match="16 filters cannot whiten 9-dimensional"):
+        whitening.whitening_kernel([images[..., :1]], 3, 16)
+
+
+def test_stem_init_flag_is_checked():
+    assert TrainConfig.of().model.stem_init == "he"
+    for changes, flag in (
+        ({"stem_init": "zca"}, "--stem_init"),
+        ({"stem_init": "pca", "weights": "cifar10"}, "--weights"),
+    ):
+        with pytest.raises(config.ConfigError, match=flag):
+            TrainConfig.of(model_dir="x", train_steps=1, **changes).check()
+
+
+@pytest.mark.slow
+def test_a_fresh_run_whitens_its_stem_from_its_own_pipeline_and_a_resumed_one_does_not(tmp_path, monkeypatch):
+    from keras_resnet import data
+    from keras_resnet.models import whitening
+
+    # conv1 frozen, so the run's stem is still its initialisation at the end.
+    cfg = TrainConfig.of(
+        **{**TINY, "checkpoint_steps": 2},
+        train_steps=2,
+        stem_init="pca",
+        freeze=("conv1",),
+        model_dir=str(tmp_path / "run"),
+    )
+    training.run(cfg, verbose=0)
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    sample = data.load_config(cfg.data).train_sample(whitening.IMAGES)
+    want = whitening.whitening_kernel((x.numpy() for x, _ in sample), 3, 16)
+    np.testing.assert_allclose(saved.get_layer("conv1_conv").kernel.numpy(), want, rtol=1e-5, atol=1e-6)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a resumed run must take its stem from the checkpoint")
+
+    monkeypatch.setattr(whitening, "whiten_stem", refuse)
+    assert training.run(cfg.replace(train_steps=4, allow_config_change=True), verbose=0).steps == 4

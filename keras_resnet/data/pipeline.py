@@ -15,6 +15,7 @@ stream and TensorFlow's global seed. Each worker reads its own shard (`num_worke
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from keras_resnet.config import DataConfig
 from keras_resnet.data import registry
 from keras_resnet.data.info import CIFAR_RECIPE, DataInfo, resize_size_for
 from keras_resnet.data.recipes import RECIPES, eval_preprocess, ten_crop
-from keras_resnet.data.storage import ImageArray, Split
+from keras_resnet.data.storage import ImageArray, Split, TFDSStream
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -58,12 +59,19 @@ class Datasets:
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     _ten_crop_test: Callable[[], tf.data.Dataset] | None = dataclasses.field(default=None, repr=False)
     _train_evaluation: Callable[[], tf.data.Dataset] | None = dataclasses.field(default=None, repr=False)
+    _train_sample: Callable[[int], tf.data.Dataset] | None = dataclasses.field(default=None, repr=False)
     _test_split: Split | None = dataclasses.field(default=None, repr=False)
 
     def train_evaluation(self) -> tf.data.Dataset:
         """The training images actually trained on, once each, in their evaluation view (no
         augmentation): to measure the final model's training error as the paper's curves end."""
         return self._train_evaluation()
+
+    def train_sample(self, n: int) -> tf.data.Dataset:
+        """`n` training images in their evaluation view (mean subtracted, unaugmented, full size),
+        spread evenly over the split (a stream: its first n), the same on every worker; batches of
+        (float32 [B, S, S, 3], int32 [B]). What a statistic of the inputs is computed from."""
+        return self._train_sample(n)
 
     def ten_crop_test(self) -> tf.data.Dataset:
         """The test split as batches of (float32 [B, 10, S, S, 3] views, int32 [B]): average the
@@ -179,6 +187,7 @@ def load_config(
         skipped=src.skipped,
         _ten_crop_test=lambda: evaluation(src.test, ten=True),
         _train_evaluation=lambda: evaluation(src.train),
+        _train_sample=functools.partial(_train_sample, src.train, info, eval_batch_size),
         _test_split=src.test,
     )
 
@@ -196,6 +205,14 @@ def _info(src, row: registry.Dataset, size: int, subtract_mean: bool) -> DataInf
         train_examples=src.train.num_examples,
         data_sha256=src.data_sha256,
     )
+
+
+def _train_sample(split: Split, info: DataInfo, batch_size: int, n: int) -> tf.data.Dataset:
+    """`Datasets.train_sample`: every (num_examples / n)-th image, unsharded."""
+    n = min(n, split.num_examples)
+    if not isinstance(split, TFDSStream):  # evenly spaced: a folder lists its classes in turn
+        split = split.subset(np.arange(n, dtype=np.int64) * split.num_examples // n)
+    return _finish(_eval_dataset(split, info, batch_size, 1, 0).unbatch().take(n).batch(batch_size))
 
 
 def _finish(ds: tf.data.Dataset, deterministic: bool = True) -> tf.data.Dataset:

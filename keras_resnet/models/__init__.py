@@ -7,6 +7,7 @@
 - `pretrained`: `build_model(weights=...)`'s sources (Keras Applications' ImageNet weights, the
   shipped CIFAR-10 nets, a file) and `from_keras_applications`.
 - `tta`: a model averaged over test-time views.
+- `whitening`: the stem initialised as the whitening of the training images' patches (`--stem_init=pca`).
 - `counting`: parameters and multiply-adds per layer.
 """
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras_resnet import data, files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
+from keras_resnet.models import whitening
 from keras_resnet.training import distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
@@ -138,6 +139,9 @@ class Run:
         with self.strategy.scope():
             weights = finetune.weights_for(cfg, self.info, resuming=self.start_step > 0)
             model = build_model(cfg, self.info, weights)
+            if cfg.model.stem_init == "pca" and not self.start_step:  # resumed: the checkpoint has it
+                sample = self.datasets.train_sample(whitening.IMAGES)
+                whitening.whiten_stem(model, (x.numpy() for x, _ in sample))
             finetune.freeze(model, cfg.model.freeze)
             self.model = optimization.compile_model(model, cfg.optim, self.total_steps)
             self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
