@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
+from conftest import REPO, TINY
 
 from keras_resnet import build_model, config, models, runtime, training
 from keras_resnet.config import TrainConfig
@@ -466,3 +466,39 @@ def test_a_fresh_run_whitens_its_stem_from_its_own_pipeline_and_a_resumed_one_do
 
     monkeypatch.setattr(whitening, "whiten_stem", refuse)
     assert training.run(cfg.replace(train_steps=4, allow_config_change=True), verbose=0).steps == 4
+
+
+def _parse_flags(lines: list[str]) -> dict:
+    """train.py's flags (`--name=value`, `--name`, `--noname`) as `TrainConfig.of` takes them."""
+    defaults = TrainConfig.of().flags()
+    values = {}
+    for line in (line.strip() for line in lines):
+        if not line.startswith("--"):  # comments
+            continue
+        name, equals, value = line.removeprefix("--").partition("=")
+        if not equals:
+            on = name in defaults
+            values[name if on else name.removeprefix("no")] = on
+        elif isinstance(defaults[name], tuple):
+            values[name] = tuple(v for v in value.split(",") if v)
+        else:
+            values[name] = type(defaults[name])(value)
+    return values
+
+
+def test_every_ablation_row_is_a_valid_run_of_the_preset_and_resnet20_as_ever():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablate_recipe", REPO / "bench" / "ablate_recipe.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    preset = (REPO / "configs" / "cifar10_resnet20_fast.cfg").read_text().splitlines()
+    budget = ["--epochs=8", "--lr_warmup_steps=210", "--low_res_epochs=4"]  # the docstring's command
+    base = TrainConfig.of(**_parse_flags(preset + budget), validation_split=True, model_dir="x")
+    for row, flags in ablate.LEVERS.items():
+        cfg = base.replace(**_parse_flags(flags))
+        cfg.check()
+        assert (cfg == base) == (row == "preset"), row  # every other row changes something
+        model = models.build_from_config(cfg.model, num_classes=10, input_shape=(32, 32, 3), weight_decay=0)
+        assert models.count(model).params == 269_722, row
+    assert base.replace(**_parse_flags(ablate.LEVERS["low-res 3/4"])).data.low_res_epochs == 6
