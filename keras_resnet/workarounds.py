@@ -208,6 +208,103 @@ def drop_ended_trials_from_retry_queue(oracle, final: tuple[str, ...]) -> None:
     ]
 
 
+def give_a_restarted_chief_its_running_trials(oracle, final: tuple[str, ...]) -> None:
+    """Lets a chief started again end the trials its workers kept training (keras-tuner 1.4-1.4.8).
+
+    Call it on the chief's reloaded oracle before anything saves it again. Two bugs meet when a
+    chief is killed mid-trial and started again while its workers still train (no upstream issue
+    found; keras-team/keras-tuner#976, fixed by #977, made a chief reload at all; 1.4.8 read):
+    - `Oracle.create_trial` saves the oracle before `Display.on_trial_begin` records the trial's
+      start and number (`engine/oracle.py` lines 464-465 and 498-499), so the reloaded display does
+      not know the running trials: the worker's EndTrial died in `Display.on_trial_end` with
+      `KeyError: '0'` (oracle.py line 185), and the worker saw UNKNOWN and gave up.
+    - `Oracle.reload` queues the running trials for a retry by whichever worker asks first
+      (oracle.py lines 769-772): on a cluster their own workers still train them, so another
+      worker could get a second copy of a trial in training, and a trial its worker ended stayed
+      queued (oracle.json: `"retry_queue": ["0"]` after the end) to be handed out again.
+    Here each trial the saved oracle lists as running (`ongoing_trials`, by worker id), and that
+    is not `final` in its own file, goes back to its worker instead of the queue, with a start
+    time (the restart's; the first is lost) and its number
+    (tests/test_tune_distributed.py::test_a_chief_killed_mid_trial_comes_back_...).
+    """
+    import datetime
+    import json
+    import pathlib
+
+    import keras_tuner
+
+    saved = pathlib.Path(oracle._get_oracle_fname())
+    if not affected(keras_tuner.__version__, "1.4", "1.4.8") or not saved.is_file():
+        return
+    display, now = oracle._display, datetime.datetime.now()
+    for tuner_id, trial_id in json.loads(saved.read_text()).get("ongoing_trials", {}).items():
+        trial = oracle.trials.get(trial_id)
+        if trial is None or trial.status in final:
+            continue
+        oracle._retry_queue = [t for t in oracle._retry_queue if t != trial_id]
+        oracle.ongoing_trials[tuner_id] = trial
+        display.trial_start.setdefault(trial_id, now)
+        order = oracle.start_order  # keras-tuner numbers a trial by the trials known at its start
+        number = order.index(trial_id) + 1 if trial_id in order else len(oracle.trials)
+        display.trial_number.setdefault(trial_id, number)
+        display.search_start = display.search_start or now
+
+
+RECONNECT_BACKOFF_MS = 2000  # a worker tries to reach a lost chief at least this often
+ORACLE_RPCS = (  # the requests of keras-tuner's OracleClient
+    "GetSpace",
+    "UpdateSpace",
+    "CreateTrial",
+    "UpdateTrial",
+    "EndTrial",
+    "GetTrial",
+    "GetBestTrials",
+)
+
+
+def ride_out_a_chief_restart(client, address: str) -> None:
+    """Makes a keras-tuner worker's `OracleClient` wait for a chief that comes back, within each
+    request's timeout (keras-tuner 1.1-1.4.8; a lost chief, the other side of keras-team/keras-tuner#915).
+
+    Its requests wait for the chief with `wait_for_ready`, which covers a chief not yet up but not
+    one lost during a request: that request fails at once with UNAVAILABLE ("Socket closed") and
+    the worker gave up on a chief that was restarting. And gRPC's reconnection backoff grows to
+    120 s: a chief back after 50 s was answered after 68 s (measured), one back after 200 s of a
+    300 s timeout might not be asked again in time.
+    Here the client's channel retries every `RECONNECT_BACKOFF_MS` at most, and a request that
+    fails with UNAVAILABLE is sent again until its own timeout (each is safe to repeat: a restarted
+    chief gives a worker back its running trial, see `give_a_restarted_chief_its_running_trials`)
+    (tests/test_tune_distributed.py::test_a_request_cut_by_the_chief_s_death_is_sent_again).
+    """
+    import grpc
+    import keras_tuner
+    from keras_tuner.src import protos
+
+    if not affected(keras_tuner.__version__, "1.1", "1.4.8"):
+        return
+    options = [("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS)]
+    stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(address, options=options))
+    for name in ORACLE_RPCS:
+        setattr(stub, name, _sent_again_when_cut(getattr(stub, name)))
+    client.stub = stub
+
+
+def _sent_again_when_cut(call):
+    import grpc
+
+    def send(request, *, timeout: float, **kwargs):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return call(request, timeout=max(deadline - time.monotonic(), 0.001), **kwargs)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.5)  # a chief shutting down answers UNAVAILABLE at once: no busy loop
+
+    return send
+
+
 def pause_when_idle(oracle, seconds: float = 1.0) -> None:
     """Makes a keras-tuner worker wait `seconds` after the chief answers IDLE (keras-tuner 1.0-1.4.8).
 

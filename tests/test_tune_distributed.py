@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import time
 import pytest
 from conftest import REPO
 
+from keras_resnet import workarounds
 from keras_resnet.training.rundir import RunDir
 
 pytestmark = pytest.mark.slow
@@ -122,3 +124,91 @@ def test_worker_without_a_chief_or_with_other_flags_is_refused(tmp_path):
     chief.communicate(timeout=120)
     assert other.returncode == 1
     assert "this worker's --tune flags differ from the chief's (--learning_rate: 0.1 -> 0.5)" in out
+
+
+def test_a_chief_killed_mid_trial_comes_back_and_the_search_finishes(tmp_path):
+    port = _port()
+    chief = _tune(tmp_path, "chief", port)
+    worker = _tune(tmp_path, "tuner0", port)
+    search = tmp_path / "run" / "tuning" / "search"
+    deadline = time.time() + 600
+    while not list(search.glob("trial_*/checkpoints/ckpt-20.json")):
+        assert worker.poll() is None and time.time() < deadline, worker.communicate()[0][-3000:]
+        time.sleep(0.2)
+    chief.send_signal(signal.SIGKILL)  # the chief's machine lost during the first trial
+    chief.communicate(timeout=60)
+    time.sleep(10)  # the worker trains on, then waits for the chief to end its trial
+    again = _tune(tmp_path, "chief", port)
+    try:
+        out = worker.communicate(timeout=600)[0]
+        assert worker.returncode == 0, out[-4000:]
+        chief_out = again.communicate(timeout=120)[0]
+    finally:
+        for proc in (worker, again):
+            proc.kill()  # a chief that serves forever must not outlive the test
+    assert again.returncode == 0 and "Traceback" not in chief_out, chief_out[-4000:]
+    assert sorted(re.findall(r"worker tuner0: trial (\d+)", out)) == ["0", "1", "2"], out[-4000:]  # once each
+    assert sorted(_trials(tmp_path)) == ["A", "B", "C"]
+    with open(tmp_path / "run" / "tuning" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["shortcut"], r["status"]) for r in rows) == [(c, "COMPLETED") for c in "ABC"]
+
+
+# A stand-in chief: `CreateTrial` hangs (HANG) or hands out trial 0.
+_ORACLE = """
+import sys, time
+from concurrent import futures
+import grpc
+from keras_tuner.src import protos
+from keras_tuner.src.engine import hyperparameters, trial
+
+class Servicer(protos.get_service_grpc().OracleServicer):
+    def CreateTrial(self, request, context):
+        print("asked", flush=True)
+        if sys.argv[2] == "HANG":
+            time.sleep(600)
+        done = trial.Trial(hyperparameters.HyperParameters(), trial_id="0", status="RUNNING")
+        return protos.get_service().CreateTrialResponse(trial=done.to_proto())
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+protos.get_service_grpc().add_OracleServicer_to_server(Servicer(), server)
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_request_cut_by_the_chief_s_death_is_sent_again(monkeypatch):
+    import concurrent.futures
+
+    import keras_tuner
+    from keras_tuner.src.distribute import oracle_client
+
+    port = str(_port())
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", port)
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    client = oracle_client.OracleClient(keras_tuner.oracles.RandomSearchOracle())
+    workarounds.ride_out_a_chief_restart(client, f"127.0.0.1:{port}")
+
+    def chief(mode: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-c", _ORACLE, port, mode]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    first = chief("HANG")
+    second = None
+    try:
+        assert first.stdout.readline() == "up\n"
+        with workarounds.keras_tuner_rpc_timeout(120), concurrent.futures.ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(client.create_trial, "tuner0")
+            assert first.stdout.readline() == "asked\n"  # the request is in flight
+            first.send_signal(signal.SIGKILL)
+            first.communicate(timeout=60)
+            second = chief("ANSWER")
+            assert asked.result(timeout=120).trial_id == "0"  # was: UNAVAILABLE at once
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+                proc.communicate(timeout=60)

@@ -148,6 +148,8 @@ class Tuner(keras_tuner.Tuner):
 
     def search(self, *fit_args, **fit_kwargs):
         if cluster.distributed_role() == cluster.CHIEF:
+            # Before saving: the saved oracle says which worker trains which trial.
+            workarounds.give_a_restarted_chief_its_running_trials(self.oracle, ENDED)
             self.save()
             if not self._all_trials_ended():  # a chief restarted after the last trial: no one will ask
                 why = cluster.serve_oracle(self.oracle, self.project_dir, lambda: STOP.requested)
@@ -155,6 +157,7 @@ class Tuner(keras_tuner.Tuner):
                     raise SearchStopped(f"{why} on the chief")
         else:
             if self._is_worker():
+                workarounds.ride_out_a_chief_restart(self.oracle, cluster.chief_address())
                 workarounds.pause_when_idle(self.oracle)
             super().search(*fit_args, **fit_kwargs)
 
