@@ -34,7 +34,8 @@ decoding and preprocessing (which flatters the others).
   between and beyond (122 at 8, 28 at 256), split over the rounds (rounded up); before each
   path's calls at each batch, --warmup_calls untimed ones (the first compiles torch.compile's graph).
 - Threads: PyTorch `torch.set_num_threads(os.cpu_count())`; TensorFlow at its defaults (intra-
-  and inter-op pools of the machine's cores), as a process that loads the export runs it. Both
+  and inter-op pools of the machine's cores), as a process that loads the export runs it; or
+  --threads=N intra-op threads for both (TF Serving's --tensorflow_intra_op_parallelism=N). Both
   live in this one process; the framework not timing waits idle.
 - Memory: the peak RSS (VmHWM) of a fresh process holding only the loaded export after the warmup
   replay, and of one holding only the eager PyTorch net after one call.
@@ -95,6 +96,12 @@ flags.DEFINE_integer("calls_batch64", 50, "Timed calls at batch 64; other batche
 flags.DEFINE_integer("warmup_calls", 3, "Untimed calls before each path's calls at each batch.")
 flags.DEFINE_string(
     "data", os.environ.get("KERAS_RESNET_DATA"), "Real data root (default: $KERAS_RESNET_DATA)."
+)
+flags.DEFINE_integer(
+    "threads",
+    0,
+    "Intra-op threads of both frameworks (TensorFlow's pool, as TF Serving's "
+    "--tensorflow_intra_op_parallelism; torch.set_num_threads); 0: every core for each.",
 )
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 FLAGS = flags.FLAGS
@@ -386,7 +393,7 @@ def _torch_or_none(against: set[str]):
         against.discard("torch")
         print(NO_TORCH if not against else NO_TORCH.replace("the export alone", "the export and Keras"))
         return None
-    ts.start()
+    ts.start(FLAGS.threads)
     return ts
 
 
@@ -435,7 +442,7 @@ def _machine(ts) -> dict:
         },
         "threads": {
             "torch": torch.get_num_threads() if torch else None,
-            "tensorflow": "defaults (intra- and inter-op pools of the machine's cores)",
+            "tensorflow": f"intra-op {FLAGS.threads}" if FLAGS.threads else "defaults (pools of every core)",
         },
     }
 
@@ -444,6 +451,8 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # absl's INFO default would print TensorFlow's save chatter
     against, batches = _check_flags()
+    if FLAGS.threads:  # before TensorFlow's first op: its pools are made then
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     ts = _torch_or_none(against)
     recipe = FLAGS.recipe
     size = FLAGS.image_size or (32 if recipe == CIFAR_RECIPE else 224)

@@ -26,9 +26,9 @@ EAGER, FROZEN, COMPILED = "eager", "jit.trace+freeze", "torch.compile"
 PATHS = (EAGER, FROZEN, COMPILED)
 
 
-def start() -> None:
-    """Every core for PyTorch's intra-op pool, as bench_train.py's PyTorch step has them."""
-    torch.set_num_threads(os.cpu_count() or 1)
+def start(threads: int = 0) -> None:
+    """`threads` (0: every core, as bench_train.py's PyTorch step has them) for PyTorch's intra-op pool."""
+    torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
 def twin(family: str, repeats: tuple[int, ...], num_classes: int) -> nn.Module:
