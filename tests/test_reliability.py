@@ -9,16 +9,21 @@ import os
 import pathlib
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import zlib
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import REPO, TINY
 
-from keras_resnet import files, training
+from keras_resnet import data, files, training
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.rundir import RunDir
@@ -367,3 +372,177 @@ def test_a_disk_full_before_the_run_starts_is_refused_in_one_line_leaving_nothin
     assert f"--model_dir={small_disk / 'run'} is not writable" in done.stderr
     run = small_disk / "run"
     assert not run.exists() or not any(run.iterdir())  # no .lock, no probe left behind
+
+
+@pytest.mark.slow
+def test_an_export_that_fills_the_disk_is_one_line_and_leaves_no_partial_version(small_disk, tmp_path):
+    # ResNet-20's weights (1.1 MB) pass the 1 MB writability probe and then fill the disk.
+    cfg = TrainConfig.of(**{**TINY, "model": "resnet20"}, train_steps=2, model_dir=str(tmp_path / "run"))
+    training.run(cfg, verbose=0)
+    (small_disk / "filler").write_bytes(bytes(2 * 1024 * 1024 - files.PROBE_BYTES - 256 * 1024))
+    cmd = [sys.executable, str(REPO / "export" / "export.py"), f"--model_dir={cfg.run.model_dir}"]
+    done = subprocess.run([*cmd, f"--export_base={small_disk / 'models'}"], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"export.py: error: no space left on the device of {small_disk / 'models'}")
+    assert [p.name for p in (small_disk / "models").iterdir()] == [".lock"]  # no version, no temporary
+
+
+# Hostile files: what a header declares is checked before anything is decoded or scaled.
+
+
+def _big_png(path: pathlib.Path, width: int, height: int) -> None:
+    """A valid PNG of width x height black pixels: a 20000 x 20000 one is 1.2 MB and takes a second."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = 80
+    assert height % rows == 0
+    block = (b"\0" * (1 + 3 * width)) * rows  # each row: filter type 0, then its pixels
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = z.compress(block) + z.flush(zlib.Z_FULL_FLUSH)
+    again = z.compress(block) + z.flush(zlib.Z_FULL_FLUSH)  # no history after a full flush: one block's bytes
+    adler = 1
+    for _ in range(height // rows):
+        adler = zlib.adler32(block, adler)
+    stream = b"\x78\xda" + first + again * (height // rows - 1) + z.flush() + struct.pack(">I", adler)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    )
+
+
+class _PeakGrowth:
+    """The most this process's resident memory grew above its start while the block ran (sampled
+    every 2 ms: a gigabyte takes far longer than that to fill)."""
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def bytes(self) -> int:
+        return self.peak - self.start
+
+    def _sample(self):
+        while not self._done.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        return int(pathlib.Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _small_folder(root: pathlib.Path) -> None:
+    for split, count in (("train", 4), ("val", 2)):
+        for c in ("a", "b"):
+            for i in range(count):
+                path = root / split / c / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(tf.io.encode_png(np.full((12, 12, 3), 10 * i, np.uint8)).numpy())
+
+
+def test_a_training_png_declaring_20000_px_is_refused_by_its_header_not_decoded(tmp_path):
+    root = tmp_path / "images"
+    _small_folder(root)
+    _big_png(root / "train" / "a" / "huge.png", 20000, 20000)  # 1.2 MB on disk, 1.2 GB decoded
+    with _PeakGrowth() as memory, pytest.raises(ValueError, match="corrupt or unreadable") as err:
+        data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=tmp_path / "cache")
+    assert "huge.png: 20000x20000 pixels, more than the 16,777,216" in str(err.value)
+    assert "\n" not in str(err.value)
+    # Was 1.2 GB: the in-memory decision decoded a sample of the files to estimate their size.
+    assert memory.bytes < 300 << 20, f"grew by {memory.bytes >> 20} MB"
+
+
+def test_a_1x1000000_png_is_served_and_ten_cropped_in_little_memory(tmp_path):
+    from keras_resnet.data import recipes
+    from keras_resnet.data.info import DataInfo
+    from keras_resnet.serving.decode import decode_images
+
+    info = DataInfo("x", "imagenet", 2, ("a", "b"), 48, 55, np.zeros(3, np.float32), 10)
+    strip = tf.io.encode_png(tf.fill([1, 1_000_000, 3], tf.constant(7, tf.uint8)))
+    with _PeakGrowth() as memory:
+        views = decode_images(tf.stack([strip]), info, max_pixels=16_777_216)
+        crops = recipes.ten_crop(tf.io.decode_png(strip)[tf.newaxis], info)
+    assert views.shape == (1, 48, 48, 3) and crops.shape == (1, 10, 48, 48, 3)
+    np.testing.assert_allclose(views, 7.0, atol=1e-4)
+    np.testing.assert_allclose(crops, 7.0, atol=1e-4)
+    # Scaled to a 55 px short side first, either would be 55 x 55,000,000 floats (36 GB).
+    assert memory.bytes < 300 << 20, f"grew by {memory.bytes >> 20} MB"
+
+
+def test_a_folder_file_name_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    root = tmp_path / "images"
+    _small_folder(root)
+    bad = os.path.join(os.fsencode(root / "train" / "b"), b"caf\xe9.png")
+    shutil.copy(root / "train" / "b" / "0.png", bad)
+    with pytest.raises(ValueError, match=r"caf\\xe9.png' has a name that is not valid UTF-8: rename it"):
+        data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=tmp_path / "cache")
+
+
+# Damaged records: one line naming the file and what to do.
+
+
+def test_a_damaged_tfds_record_file_is_named_with_the_fix(tfds_dir, tmp_path):
+    copy = tmp_path / "tfds" / "cifar10" / "3.0.2"
+    copy.mkdir(parents=True)
+    source = tfds_dir / "cifar10" / "3.0.2"
+    for path in source.iterdir():
+        if "tfrecord" not in path.name:
+            shutil.copy(path, copy / path.name)
+    (test_file,) = source.glob("cifar10-test.tfrecord*")
+    shutil.copy(test_file, copy / test_file.name)
+    (train_file,) = source.glob("cifar10-train.tfrecord*")
+    with open(train_file, "rb") as f, open(copy / train_file.name, "wb") as out:
+        out.write(f.read(1 << 20) + np.random.default_rng(0).bytes(1 << 20))  # a megabyte, then noise
+    with pytest.raises(data.DataUnavailable) as err:
+        data.load("cifar10", data_dir=str(tmp_path / "tfds"), download=False, cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert f"damaged: {train_file.name})" in message and "restore it from a good copy" in message
+    assert test_file.name not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("record, text", [("summary.json", '{"steps": 2'), ("config.json", "[]")])
+def test_a_damaged_run_record_is_one_line_with_the_fix(finished, tmp_path, record, text):
+    cfg, _ = finished
+    model_dir = tmp_path / "run"
+    shutil.copytree(cfg.run.model_dir, model_dir)
+    (model_dir / record).write_text(text)
+    fix = "delete it and run the same command again" if record == "summary.json" else "restore it from"
+    with pytest.raises(ConfigError, match=f"{record} is damaged .*{fix}") as err:
+        training.run(cfg.replace(model_dir=str(model_dir)), verbose=0)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_flags_out_of_range_are_refused_in_one_line_naming_the_flag(tmp_path):
+    cases = {  # flag: what the line must say (the range or the image side it must stay below)
+        "--seed=-1": "--seed must be in [0, 4294967295]",
+        "--seed=4294967296": "--seed must be in [0, 4294967295]",
+        "--weight_decay=inf": "--weight_decay must be finite",
+        f"--train_steps={10**30}": "--train_steps must be at most 100,000,000",
+        "--plateau_patience=-3": "--plateau_patience must be >= 1",
+        "--warmup_max_steps=-5": "--warmup_max_steps must be >= 1",
+        "--tune_wait=-1": "--tune_wait must be >= 0 seconds",
+        "--cutout=1000": "must be below the 32 px image side",
+        "--translate=1000": "must be below the 32 px image side",
+    }
+    for flag, says in cases.items():
+        model_dir = tmp_path / flag.split("=")[0].strip("-")
+        cmd = [sys.executable, str(REPO / "train.py"), "--model=resnet8", "--dataset=digits"]
+        done = subprocess.run(
+            [*cmd, "--train_steps=5", f"--model_dir={model_dir}", flag], capture_output=True, text=True
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (flag, done.stderr[-2000:])
+        assert lines[0].startswith("train.py: error: ") and says in lines[0], (flag, lines[0])
+        assert not (model_dir / "checkpoints").exists(), flag

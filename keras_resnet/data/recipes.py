@@ -173,7 +173,8 @@ class ImagenetRecipe(Recipe):
 
     @staticmethod
     def ten_crop(images, info):
-        x = views.resize_shorter_side(tf.cast(images, tf.float32), info.resize_size)
+        x = views.center_crop_aspect(tf.cast(images, tf.float32), views.MAX_TEN_CROP_ASPECT)
+        x = views.resize_shorter_side(x, info.resize_size)
         return views.ten_crop_views(x - tf.constant(info.mean, tf.float32), info.image_size)
 
 

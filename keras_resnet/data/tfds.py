@@ -131,14 +131,26 @@ def in_memory(name: str, data_dir: str, split: str, download: bool) -> ImageArra
             return ImageArray(images, labels.astype(np.int32))
         pairs = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True)))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
-        # TensorFlow names no file: a damaged record file reads as "corrupted record at N".
-        shards = sorted(p.name for p in pathlib.Path(builder.data_dir).glob(f"*-{split}.*"))
+        shards = sorted(pathlib.Path(builder.data_dir).glob(f"*-{split}.*"))
+        damaged = ", ".join(p.name for p in _damaged(shards)) or "none found by a re-read"
         raise DataUnavailable(
             f"The {split!r} split of {name} in {builder.data_dir} is damaged ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:120]}; its files: {', '.join(shards) or 'none'}): restore them from "
-            "a good copy, or delete that folder and run again to download and prepare it anew."
+            f"{str(err).splitlines()[0][:120]}; damaged: {damaged}): restore it from a good copy, "
+            "or delete that folder and run again to download and prepare it anew."
         ) from None
     return pack([im for im, _ in pairs], np.array([lb for _, lb in pairs]))
+
+
+def _damaged(shards: list[pathlib.Path]) -> list[pathlib.Path]:
+    """The record files that do not read to their end: TensorFlow's error ("corrupted record at N")
+    names none, so each is read again on its own (seconds, and only once something failed)."""
+    bad = []
+    for shard in shards:
+        try:
+            tf.data.TFRecordDataset(str(shard)).reduce(0, lambda count, _: count + 1)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+            bad.append(shard)
+    return bad
 
 
 def streamed(name: str, data_dir: str, split: str, download: bool) -> TFDSStream:

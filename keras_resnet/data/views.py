@@ -23,6 +23,9 @@ PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 LIGHTING_STD = 0.1
 MAX_ASPECT = 2  # long side over short side kept by the evaluation view before it resizes
+# The 10-crop view's corners lie at the ends of the long side: cut only what no photograph has
+# (a 1x1,000,000 PNG scaled to a 256 px short side would be 768 GB of floats).
+MAX_TEN_CROP_ASPECT = 16
 
 
 def cifar_augment(

@@ -397,9 +397,14 @@ def ship_cifar10(run_dir: str | os.PathLike, weights_dir: str | os.PathLike | No
     `<name>_cifar10.weights.h5` and its record (mean image, test error, data_sha256) beside them
     (the command: models/weights/README.md)."""
     run = pathlib.Path(run_dir)
-    config, summary, info = (
-        json.loads((run / n).read_text()) for n in ("config.json", "summary.json", "data_info.json")
-    )
+    try:
+        config, summary, info = (
+            json.loads((run / n).read_text()) for n in ("config.json", "summary.json", "data_info.json")
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{run} is not a finished run with a readable record ({err}); nothing to ship."
+        ) from None
     if config.get("dataset") != CIFAR10 or summary.get("test_error") is None:
         raise ValueError(f"{run} is not a finished CIFAR-10 run with a test error: nothing to ship.")
     build = {k: config[k] for k in ("shortcut", "padding") if config.get(k) and config[k] != _CIFAR_BUILD[k]}

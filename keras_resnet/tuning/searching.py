@@ -235,7 +235,7 @@ def _finish(
     best_cfg = kt.trial_config(best)
     best_dir = _copy_winner(RunDir(kt.get_trial_dir(best.trial_id)), best_cfg, data.info, tune_dir / "best")
     test = _score(best_dir, best_cfg, data.test, strategy)
-    previous = json.loads(best_dir.summary.read_text()) if best_dir.summary.is_file() else {}
+    previous = _previous_summary(best_dir)
     summary = {
         "trial": best.trial_id,
         "values": best_values,
@@ -303,6 +303,16 @@ def _score(best: RunDir, best_cfg: TrainConfig, test, strategy) -> dict[str, flo
         if evaluated is not model:
             optimization.compile_for_evaluation(evaluated, best_cfg.optim)
         return evaluation.evaluate_model(evaluated, test)
+
+
+def _previous_summary(best: RunDir) -> dict:
+    """What an earlier end of this search wrote for its winner: {} if nothing, or nothing readable
+    (it only spares a second export of the same trial)."""
+    try:
+        previous = json.loads(best.summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
 
 
 def _export_winner(best: RunDir, best_cfg: TrainConfig, base: pathlib.Path, previous: dict, trial: str):
