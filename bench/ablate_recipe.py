@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ablate_recipe.py --flagfile=configs/cifar10_resnet20_fast.cfg \\
         --out=runs/ablation --csv=results/time_to_accuracy/ablation.csv \\
-        -- --epochs=6 --lr_warmup_steps=158 --low_res_epochs=3
+        -- --epochs=4 --lr_warmup_steps=105 --low_res_epochs=2
 
 Each row is one `train.py` command: the preset as it is ("preset"), the preset with one of its levers
 set back to the paper's choice, or with one more lever turned on (`LEVERS`, below), plus the flags
@@ -19,9 +19,9 @@ lever's effect must exceed to count.
 The rows that turn a lever on: the weight average (`--ema_decay=0.999`), BN momentum 0.8 (PyTorch's
 0.2), ghost batch norm over 32 examples, 4x the learning rate for the BN parameters (and, in
 another row, their scales frozen), the stem initialised as the whitening of the images' patches
-(`--stem_init=pca`), translations of 2 pixels instead of 4, and two thirds of the epochs at low
-resolution instead of half. `--low_res_epochs` counts epochs, not a fraction: "low-res 2/3" sets 4
-of the `--epochs=6` above, against the preset row's 3; with other `--epochs`, edit that row to match.
+(`--stem_init=pca`), translations of 2 pixels instead of 4, and three quarters of the epochs at low
+resolution instead of half. `--low_res_epochs` counts epochs, not a fraction: "low-res 3/4" sets 3
+of the `--epochs=4` above, against the preset row's 2; with other `--epochs`, edit that row to match.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ LEVERS = {
     "frozen BN scale": ["--freeze_bn_scale"],
     "PCA stem": ["--stem_init=pca"],
     "translate 2": ["--translate=2"],
-    "low-res 2/3": ["--low_res_epochs=4"],  # of the --epochs=6 in the docstring's command (absolute)
+    "low-res 3/4": ["--low_res_epochs=3"],  # of the --epochs=4 in the docstring's command (absolute)
 }
 
 

@@ -493,7 +493,7 @@ def test_every_ablation_row_is_a_valid_run_of_the_preset_and_resnet20_as_ever():
     ablate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablate)
     preset = (REPO / "configs" / "cifar10_resnet20_fast.cfg").read_text().splitlines()
-    budget = ["--epochs=6", "--lr_warmup_steps=158", "--low_res_epochs=3"]  # the docstring's command
+    budget = ["--epochs=4", "--lr_warmup_steps=105", "--low_res_epochs=2"]  # the docstring's command
     base = TrainConfig.of(**_parse_flags(preset + budget), validation_split=True, model_dir="x")
     for row, flags in ablate.LEVERS.items():
         cfg = base.replace(**_parse_flags(flags))
@@ -501,4 +501,4 @@ def test_every_ablation_row_is_a_valid_run_of_the_preset_and_resnet20_as_ever():
         assert (cfg == base) == (row == "preset"), row  # every other row changes something
         model = models.build_from_config(cfg.model, num_classes=10, input_shape=(32, 32, 3), weight_decay=0)
         assert models.count(model).params == 269_722, row
-    assert base.replace(**_parse_flags(ablate.LEVERS["low-res 2/3"])).data.low_res_epochs == 4
+    assert base.replace(**_parse_flags(ablate.LEVERS["low-res 3/4"])).data.low_res_epochs == 3
