@@ -35,7 +35,8 @@ decoding and preprocessing (which flatters the others).
   path's calls at each batch, --warmup_calls untimed ones (the first compiles torch.compile's graph).
 - Threads: PyTorch `torch.set_num_threads(os.cpu_count())`; TensorFlow at its defaults (intra-
   and inter-op pools of the machine's cores), as a process that loads the export runs it; or
-  --threads=N intra-op threads for both (TF Serving's --tensorflow_intra_op_parallelism=N). Both
+  --threads=N intra-op threads for both (TF Serving's --tensorflow_intra_op_parallelism=N), and
+  --inter_op_threads=M TensorFlow's inter-op pool (--tensorflow_inter_op_parallelism=M). Both
   live in this one process; the framework not timing waits idle.
 - Memory: the peak RSS (VmHWM) of a fresh process holding only the loaded export after the warmup
   replay, and of one holding only the eager PyTorch net after one call.
@@ -102,6 +103,11 @@ flags.DEFINE_integer(
     0,
     "Intra-op threads of both frameworks (TensorFlow's pool, as TF Serving's "
     "--tensorflow_intra_op_parallelism; torch.set_num_threads); 0: every core for each.",
+)
+flags.DEFINE_integer(
+    "inter_op_threads",
+    0,
+    "TensorFlow's inter-op threads (TF Serving's --tensorflow_inter_op_parallelism); 0: its default.",
 )
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 FLAGS = flags.FLAGS
@@ -442,7 +448,9 @@ def _machine(ts) -> dict:
         },
         "threads": {
             "torch": torch.get_num_threads() if torch else None,
-            "tensorflow": f"intra-op {FLAGS.threads}" if FLAGS.threads else "defaults (pools of every core)",
+            # As TensorFlow holds them (0: its default, a pool of every core).
+            "tensorflow": f"intra-op {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
+            f"inter-op {tf.config.threading.get_inter_op_parallelism_threads() or 'default'}",
         },
     }
 
@@ -453,6 +461,8 @@ def main(argv: list[str]) -> None:
     against, batches = _check_flags()
     if FLAGS.threads:  # before TensorFlow's first op: its pools are made then
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     ts = _torch_or_none(against)
     recipe = FLAGS.recipe
     size = FLAGS.image_size or (32 if recipe == CIFAR_RECIPE else 224)

@@ -155,7 +155,7 @@ def test_serving_bench_against_keras_and_torch(tmp_path, tfds_dir):
 def test_serving_bench_without_torch_times_the_export_alone(tmp_path, tfds_dir):
     out = tmp_path / "serving.json"
     args = [*TINY_SERVING, "--against=torch", "--rounds=1", f"--data={tfds_dir.parent}", f"--json={out}"]
-    proc = _python("-c", WITHOUT_TORCH, str(BENCH_SERVING), *args)
+    proc = _python("-c", WITHOUT_TORCH, str(BENCH_SERVING), *args, "--threads=1", "--inter_op_threads=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[0] == (
         "torch not installed: pip install -e '.[bench]' to compare; timing the export alone"
@@ -166,3 +166,4 @@ def test_serving_bench_without_torch_times_the_export_alone(tmp_path, tfds_dir):
     assert {(b, r["calls"]) for (_, _, b), r in rows.items()} == {(1, 3), (2, 2)}
     assert result["against"] == ["none"] and result["params"] == {"keras": 75_290}
     assert result["torch_peak_rss_mb"] is None and result["export_peak_rss_mb"] > 100
+    assert result["threads"]["tensorflow"] == "intra-op 1, inter-op 1"  # as TensorFlow holds them
