@@ -33,6 +33,19 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+def image_folder(root: pathlib.Path, value: int = 0, size: int = 12) -> None:
+    """A two-class folder dataset of flat PNGs: ROOT/{train,val}/{a,b}/<i>.png, 4 and 2 per class,
+    image i of each class filled with `value + i`."""
+    import numpy as np
+
+    for split, count in (("train", 4), ("val", 2)):
+        for c in ("a", "b"):
+            for i in range(count):
+                path = root / split / c / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(tf.io.encode_png(np.full((size, size, 3), value + i, np.uint8)).numpy())
+
+
 def tiny(model_dir: str | os.PathLike, **changes) -> TrainConfig:
     """The tiny run's config in `model_dir`, with `changes` (flag names) on top."""
     return TrainConfig.of(**{**TINY, "model_dir": str(model_dir), **changes})

@@ -8,8 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import tiny
+from conftest import image_folder, tiny
 
 import keras_resnet as kr
 from keras_resnet import data, training
@@ -17,18 +16,6 @@ from keras_resnet.data import digits, splits
 from keras_resnet.data.info import DataInfo
 from keras_resnet.models import pretrained
 from keras_resnet.training.rundir import RunDir
-
-
-def _png(path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tf.io.encode_png(image).numpy())
-
-
-def _folder(root, value: int, size: int = 12) -> None:
-    for split, count in (("train", 4), ("val", 2)):
-        for c in ("a", "b"):
-            for i in range(count):
-                _png(root / split / c / f"{i}.png", np.full((size, size, 3), value + i, np.uint8))
 
 
 def test_every_run_records_the_fingerprint_of_its_training_data(tiny_run):
@@ -50,9 +37,9 @@ def test_cifar10_fingerprint_is_its_train_files_sha256_and_keys_the_mean_cache(t
 
 def test_a_changed_folder_at_the_same_path_never_meets_its_stale_cache(tmp_path):
     root, cache = tmp_path / "images", tmp_path / "cache"
-    _folder(root, value=10)
+    image_folder(root, value=10)
     first = data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=cache, cache_images=False)
-    _folder(root, value=200, size=16)  # the same files, other pixels and sizes
+    image_folder(root, value=200, size=16)  # the same files, other pixels and sizes
     second = data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=cache, cache_images=False)
     assert first.info.data_sha256 != second.info.data_sha256
     np.testing.assert_allclose(first.info.mean, 11.5)  # (10 + 11 + 12 + 13) / 4, per channel

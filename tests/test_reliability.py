@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, TINY
+from conftest import REPO, TINY, image_folder
 
 from keras_resnet import data, files, training
 from keras_resnet.config import ConfigError, TrainConfig
@@ -442,18 +442,9 @@ class _PeakGrowth:
         return int(pathlib.Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _small_folder(root: pathlib.Path) -> None:
-    for split, count in (("train", 4), ("val", 2)):
-        for c in ("a", "b"):
-            for i in range(count):
-                path = root / split / c / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(tf.io.encode_png(np.full((12, 12, 3), 10 * i, np.uint8)).numpy())
-
-
 def test_a_training_png_declaring_20000_px_is_refused_by_its_header_not_decoded(tmp_path):
     root = tmp_path / "images"
-    _small_folder(root)
+    image_folder(root)
     _big_png(root / "train" / "a" / "huge.png", 20000, 20000)  # 1.2 MB on disk, 1.2 GB decoded
     with _PeakGrowth() as memory, pytest.raises(ValueError, match="corrupt or unreadable") as err:
         data.load(f"folder:{root}", batch_size=2, image_size=8, cache_dir=tmp_path / "cache")
@@ -482,7 +473,7 @@ def test_a_1x1000000_png_is_served_and_ten_cropped_in_little_memory(tmp_path):
 
 def test_a_folder_file_name_that_is_not_utf8_is_named_in_one_line(tmp_path):
     root = tmp_path / "images"
-    _small_folder(root)
+    image_folder(root)
     bad = os.path.join(os.fsencode(root / "train" / "b"), b"caf\xe9.png")
     shutil.copy(root / "train" / "b" / "0.png", bad)
     with pytest.raises(ValueError, match=r"caf\\xe9.png' has a name that is not valid UTF-8: rename it"):

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import pathlib
-import struct
 
 import numpy as np
 import tensorflow as tf
@@ -247,18 +246,13 @@ def _decoded_folder_split(paths: tuple[str, ...], labels: tuple[int, ...], listi
 def why_unusable(path: str) -> str:
     """Why a file the scan left out cannot be used, in a few words (read from its header only)."""
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    size = None
-    if head.startswith(PNG_MAGIC) and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        size = (height, width)
-    elif head.startswith(JPEG_MAGIC):
-        try:
-            size = tuple(int(v) for v in tf.io.extract_jpeg_shape(tf.io.read_file(path))[:2])
-        except tf.errors.OpError:
-            return "a JPEG whose header does not read"
-    else:
+        head = f.read(24)
+    if not (head.startswith(JPEG_MAGIC) or (head.startswith(PNG_MAGIC) and head[12:16] == b"IHDR")):
         return "neither a JPEG nor a PNG"
+    try:
+        size = [int(v) for v in declared_size(tf.io.read_file(path))]
+    except tf.errors.OpError:
+        return "a JPEG whose header does not read"
     if size[0] * size[1] > MAX_PIXELS:
         return f"{size[1]}x{size[0]} pixels, more than the {MAX_PIXELS:,} an image may have"
     return "it does not decode"
