@@ -34,8 +34,9 @@ def _define_flags() -> None:
     flags.DEFINE_float(
         "time_budget",
         0.0,
-        "Minutes the whole command may take: measure this machine's speed, then fit --epochs (with "
-        "--low_res_epochs and --lr_warmup_steps in proportion) into them; the test set is evaluated "
+        "Minutes the whole command may take: the run's first steps measure this machine's speed, "
+        "then its length is fitted into them (--low_res_epochs and --lr_warmup_steps in "
+        "proportion) and fitted again after its first full-size epoch; the test set is evaluated "
         "at the end only. 0: off, the flags' own length.",
     )
     flags.DEFINE_bool(
@@ -94,8 +95,10 @@ def _run(cfg: TrainConfig) -> None:
             search=FLAGS.search,
             wait_for_chief=FLAGS.tune_wait,
         )
+    elif FLAGS.time_budget:
+        budget.run(cfg, FLAGS.time_budget, started=STARTED)
     else:
-        procedure.run(budget.plan(cfg, FLAGS.time_budget, started=STARTED) if FLAGS.time_budget else cfg)
+        procedure.run(cfg)
 
 
 def main(argv: list[str]) -> None:

@@ -1,15 +1,15 @@
-"""--time_budget: the plan's arithmetic, and the probes, plan and resume on the embedded digits."""
+"""--time_budget: the plan's arithmetic, the timeline it is measured on, and a planned run on the
+embedded digits (measured on its own first steps, re-planned, resumed)."""
 
 from __future__ import annotations
 
+import csv
 import json
-import math
 import time
 
 import pytest
 from conftest import TINY
 
-from keras_resnet import training
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.training import budget
 
@@ -24,27 +24,26 @@ FAST = dict(
     tta="flip",
     model_dir="unused",
 )
+# 1,000 img/s at 24 px, 700 at 32 px, 0.5 s a checkpoint, 10 s a restart; 195 steps of 256 an epoch.
+MEASURED = dict(
+    low_res_images_per_sec=1000.0,
+    full_images_per_sec=700.0,
+    checkpoint_s=0.5,
+    restart_s=10.0,
+    train_examples=50_000,
+    test_examples=10_000,
+    precision="float32",
+)
+AT_40 = {**MEASURED, "at_step": 40, "full_size_measured": False}  # the first pause
 
 
-def test_the_plan_is_the_longest_run_that_fits_in_the_flags_proportions():
-    # 195 steps of 256 = 49,920 images an epoch: 49.92 s at 1,000 img/s (24 px), 71.31 s at 700
-    # (32 px); the test set once with 2 views at 2 x 700 views/s: 14.29 s; 20 s of start-up and
-    # saving, 0.5 s a checkpoint after every epoch but the last.
-    # 27 epochs (14 at 24 px): 20 + 698.9 + 927.1 + 13.0 + 14.3 = 1673.3 s; 28 (14 + 14): 1745.1 s.
-    speeds = budget.Speeds(
-        low_res_images_per_sec=1000.0,
-        full_images_per_sec=700.0,
-        checkpoint_s=0.5,
-        run_overhead_s=20.0,
-        train_examples=50_000,
-        test_examples=10_000,
-        precision="float32",
-    )
+def test_the_first_plan_is_the_most_epochs_that_fit_in_the_flags_proportions():
+    # From step 40, two restarts to come (10 s each), the test set once with 2 views at 2 x 700
+    # views/s (14.29 s), a checkpoint after every epoch but the last:
+    # 27 epochs (14 at 24 px): 20 + (14 x 195 - 40) x 256 / 1000 + 13 x 195 x 256 / 700 + 13 + 14.29
+    #   = 20 + 688.64 + 927.09 + 13 + 14.29 = 1663.0 s; 28 epochs (14 + 14): 1734.8 s.
     cfg = TrainConfig.of(**FAST)
-    assert budget.predicted_seconds(cfg, 27, speeds) == pytest.approx(1673.3, abs=0.1)
-    assert budget.predicted_seconds(cfg, 28, speeds) == pytest.approx(1745.1, abs=0.1)
-    # 1,700 s usable once the margin is kept free: the budget fast30e was given by hand.
-    fields = budget.fit(cfg, 1700.0 / (1 - budget.MARGIN), speeds)
+    fields = budget.first_plan(cfg, 1700.0, AT_40)
     assert fields == {
         "epochs": 27,
         "train_steps": 0,
@@ -53,8 +52,40 @@ def test_the_plan_is_the_longest_run_that_fits_in_the_flags_proportions():
         "eval_test_every": 27,  # the test set once, at the end
         "precision": "float32",
     }
-    with pytest.raises(ConfigError, match="--time_budget: 1.0 minutes are left, and a run of one epoch"):
-        budget.fit(cfg, 60.0, speeds)
+    planned = cfg.replace(**fields)
+    assert budget.seconds_left(planned, MEASURED, from_step=40, restarts=2) == pytest.approx(1663.0, abs=0.1)
+    with pytest.raises(ConfigError, match="--time_budget: 1.0 minutes are left, and 1 epoch"):
+        budget.first_plan(cfg, 60.0, AT_40)
+
+
+def test_the_last_plan_is_the_most_steps_that_fit_keeping_low_resolution_and_warmup():
+    cfg = TrainConfig.of(**FAST)
+    first = budget.first_plan(cfg, 1700.0, AT_40)
+    assert budget.second_pause(cfg, first, AT_40) == 2925
+    # One epoch at 32 px done (step 14 x 195 + 195 = 2,925); 600 s left, one restart: 10 + 14.29 +
+    # x x 256 / 700 + 0.5 x (ceil(x / 195) - 1) <= 600 holds for x = 1,563 more steps (599.9 s), not 1,564.
+    at_2925 = {**MEASURED, "at_step": 2925, "full_size_measured": True}
+    last = budget.last_plan(cfg, first, 600.0, at_2925)
+    assert last == {**first, "epochs": 0, "train_steps": 4488, "eval_test_every": 4488}
+    # A budget already spent ends the run where it is.
+    assert budget.last_plan(cfg, first, 0.0, at_2925)["train_steps"] == 2925
+
+
+def test_the_timeline_times_steady_steps_and_checkpoints(monkeypatch):
+    monkeypatch.setattr(budget, "WARMUP_STEPS", 5)  # steps 6-10 (but 9) and 16-20 are the steady ones
+    timeline = budget.Timeline()
+    # Global steps 1-20; 10 at low resolution; a chunk (checkpoint: +0.3 s) ends after step 8.
+    # Low-res steps take 0.1 s, full-size ones 0.2 s, the first of each size 1 s (tracing).
+    t, ends = 0.0, []
+    for step in range(1, 21):
+        t += 1.0 if step in (1, 11) else (0.1 if step <= 10 else 0.2)
+        t += 0.3 if step == 9 else 0.0
+        ends.append(t)
+    timeline.ends, timeline.chunk_ends = ends, {8}
+    assert timeline.step_seconds(10, low_res=True) == pytest.approx(0.1)
+    assert timeline.step_seconds(10, low_res=False) == pytest.approx(0.2)
+    assert timeline.checkpoint_seconds(0.1, 10) == pytest.approx(0.3)
+    assert budget.Timeline().step_seconds(10, low_res=True) is None
 
 
 @pytest.mark.parametrize(
@@ -65,56 +96,78 @@ def test_the_plan_is_the_longest_run_that_fits_in_the_flags_proportions():
         (dict(batch_size=0), "--batch_size"),
     ],
 )
-def test_a_plan_that_cannot_hold_is_refused_before_measuring(changes, message, tmp_path):
+def test_a_plan_that_cannot_hold_is_refused_before_training(changes, message, tmp_path):
     cfg = TrainConfig.of(**{**TINY, **changes}, model_dir=str(tmp_path / "run"), epochs=3)
     with pytest.raises(ConfigError, match=message):
-        budget.plan(cfg, 5.0, started=time.time())
+        budget.run(cfg, 5.0, started=time.time())
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_probes_plan_and_a_rerun_continues_the_plan(tmp_path, monkeypatch, capsys):
+def test_a_budget_run_measures_its_own_steps_replans_and_a_rerun_continues(tmp_path, capsys, monkeypatch):
+    # Digits: 44 steps of 32 an epoch, a checkpoint after each; the flags' 10 epochs, 2 at 16 px.
     model_dir = tmp_path / "run"
     cfg = TrainConfig.of(
-        **TINY, model_dir=str(model_dir), epochs=10, lr_schedule="linear", lr_warmup_steps=20
+        **{**TINY, "checkpoint_steps": 44},
+        model_dir=str(model_dir),
+        epochs=10,
+        low_res_size=16,
+        low_res_epochs=2,
+        lr_schedule="linear",
+        lr_warmup_steps=40,
     )
-    speeds = budget.measure(cfg)  # a real 25-step run of this config in a scratch directory
-    assert speeds.full_images_per_sec > 0 and speeds.run_overhead_s > 0 and speeds.checkpoint_s >= 0
-    assert speeds.low_res_images_per_sec == speeds.full_images_per_sec  # no --low_res_size
-    assert speeds.precision == "float32" and speeds.test_examples > 0
-    assert not list(tmp_path.iterdir())  # the probe left nothing behind
-
-    # Leave exactly the time of 3.5 epochs (MARGIN included): the plan must be 3 epochs.
-    three, four = (budget.predicted_seconds(cfg, e, speeds) for e in (3, 4))
-    seconds = (three + four) / 2 / (1 - budget.MARGIN)
-    monkeypatch.setattr(budget, "measure", lambda _: speeds)  # measured above: not twice
+    monkeypatch.setattr(budget, "MEASURE_STEPS", 40)  # inside the 88 steps at 16 px
+    monkeypatch.setattr(budget, "WARMUP_STEPS", 5)
+    # Far too little: measured, then refused with the budget that would do, the 40 steps kept.
     with pytest.raises(ConfigError, match=r"Give at least --time_budget=\d+, or --epochs\."):
-        budget.plan(cfg, 0.01, started=time.time())
-    assert not model_dir.exists()
-    planned = budget.plan(cfg, 10.0, started=time.time() - (600 - seconds))
-    steps_per_epoch = speeds.train_examples // cfg.data.batch_size
-    assert (planned.optim.epochs, planned.optim.lr_warmup_steps) == (
-        3,
-        6,
-    )  # 20 of 10 epochs' steps -> 3 epochs' share
-    assert planned.run.eval_test_every == math.ceil(3 * steps_per_epoch / cfg.run.checkpoint_steps)
+        budget.run(cfg, 0.01, started=time.time())
     saved = json.loads((model_dir / "budget.json").read_text())
-    assert saved["minutes"] == 10.0 and saved["plan"]["epochs"] == 3
-    assert "3 epochs, warmup 6 steps, the test set evaluated at the end" in capsys.readouterr().out
+    assert saved["stage"] == "measuring" and saved["measured"]["at_step"] == budget.MEASURE_STEPS
+    # The rest with this machine's measurements replaced by slow, fixed ones (0.4 img/s at 16 px, 0.2
+    # at full size, nothing else), so that the plan does not depend on the machine's load. From step
+    # 80 (all at 16 px), 3 epochs (1 at 16 px: the rest at full size) take (132 - 80) x 160 + 359 /
+    # 0.4 = 9,217.5 s, 4 epochs 16,257.5 s.
+    real = []
 
-    summary = training.run(planned, verbose=0)
-    assert summary.steps == 3 * steps_per_epoch and summary.test_error is not None
+    def fixed(*args):
+        real.append(measure(*args))
+        slow = dict(low_res_images_per_sec=0.4, full_images_per_sec=0.2, checkpoint_s=0.0, restart_s=0.0)
+        return {**real[-1], **slow}
 
-    # The same command again: the saved plan, not a new measurement (which would plan otherwise).
-    def no_measuring(_):
-        raise AssertionError("a rerun measured again")
+    measure = budget._measured
+    monkeypatch.setattr(budget, "_measured", fixed)
+    # 9,700 s usable: 3 epochs; then from step 124 (an epoch at full size) (9,700 - 897.5 - the
+    # seconds spent) / 160 more steps: 54 (55 with none spent).
+    minutes = 9700 / 60 / (1 - budget.MARGIN)
+    summary = budget.run(cfg, minutes, started=time.time())  # measures again, from its checkpoint
+    out = capsys.readouterr().out
+    saved = json.loads((model_dir / "budget.json").read_text())
+    plan = saved["plan"]
+    # Both pauses measured this machine: 16 px steps from step 40, full-size ones after the switch.
+    assert [(m["at_step"], m["full_size_measured"]) for m in real] == [(80, False), (124, True)]
+    assert all(m["low_res_images_per_sec"] > 4 and m["full_images_per_sec"] > 2 for m in real)
+    assert "resuming at step 40" in out and "3 epochs (1 at 16 px)" in out
+    assert "re-planned after the first epoch at full size" in out and saved["stage"] == "final"
+    # The last plan: to the step, its low-resolution epochs and warmup the first's (12 of 132 steps).
+    assert (plan["epochs"], plan["low_res_epochs"], plan["lr_warmup_steps"]) == (0, 1, 12)
+    assert 124 + 50 <= plan["train_steps"] == summary.steps == summary.total_steps <= 124 + 55
+    assert saved["predicted_end_s"] <= minutes * 60 * (1 - budget.MARGIN)
+    # The plan is the run's recorded configuration, and the test set was read once, at the end.
+    recorded = json.loads((model_dir / "config.json").read_text())
+    assert (recorded["train_steps"], recorded["epochs"]) == (plan["train_steps"], 0)
+    with open(model_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r for r in rows if r.get("test_error")] == rows[-1:]
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == summary.steps  # no step replayed
 
-    monkeypatch.setattr(budget, "measure", no_measuring)
-    again = budget.plan(cfg, 10.0, started=time.time())
-    assert again == planned and "continuing the plan" in capsys.readouterr().out
-    assert training.run(again, verbose=0).steps == summary.steps  # finished: nothing to do
-    with pytest.raises(ConfigError, match=r"planned for --time_budget=10\.0"):
-        budget.plan(cfg, 20.0, started=time.time())
+    # The same command again continues the saved plan (finished: nothing to do).
+    again = budget.run(cfg, minutes, started=time.time())
+    assert again.steps == summary.steps and "continuing the plan" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=f"planned for --time_budget={minutes}"):
+        budget.run(cfg, 2 * minutes, started=time.time())
+    with pytest.raises(ConfigError, match="different configuration"):
+        budget.run(cfg.replace(learning_rate=0.05), minutes, started=time.time())
     (model_dir / "budget.json").unlink()
     with pytest.raises(ConfigError, match="that --time_budget did not plan"):
-        budget.plan(cfg, 10.0, started=time.time())
+        budget.run(cfg, minutes, started=time.time())

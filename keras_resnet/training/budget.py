@@ -1,32 +1,36 @@
-"""A run fitted to a wall-clock budget: this machine's speed measured, then the run's length planned.
+"""A run fitted to a wall-clock budget: its length planned from the speed of its own first steps.
 
-    cfg = budget.plan(cfg, minutes=30, started=start_of_the_command)   # then procedure.run(cfg)
+    summary = budget.run(cfg, minutes=30, started=start_of_the_command)
 
-`train.py --time_budget=30` does this before training. Two probe runs of 25 steps (the model,
-data and precision of `cfg`, through `training.run` in a scratch directory) measure the images/s
-at the low and at the full resolution (wall clock, the gaps between steps included) and what a
-checkpoint and a run's start-up cost; the plan is then the most epochs whose predicted time fits
-what is left of the budget: the start-up and the probes already spent, a run's own start-up and
-saving (measured by the probes), the epochs at their measured speeds, and the evaluations. It keeps
-the proportions the flags give (the share of epochs at --low_res_size, the warmup's share of the
-steps) and evaluates the test set once, at the end: each evaluation costs seconds of the budget.
+`train.py --time_budget=30` trains this way. Nothing is measured beside the run: it trains its
+first MEASURE_STEPS steps (at --low_res_size, where the flags give one), pauses there with a
+checkpoint and plans its length from their speed, the full size's speed estimated from them
+(PRIOR_FULL_OVER_LOW). With --low_res_size it pauses once more, after its first epoch at full
+size, and plans its last steps from that epoch's measured speed; then it trains to the end. A
+pause costs a restart (loading, building, tracing: 10-30 s), no step. A plan keeps the flags'
+proportions (the share of epochs at --low_res_size, the warmup's share of the steps), is the
+longest run predicted to end MARGIN before the budget (in whole epochs first, in steps last), and
+evaluates the test set once, at the end: each evaluation costs seconds of the budget. The run's
+own checkpoints, restarts and the final evaluation are in the prediction.
 
-The plan is written to `<model_dir>/budget.json`; running the same command again resumes that
-plan instead of measuring anew, so an interrupted run continues where it was.
+Re-planning moves the warmup and the decay of the steps still to come: 40 steps into a warmup of
+~1,600 the learning rate changes by less than 0.01; halfway, a length 5% longer raises it by ~2%.
 
-Measured on 2 Intel Xeon cores (ResNet-20, batch 256, the fast preset, `--time_budget=60`): the
-probes took 52 s and planned 57 epochs to end at 56.0 min; the command ended at 54.0 min with
-89.46% test accuracy (results/README.md: `budget60b`).
+Each plan is written to `<model_dir>/budget.json` before the run goes on. Running the same
+command again continues the newest plan there (the time an interruption cost is not known, so it
+is not re-planned), or measures again if it was interrupted while measuring.
+
+Measured on 2 AMD Zen 3 cores (float32), the fast preset, `--time_budget=30` (results/README.md:
+`zen3_30`): the first 100 steps measured 439 img/s at 24 px (the run went on at ~587: a start is
+slow for a few hundred steps), so the first plan was 11 epochs (6 at 24 px); the first full-size
+epoch measured 300 img/s and the last plan 2,465 steps (12.6 epochs), predicted to end at 29.1 min;
+the command ended at 27.1 min (89.09%). The probes this replaced took 52-73 s of the hour.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import json
 import math
-import tempfile
 import time
 from typing import Any
 
@@ -35,31 +39,95 @@ import keras
 from keras_resnet import files, models
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.training import distribution, procedure
-from keras_resnet.training.rundir import RunDir, Summary
+from keras_resnet.training.optimization import global_step
+from keras_resnet.training.precision import resolve_precision
+from keras_resnet.training.rundir import RunDir, Summary, config_changes
 
-# A probe: 5 steps of tracing, then 20 steady ones with a checkpoint after the 15th, so that the
-# time between steps and a checkpoint's own cost (its validation included) are measured too.
-WARMUP_STEPS, PROBE_CHUNK, PROBE_STEPS = 5, 15, 25
-# Kept free: a short probe runs faster than a long run's 32 px epochs (680-700 img/s against a mean of
-# 620-660 in the 30-minute runs on the Intel Xeon), and the machine's spread is about +-5%.
-MARGIN = 0.06
+# The first pause: 20 steps of tracing and filling the input pipeline, then 80 steady ones (25-45 s
+# of training on 2 cores, none thrown away). Over the first 40 steps one core measured 281 img/s at
+# 24 px where the run went on at 328.
+MEASURE_STEPS, WARMUP_STEPS = 100, 20
+# Full-size over 24-px images/s, for the first plan only (the second measures it): 0.62-0.65 in
+# the probes of the 30- and 60-minute runs (AMD Zen 4 bfloat16, Intel Xeon float32).
+PRIOR_FULL_OVER_LOW = 0.63
+# Kept free of the budget: the last plan's speeds are measured over a whole epoch (+-2%), and the
+# machine's spread is about +-5%.
+MARGIN = 0.03
 # An evaluation image (one view, forward only) costs at most half a training image: measured
 # 1,300-2,000 test views/s against 680 training images/s at 32 px on the Intel Xeon.
 EVAL_SPEEDUP = 2.0
+# A checkpoint's own cost before one was timed (the first plan): the probes of earlier versions
+# measured 0.4-2.4 s; a held-out split's evaluation comes on top.
+CHECKPOINT_S = 2.0
 PLANNED = ("epochs", "train_steps", "low_res_epochs", "lr_warmup_steps", "eval_test_every", "precision")
+MEASURING, PLANNED_STAGE, FINAL = "measuring", "planned", "final"
 
 
-@dataclasses.dataclass(frozen=True)
-class Speeds:
-    """What the probes measured on this machine: wall-clock rates, gaps between steps included."""
+class Timeline(keras.callbacks.Callback):
+    """When each step of a run ended (perf_counter), and the steps after which a chunk ended."""
 
-    low_res_images_per_sec: float  # at --low_res_size (= full_images_per_sec without it)
-    full_images_per_sec: float
-    checkpoint_s: float  # one checkpoint's cost (with the held-out split's evaluation, if any)
-    run_overhead_s: float  # the rest of a run: data, build, tracing, the last checkpoint, saving
-    train_examples: int
-    test_examples: int
-    precision: str  # as --precision=auto resolved it for the probes
+    def __init__(self):
+        super().__init__()
+        self.first = 0  # the global step the run started from
+        self.ends: list[float] = []  # ends[i]: the end of global step first + i + 1
+        self.chunk_ends: set[int] = set()
+
+    def on_train_begin(self, logs=None):
+        self.first, self.ends, self.chunk_ends = global_step(self.model), [], set()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.chunk_ends.add(self.first + len(self.ends))
+
+    def step_seconds(self, low_res_steps: int, low_res: bool) -> float | None:
+        """The mean seconds of a step at one image size (None if none was timed), leaving out the
+        first WARMUP_STEPS of the run and of the full size (tracing) and the steps after a chunk."""
+        times = []
+        for i in range(WARMUP_STEPS, len(self.ends)):
+            step = self.first + i + 1
+            if (step <= low_res_steps) != low_res or low_res_steps < step <= low_res_steps + WARMUP_STEPS:
+                continue
+            if step - 1 not in self.chunk_ends:
+                times.append(self.ends[i] - self.ends[i - 1])
+        return sum(times) / len(times) if times else None
+
+    def checkpoint_seconds(self, step_s: float, low_res_steps: int) -> float | None:
+        """The mean cost of a chunk's end (its checkpoint, any validation), where a step followed it."""
+        costs = [
+            self.ends[end - self.first] - self.ends[end - self.first - 1] - step_s
+            for end in self.chunk_ends
+            if self.first < end < self.first + len(self.ends) and end != low_res_steps
+        ]
+        return max(0.0, sum(costs) / len(costs)) if costs else None
+
+
+def _steps_per_epoch(cfg: TrainConfig, measured: dict[str, Any]) -> int:
+    return measured["train_examples"] // cfg.data.batch_size
+
+
+def _low_res_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    return cfg.data.low_res_epochs * steps_per_epoch if cfg.data.low_res_size else 0
+
+
+def seconds_left(cfg: TrainConfig, measured: dict[str, Any], *, from_step: int, restarts: int) -> float:
+    """The predicted wall seconds of the run `cfg` from `from_step` to its end, with `restarts`
+    starts still to come (each also stands for an end: the last checkpoint or saving)."""
+    steps_per_epoch = _steps_per_epoch(cfg, measured)
+    total, chunk, _ = run_length(cfg, steps_per_epoch)
+    low_end = min(total, _low_res_steps(cfg, steps_per_epoch))
+    low = max(0, low_end - from_step)
+    full = max(0, total - max(from_step, low_end))
+    checkpoints = max(0, math.ceil((total - from_step) / chunk) - 1)
+    test = len(models.TTA_VIEWS[cfg.run.tta]) * measured["test_examples"] * cfg.run.eval_test
+    full_speed = measured["full_images_per_sec"]
+    return (
+        restarts * measured["restart_s"]
+        + cfg.data.batch_size * (low / measured["low_res_images_per_sec"] + full / full_speed)
+        + checkpoints * measured["checkpoint_s"]
+        + test / (EVAL_SPEEDUP * full_speed)
+    )
 
 
 def epochs_at_low_res(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> int:
@@ -70,53 +138,8 @@ def epochs_at_low_res(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> in
     return min(epochs, math.ceil(epochs * cfg.data.low_res_epochs / flagged_epochs - 1e-9))
 
 
-def _checkpoints(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> int:
-    """How many checkpoints (Keras epochs) a run of `cfg` cut to `epochs` makes: `run_length`'s count."""
-    return run_length(cfg.replace(epochs=epochs, train_steps=0), steps_per_epoch)[2]
-
-
-def predicted_seconds(cfg: TrainConfig, epochs: int, speeds: Speeds) -> float:
-    """The predicted wall time of a run of `cfg` cut to `epochs`, from its start to summary.json."""
-    steps_per_epoch = speeds.train_examples // cfg.data.batch_size
-    images = steps_per_epoch * cfg.data.batch_size
-    low = epochs_at_low_res(cfg, epochs, steps_per_epoch)
-    train = images * (low / speeds.low_res_images_per_sec + (epochs - low) / speeds.full_images_per_sec)
-    checkpoints = _checkpoints(cfg, epochs, steps_per_epoch)
-    test = len(models.TTA_VIEWS[cfg.run.tta]) * speeds.test_examples * cfg.run.eval_test  # once, at the end
-    return (
-        speeds.run_overhead_s
-        + train
-        + (checkpoints - 1) * speeds.checkpoint_s  # the last one is in the overhead
-        + test / (EVAL_SPEEDUP * speeds.full_images_per_sec)
-    )
-
-
-def _one_epoch_budget(cfg: TrainConfig, speeds: Speeds) -> float:
-    """The seconds a budget needs for a run of one epoch: its predicted time and MARGIN kept free."""
-    return predicted_seconds(cfg, 1, speeds) / (1 - MARGIN)
-
-
-def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
-    """The fields of the longest run of `cfg` predicted to end within `seconds` (MARGIN kept free).
-
-    Raises:
-        ConfigError: not even one epoch fits.
-    """
-    if speeds.train_examples < cfg.data.batch_size:
-        raise ConfigError(
-            f"--batch_size={cfg.data.batch_size} is larger than the {speeds.train_examples} training images."
-        )
-    usable = seconds * (1 - MARGIN)
-    epochs = 0
-    while predicted_seconds(cfg, epochs + 1, speeds) <= usable:
-        epochs += 1
-    if not epochs:
-        raise ConfigError(
-            f"--time_budget: {seconds / 60:.1f} minutes are left, and a run of one epoch takes "
-            f"{_one_epoch_budget(cfg, speeds) / 60:.1f} here "
-            f"(its start-up and {MARGIN:.0%} kept free included)."
-        )
-    steps_per_epoch = speeds.train_examples // cfg.data.batch_size
+def epochs_plan(cfg: TrainConfig, epochs: int, steps_per_epoch: int, precision: str) -> dict[str, Any]:
+    """The planned fields of `cfg` cut to `epochs` in the flags' proportions."""
     flagged_steps = run_length(cfg, steps_per_epoch)[0]
     steps = epochs * steps_per_epoch
     return {
@@ -124,82 +147,192 @@ def fit(cfg: TrainConfig, seconds: float, speeds: Speeds) -> dict[str, Any]:
         "train_steps": 0,
         "low_res_epochs": epochs_at_low_res(cfg, epochs, steps_per_epoch),
         "lr_warmup_steps": round(cfg.optim.lr_warmup_steps * steps / flagged_steps),
-        # The test set once, after the last step: --eval_test_every counts checkpoints.
-        "eval_test_every": _checkpoints(cfg, epochs, steps_per_epoch),
-        "precision": speeds.precision,
+        "eval_test_every": _checkpoints(cfg, steps, steps_per_epoch),  # the test set once, at the end
+        "precision": precision,
     }
 
 
-class _StepEnds(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
+def steps_plan(planned: dict[str, Any], steps: int) -> dict[str, Any]:
+    """`planned` ending after exactly `steps` (its low-resolution epochs and warmup kept); the test
+    set evaluated at the end only (there are at most `steps` checkpoints)."""
+    return {**planned, "epochs": 0, "train_steps": steps, "eval_test_every": max(1, steps)}
 
 
-def _probe(cfg: TrainConfig, low_res: bool, precision: str) -> tuple[Summary, float, float, float]:
-    """(summary, seconds per steady step, seconds per checkpoint, the rest of the run's seconds) of a
-    PROBE_STEPS run of `cfg`, all at --low_res_size or all at full size."""
-    with tempfile.TemporaryDirectory(prefix="keras_resnet_probe_") as model_dir:
-        probe = cfg.replace(
-            model_dir=model_dir,
-            export_dir="",
-            train_steps=PROBE_STEPS,
-            epochs=0,
-            checkpoint_steps=PROBE_CHUNK,
-            low_res_size=cfg.data.low_res_size if low_res else 0,
-            low_res_epochs=1 if low_res else 0,  # one epoch is longer than the probe
-            lr_warmup_steps=0,
-            eval_test=False,
-            precision=precision,
-        )
-        timer = _StepEnds()
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # the probe's header is not the run's
-            try:
-                summary = procedure.run(probe, verbose=0, callbacks=[timer])
-            except procedure.TrainingStopped as err:
-                raise procedure.TrainingStopped(
-                    "Interrupted while measuring this machine's speed (--time_budget); nothing was trained.",
-                    exit_code=err.exit_code,
-                ) from None
-        wall = time.perf_counter() - start
-    ends = timer.ends
-    if len(ends) != PROBE_STEPS:
-        raise RuntimeError(f"--time_budget: the probe ran {len(ends)} steps, not {PROBE_STEPS}.")
-    # ends[i] is the end of step i + 1; the checkpoint comes between steps PROBE_CHUNK and + 1.
-    steady = [ends[i] - ends[i - 1] for i in range(WARMUP_STEPS, PROBE_STEPS) if i != PROBE_CHUNK]
-    step_s = sum(steady) / len(steady)  # the mean: a long run pays its hiccups too
-    checkpoint_s = max(0.0, ends[PROBE_CHUNK] - ends[PROBE_CHUNK - 1] - step_s)
-    return summary, step_s, checkpoint_s, wall - (ends[-1] - ends[WARMUP_STEPS - 1])
+def _checkpoints(cfg: TrainConfig, steps: int, steps_per_epoch: int) -> int:
+    return math.ceil(steps / (cfg.run.checkpoint_steps or steps_per_epoch))
 
 
-def measure(cfg: TrainConfig) -> Speeds:
-    """Times a PROBE_STEPS run of `cfg` at --low_res_size (if set) and one at full size."""
-    low = _probe(cfg, low_res=True, precision=cfg.run.precision) if cfg.data.low_res_size else None
-    full = _probe(cfg, low_res=False, precision=low[0].precision if low else cfg.run.precision)
-    summary, step_s, checkpoint_s, overhead = full
-    return Speeds(
-        low_res_images_per_sec=cfg.data.batch_size / (low or full)[1],
-        full_images_per_sec=cfg.data.batch_size / step_s,
-        checkpoint_s=checkpoint_s,
-        # A run traces its step once per resolution: the full-size probe's rest, plus half of the
-        # low-resolution one's (its tracing, not its data loading and saving a second time).
-        run_overhead_s=overhead + (low[3] / 2 if low else 0.0),
-        train_examples=summary.train_examples,
-        test_examples=summary.test_examples,
-        precision=summary.precision,
-    )
+def second_pause(cfg: TrainConfig, plan: dict[str, Any], measured: dict[str, Any]) -> int:
+    """Where a run planned from low-resolution steps alone pauses again: after its first epoch at
+    full size (0: it does not, as it measured the full size already or ends before)."""
+    if not cfg.data.low_res_size or measured["full_size_measured"]:
+        return 0
+    planned, steps_per_epoch = cfg.replace(**plan), _steps_per_epoch(cfg, measured)
+    second = max(_low_res_steps(planned, steps_per_epoch), measured["at_step"]) + steps_per_epoch
+    return second if second < run_length(planned, steps_per_epoch)[0] else 0
 
 
-def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
-    """`cfg` with its length planned to end within `minutes` of `started` (a time.time()).
+def first_plan(cfg: TrainConfig, seconds: float, measured: dict[str, Any]) -> dict[str, Any]:
+    """The most whole epochs of `cfg` predicted to take at most `seconds` from the step measured.
 
     Raises:
-        ConfigError: bad flags, a multi-worker run, a budget too small for one epoch.
+        ConfigError: not even the epoch under way fits.
     """
+    steps_per_epoch, from_step = _steps_per_epoch(cfg, measured), measured["at_step"]
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"--batch_size={cfg.data.batch_size} is larger than the "
+            f"{measured['train_examples']} training images."
+        )
+    least = max(1, math.ceil((from_step + 1) / steps_per_epoch))
+
+    def fits(epochs: int) -> bool:
+        plan = epochs_plan(cfg, epochs, steps_per_epoch, measured["precision"])
+        restarts = 1 + bool(second_pause(cfg, plan, measured))
+        return seconds_left(cfg.replace(**plan), measured, from_step=from_step, restarts=restarts) <= seconds
+
+    if not fits(least):
+        raise ConfigError(
+            f"--time_budget: {seconds / 60:.1f} minutes are left, and {least} epoch(s) take longer here."
+        )
+    epochs = least
+    while fits(epochs + 1):
+        epochs += 1
+    return epochs_plan(cfg, epochs, steps_per_epoch, measured["precision"])
+
+
+def last_plan(
+    cfg: TrainConfig, plan: dict[str, Any], seconds: float, measured: dict[str, Any]
+) -> dict[str, Any]:
+    """`plan` ending at the most steps predicted to take at most `seconds` from the step measured
+    (that step itself when none fits: the run then ends at once)."""
+    from_step = measured["at_step"]
+
+    def fits(steps: int) -> bool:
+        done = cfg.replace(**steps_plan(plan, steps))
+        return seconds_left(done, measured, from_step=from_step, restarts=1) <= seconds
+
+    low, high = from_step, from_step + 1
+    while fits(high):
+        low, high = high, from_step + 2 * (high - from_step)
+    while high - low > 1:  # fits(low), not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return steps_plan(plan, low)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
+    """Trains `cfg` with its length planned to end within `minutes` of `started` (a time.time()).
+
+    Raises:
+        ConfigError: bad flags, a multi-worker run, a budget too small, a --model_dir holding
+            another run (nothing more was trained).
+        procedure.TrainingStopped: as `procedure.run`.
+    """
+    _check(cfg, minutes)
+    saved = _saved(cfg, minutes)
+    if saved and saved["stage"] != MEASURING:
+        print(
+            f"--time_budget: continuing the plan in {RunDir(cfg.run.model_dir).budget}: "
+            f"{_describe(cfg, saved['plan'], saved['measured'])}",
+            flush=True,
+        )
+        return _segment(cfg, saved["plan"])[0]
+
+    def left() -> float:
+        return minutes * 60 * (1 - MARGIN) - (time.time() - started)
+
+    # The first steps, at the flags' own length (the first plan replaces it), measured.
+    plan = {**{k: cfg.flags()[k] for k in PLANNED}, "precision": resolve_precision(cfg.run.precision)}
+    plan["eval_test_every"] = 10**9  # no test set before the end
+    _save(cfg, minutes, MEASURING, plan, {})
+    print(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps", flush=True)
+    until = procedure.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
+    paused, timeline, wall = _segment(cfg, plan, until)
+    if isinstance(paused, Summary):  # a run shorter than the measurement
+        return paused
+    measured = _measured(cfg, plan, paused, timeline, wall)
+    try:
+        plan = first_plan(cfg, left(), measured)
+    except ConfigError as err:
+        steps_per_epoch = _steps_per_epoch(cfg, measured)
+        one = epochs_plan(
+            cfg, math.ceil((paused.step + 1) / steps_per_epoch), steps_per_epoch, plan["precision"]
+        )
+        need = seconds_left(cfg.replace(**one), measured, from_step=paused.step, restarts=1)
+        least = math.ceil((time.time() - started + need) / 60 / (1 - MARGIN))
+        _save(cfg, minutes, MEASURING, plan, measured)  # what was measured, for whoever asks why
+        raise ConfigError(f"{err} Give at least --time_budget={least}, or --epochs.") from None
+    second = second_pause(cfg, plan, measured)
+    _announce(cfg, minutes, PLANNED_STAGE if second else FINAL, plan, measured, started)
+    if not second:
+        return _segment(cfg, plan)[0]
+
+    # The first epoch at full size, measured; the last plan.
+    paused, timeline, wall = _segment(cfg, plan, second)
+    if isinstance(paused, Summary):
+        return paused
+    measured = {**_measured(cfg, plan, paused, timeline, wall), "restart_s": measured["restart_s"]}
+    plan = last_plan(cfg, plan, left(), measured)
+    _announce(cfg, minutes, FINAL, plan, measured, started)
+    return _segment(cfg, plan)[0]
+
+
+def _segment(
+    cfg: TrainConfig, plan: dict[str, Any], until: int = 0
+) -> tuple[Summary | procedure.Paused, Timeline, float]:
+    """`procedure.run` of `cfg` with `plan`, paused at `until` (0: to the end), with its timeline and
+    wall seconds. A new plan is recorded as the run's configuration first (`_saved` has refused
+    any other change), so the run continues under it."""
+    timeline = Timeline()
+    began = time.perf_counter()
+    planned = cfg.replace(**plan)
+    run_dir = RunDir(cfg.run.model_dir)
+    if run_dir.config.exists() and not run_dir.finished():
+        files.write_json(run_dir.config, planned.to_json())
+        files.write_text(run_dir.flags, planned.to_flags())
+    result = procedure.run(planned, callbacks=[timeline], until_step=until)
+    return result, timeline, time.perf_counter() - began
+
+
+def _measured(cfg, plan, paused: procedure.Paused, timeline: Timeline, wall: float) -> dict[str, Any]:
+    """What a paused segment measured: images/s at each size (the full size's from the low one's
+    where it ran no full-size step), a checkpoint's and a restart's cost."""
+    planned = cfg.replace(**plan)
+    steps_per_epoch = paused.train_examples // cfg.data.batch_size
+    low_steps = _low_res_steps(planned, steps_per_epoch)
+    low_s = timeline.step_seconds(low_steps, low_res=True)
+    full_s = timeline.step_seconds(low_steps, low_res=False)
+    step_s = low_s or full_s
+    if step_s is None:
+        raise RuntimeError(f"--time_budget: the run's {len(timeline.ends)} steps left none to time.")
+    low_s, full_s_or_prior = low_s or full_s, full_s or (low_s / PRIOR_FULL_OVER_LOW)
+    checkpoint_s = timeline.checkpoint_seconds(full_s or step_s, low_steps)
+    inner = sum(1 for end in timeline.chunk_ends if end < paused.step)
+    if checkpoint_s is None:  # none timed: the prior, and the held-out split's evaluation
+        views = len(models.TTA_VIEWS[cfg.run.tta]) * paused.validation_examples
+        checkpoint_s = CHECKPOINT_S + views * full_s_or_prior / cfg.data.batch_size / EVAL_SPEEDUP
+    steps = [timeline.first + i + 1 for i in range(len(timeline.ends))]
+    trained = sum(low_s if s <= low_steps else full_s_or_prior for s in steps)
+    return {
+        "low_res_images_per_sec": cfg.data.batch_size / low_s,
+        "full_images_per_sec": cfg.data.batch_size / full_s_or_prior,
+        "full_size_measured": full_s is not None,
+        "checkpoint_s": checkpoint_s,
+        # The rest of the segment: starting, tracing, the checkpoint it paused with (and a first
+        # evaluation's tracing): what each restart costs again.
+        "restart_s": max(0.0, wall - trained - inner * checkpoint_s),
+        "train_examples": paused.train_examples,
+        "test_examples": paused.test_examples,
+        "precision": plan["precision"],
+        "at_step": paused.step,
+    }
+
+
+def _check(cfg: TrainConfig, minutes: float) -> None:
     cfg.check()
     if not minutes > 0:
         raise ConfigError(f"--time_budget must be > 0 minutes, got {minutes}.")
@@ -212,69 +345,92 @@ def plan(cfg: TrainConfig, minutes: float, *, started: float) -> TrainConfig:
             "--time_budget plans the run's length, which fixed --lr_milestones would not follow: "
             "leave them out (the step schedule then decays at 50% and 75% of the run)."
         )
-    saved_path = RunDir(cfg.run.model_dir).budget
-    if not saved_path.exists() and RunDir(cfg.run.model_dir).config.exists():
-        raise ConfigError(
-            f"--model_dir={cfg.run.model_dir} holds a run that --time_budget did not plan: continue it "
-            "without --time_budget, or use a new --model_dir."
-        )
-    if saved_path.exists():
-        try:
-            saved = json.loads(saved_path.read_text())
-            fields = {k: saved["plan"][k] for k in PLANNED}
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f"--model_dir: {saved_path} is not a plan this version wrote; use a new --model_dir."
-            ) from None
-        if saved.get("minutes") != minutes:
-            raise ConfigError(
-                f"--model_dir={cfg.run.model_dir} holds a run planned for "
-                f"--time_budget={saved.get('minutes')}: "
-                "give that budget to continue it, or use a new --model_dir."
-            )
-        print(f"--time_budget: continuing the plan in {saved_path}: {_describe(cfg, fields)}", flush=True)
-        return cfg.replace(**fields)
 
-    print(f"--time_budget={minutes:g}: measuring this machine's speed ({PROBE_STEPS}-step runs)", flush=True)
-    probe_start = time.time()
-    speeds = measure(cfg)
-    spent = time.time() - started
-    left = minutes * 60 - spent
+
+def _saved(cfg: TrainConfig, minutes: float) -> dict[str, Any] | None:
+    """--model_dir's budget.json if it holds a plan of this run for `minutes` (None: a new run).
+
+    Raises:
+        ConfigError: --model_dir holds another run, one --time_budget did not plan, or one planned
+            for another budget.
+    """
+    run_dir = RunDir(cfg.run.model_dir)
+    saved_config = run_dir.read_config()
+    if not run_dir.budget.exists():
+        if saved_config is not None:
+            raise ConfigError(
+                f"--model_dir={cfg.run.model_dir} holds a run that --time_budget did not plan: continue it "
+                "without --time_budget, or use a new --model_dir."
+            )
+        return None
     try:
-        fields = fit(cfg, left, speeds)
-    except ConfigError as err:
-        least = math.ceil((spent + _one_epoch_budget(cfg, speeds)) / 60)
-        raise ConfigError(f"{err} Give at least --time_budget={least}, or --epochs.") from None
-    planned = cfg.replace(**fields)
-    expected = time.time() - started + predicted_seconds(planned, fields["epochs"], speeds)
-    rates = f"{speeds.full_images_per_sec:.0f} img/s"
-    if cfg.data.low_res_size:
-        low = f"{speeds.low_res_images_per_sec:.0f} img/s at {cfg.data.low_res_size} px"
-        rates = f"{low} and {rates} at full size"
-    print(
-        f"--time_budget={minutes:g}: measured {rates} ({time.time() - probe_start:.0f} s); "
-        f"{_describe(cfg, fields)}; predicted to end at {expected / 60:.1f} min",
-        flush=True,
+        saved = json.loads(run_dir.budget.read_text())
+        saved = {**saved, "stage": saved.get("stage", FINAL), "plan": {k: saved["plan"][k] for k in PLANNED}}
+        saved.setdefault("measured", {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(
+            f"--model_dir: {run_dir.budget} is not a plan this version wrote; use a new --model_dir."
+        ) from None
+    if saved.get("minutes") != minutes and saved["stage"] != MEASURING:  # measuring: nothing planned
+        raise ConfigError(
+            f"--model_dir={cfg.run.model_dir} holds a run planned for --time_budget={saved.get('minutes')}: "
+            "give that budget to continue it, or use a new --model_dir."
+        )
+    changed = (
+        [c for c in config_changes(saved_config, cfg) if c.split(":")[0][2:] not in PLANNED]
+        if (saved_config is not None)
+        else []
     )
+    if changed and not cfg.run.allow_config_change:
+        raise ConfigError(
+            f"--model_dir={cfg.run.model_dir} holds a run with a different configuration "
+            f"({'; '.join(changed)}): use a new --model_dir, or pass --allow_config_change to continue it."
+        )
+    return saved
+
+
+def _save(cfg, minutes: float, stage: str, plan: dict[str, Any], measured: dict[str, Any], **more) -> None:
+    path = RunDir(cfg.run.model_dir).budget
     try:
-        saved_path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--model_dir={cfg.run.model_dir}: cannot create it ({err.strerror}).") from None
-    files.write_json(
-        saved_path,
-        {
-            "minutes": minutes,
-            "plan": fields,
-            "measured": dataclasses.asdict(speeds),
-            "seconds_left_at_plan": round(left, 1),
-            "predicted_end_s": round(expected, 1),
-        },
+    files.write_json(path, {"minutes": minutes, "stage": stage, "plan": plan, "measured": measured, **more})
+
+
+def _announce(cfg, minutes: float, stage: str, plan, measured, started: float) -> None:
+    """Saves the plan (before the run goes on: a rerun continues it) and says it in one line."""
+    from_step = measured["at_step"]
+    restarts = 2 if stage == PLANNED_STAGE else 1
+    predicted = (
+        time.time()
+        - started
+        + seconds_left(cfg.replace(**plan), measured, from_step=from_step, restarts=restarts)
     )
-    return planned
+    _save(cfg, minutes, stage, plan, measured, predicted_end_s=round(predicted, 1))
+    low = (
+        f"{measured['low_res_images_per_sec']:.0f} img/s at {cfg.data.low_res_size} px, "
+        if (cfg.data.low_res_size and not measured["full_size_measured"])
+        else ""
+    )
+    full = f"{measured['full_images_per_sec']:.0f} img/s at full size" + (
+        "" if measured["full_size_measured"] else f" estimated (x{PRIOR_FULL_OVER_LOW})"
+    )
+    then = (
+        "re-planned after the first epoch at full size"
+        if stage == PLANNED_STAGE
+        else f"predicted to end at {predicted / 60:.1f} min"
+    )
+    print(f"--time_budget={minutes:g}: {low}{full}; {_describe(cfg, plan, measured)}; {then}", flush=True)
 
 
-def _describe(cfg: TrainConfig, fields: dict[str, Any]) -> str:
-    low = f" ({fields['low_res_epochs']} at {cfg.data.low_res_size} px)" if cfg.data.low_res_size else ""
-    warmup = f", warmup {fields['lr_warmup_steps']} steps" if fields["lr_warmup_steps"] else ""
+def _describe(cfg: TrainConfig, plan: dict[str, Any], measured: dict[str, Any]) -> str:
+    low = f"{plan['low_res_epochs']} at {cfg.data.low_res_size} px" if cfg.data.low_res_size else ""
+    if plan["train_steps"]:
+        epochs = f", {plan['train_steps'] / _steps_per_epoch(cfg, measured):.1f} epochs" if measured else ""
+        length = f"{plan['train_steps']:,} steps ({low}{epochs})".replace("(, ", "(").replace(" ()", "")
+    else:
+        length = f"{plan['epochs']} epochs" + (f" ({low})" if low else "")
+    warmup = f", warmup {plan['lr_warmup_steps']:,} steps" if plan["lr_warmup_steps"] else ""
     test = ", the test set evaluated at the end" if cfg.run.eval_test else ""
-    return f"{fields['epochs']} epochs{low}{warmup}{test}"
+    return f"{length}{warmup}{test}"

@@ -55,7 +55,8 @@ def run(
     verbose: int | str = "auto",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     score_test: bool = True,
-) -> Summary:
+    until_step: int = 0,
+) -> Summary | Paused:
     """Trains (or resumes) the run `cfg` describes; returns the summary also written to summary.json.
 
     Args:
@@ -65,6 +66,9 @@ def run(
         callbacks: extra Keras callbacks, run after the run's own.
         score_test: evaluate the test set (a tuning trial must not see it; then
             `summary.test_error` is None).
+        until_step: pause at this global step if the run is longer: a checkpoint there, no
+            evaluation, summary or export, and `Paused` returned; running `cfg` again continues it
+            (`budget` measures a run's speed on its own first steps this way).
 
     Raises:
         ConfigError: bad flags, an unusable output location, a --model_dir in use or holding a
@@ -81,23 +85,35 @@ def run(
         # Re-checked under the lock: another run may have finished it meanwhile.
         if summary := _finished(cfg):
             return summary
-        steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test)
+        steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
         return steps.execute()
+
+
+@dataclasses.dataclass(frozen=True)
+class Paused:
+    """What `run(..., until_step=N)` returns when it paused there: the step, and the data's sizes."""
+
+    step: int
+    total_steps: int
+    train_examples: int
+    validation_examples: int
+    test_examples: int
 
 
 class Run:
     """The steps of one run, in the order `execute` takes them; each may be overridden."""
 
-    def __init__(self, cfg, strategy, chief, precision, start, verbose, extra, score_test):
+    def __init__(self, cfg, strategy, chief, precision, start, verbose, extra, score_test, until_step=0):
         self.cfg, self.strategy, self.chief, self.precision = cfg, strategy, chief, precision
         self.start, self.extra, self.score_test = start, extra, score_test
+        self.until_step = until_step  # pause there (`run`'s until_step); 0: train to the end
         self.dir = RunDir(cfg.run.model_dir)
         # Saving may involve collectives every worker must join, so the other workers write too:
         # into a scratch directory that goes away at the end.
         self.scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_resnet_worker_"))
         self.verbose = (1 if sys.stdout.isatty() else 0) if verbose == "auto" else verbose
 
-    def execute(self) -> Summary:
+    def execute(self) -> Summary | Paused:
         try:
             self.prepare()
             self.load_data()
@@ -105,6 +121,10 @@ class Run:
             self.restore()
             with _distributed(self.strategy, self.model, self.evaluated, self.datasets.test):
                 self.fit()
+                if self.until_step and self.step < self.total_steps:
+                    data = self.info, self.datasets
+                    examples = data[0].train_examples, data[1].validation_examples, data[1].test_examples
+                    return Paused(self.step, self.total_steps, *examples)
                 test = self.evaluate()
             summary = self.summarize(test)
             self.save()
@@ -166,6 +186,8 @@ class Run:
             steps_per_epoch=self.datasets.steps_per_epoch,
         )
         self.callbacks.checkpointer.stop_requested = lambda: STOP.requested is not None
+        if 0 < self.until_step < self.total_steps:
+            self.callbacks.stop.total_steps = self.until_step
 
     def restore(self) -> None:
         checkpointer = self.callbacks.checkpointer
