@@ -41,7 +41,7 @@ from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.training import distribution, procedure
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
-from keras_resnet.training.rundir import RunDir, Summary, config_changes
+from keras_resnet.training.rundir import RunDir, Summary, refuse_config_changes
 
 # The first pause: 20 steps of tracing and filling the input pipeline, then 80 steady ones (25-45 s
 # of training on 2 cores, none thrown away). Over the first 40 steps one core measured 281 img/s at
@@ -306,11 +306,11 @@ def _measured(cfg, plan, paused: procedure.Paused, timeline: Timeline, wall: flo
     low_steps = _low_res_steps(planned, steps_per_epoch)
     low_s = timeline.step_seconds(low_steps, low_res=True)
     full_s = timeline.step_seconds(low_steps, low_res=False)
-    step_s = low_s or full_s
-    if step_s is None:
+    low_s = low_s or full_s  # no --low_res_size: one size
+    if low_s is None:
         raise RuntimeError(f"--time_budget: the run's {len(timeline.ends)} steps left none to time.")
-    low_s, full_s_or_prior = low_s or full_s, full_s or (low_s / PRIOR_FULL_OVER_LOW)
-    checkpoint_s = timeline.checkpoint_seconds(full_s or step_s, low_steps)
+    full_s_or_prior = full_s or low_s / PRIOR_FULL_OVER_LOW
+    checkpoint_s = timeline.checkpoint_seconds(full_s or low_s, low_steps)
     inner = sum(1 for end in timeline.chunk_ends if end < paused.step)
     if checkpoint_s is None:  # none timed: the prior, and the held-out split's evaluation
         views = len(models.TTA_VIEWS[cfg.run.tta]) * paused.validation_examples
@@ -376,16 +376,8 @@ def _saved(cfg: TrainConfig, minutes: float) -> dict[str, Any] | None:
             f"--model_dir={cfg.run.model_dir} holds a run planned for --time_budget={saved.get('minutes')}: "
             "give that budget to continue it, or use a new --model_dir."
         )
-    changed = (
-        [c for c in config_changes(saved_config, cfg) if c.split(":")[0][2:] not in PLANNED]
-        if (saved_config is not None)
-        else []
-    )
-    if changed and not cfg.run.allow_config_change:
-        raise ConfigError(
-            f"--model_dir={cfg.run.model_dir} holds a run with a different configuration "
-            f"({'; '.join(changed)}): use a new --model_dir, or pass --allow_config_change to continue it."
-        )
+    if saved_config is not None:
+        refuse_config_changes(saved_config, cfg, ignore=PLANNED)
     return saved
 
 

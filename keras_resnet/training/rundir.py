@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from keras_resnet import files
@@ -183,20 +183,35 @@ def check_model_dir(cfg: TrainConfig) -> bool:
     saved = run.read_config()
     if saved is None:
         return False
-    diff = config_changes(saved, cfg)
+    diff = refuse_config_changes(saved, cfg)
+    return not diff and run.finished()
+
+
+def refuse_config_changes(saved: TrainConfig, cfg: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
+    """`config_changes` from the run saved in --model_dir to `cfg` but for the flags in `ignore`
+    (what --time_budget re-plans); refused unless --allow_config_change.
+
+    Raises:
+        ConfigError: a change, without --allow_config_change.
+    """
+    diff = config_changes(saved, cfg, ignore)
     if diff and not cfg.run.allow_config_change:
         raise ConfigError(
             f"--model_dir={cfg.run.model_dir} holds a run with a different configuration "
             f"({'; '.join(diff)}): "
             "use a new --model_dir, or pass --allow_config_change to continue it."
         )
-    return not diff and run.finished()
+    return diff
 
 
-def config_changes(old: TrainConfig, new: TrainConfig) -> list[str]:
-    """`--flag: old -> new` for every run-defining flag that differs."""
+def config_changes(old: TrainConfig, new: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
+    """`--flag: old -> new` for every run-defining flag that differs (but those in `ignore`)."""
     before, after = old.training_fields(), new.training_fields()
-    return [f"--{k}: {before.get(k)!r} -> {after[k]!r}" for k in after if before.get(k) != after[k]]
+    return [
+        f"--{k}: {before.get(k)!r} -> {after[k]!r}"
+        for k in after
+        if before.get(k) != after[k] and k not in ignore
+    ]
 
 
 @contextlib.contextmanager
