@@ -271,20 +271,17 @@ def test_history_rows_from_before_the_passes_column_are_renumbered_on_resume(tmp
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1.0", "1.5", "2.5", "3.0"]
 
 
-def test_curves_are_redrawn_at_most_every_plot_every_s_and_at_the_end_of_training(tmp_path, monkeypatch):
+def test_curves_are_redrawn_at_most_every_plot_every_s_and_at_the_end_of_training(tmp_path):
     path = tmp_path / "history.csv"
     history = _history_resuming_at(0, path)
     figure = path.with_name("curves.png")
-    now = [1000.0]
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
     history.on_epoch_end(0, {"loss": 2.0, "step": 10})
     assert figure.is_file()  # the first chunk is drawn at once
     figure.unlink()
-    now[0] += history.PLOT_EVERY_S / 2
     history.on_epoch_end(1, {"loss": 1.5, "step": 20})
     assert not figure.exists()  # too soon after the last drawing; the rows are written
     assert path.read_text().count("\n") == 3
-    now[0] += history.PLOT_EVERY_S / 2
+    history.plotted_at -= history.PLOT_EVERY_S  # as if the last drawing were that long ago
     history.on_epoch_end(2, {"loss": 1.2, "step": 30})
     assert figure.is_file()
     figure.unlink()
