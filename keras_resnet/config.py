@@ -37,7 +37,7 @@ BN_MOMENTUM = 0.9  # models.builder.BN_MOMENTUM (that module imports Keras); a t
 BOTTLENECK_STRIDES = ("1x1", "3x3")
 MAX_STEPS = 100_000_000  # 1,500x the paper's 64k iterations: anything longer is a typo
 SEED_RANGE = 2**32  # numpy's seeds
-OUTPUT_FLAGS = ("model_dir", "export_dir")  # where a run writes: never part of a recipe
+OUTPUT_FLAGS = ("model_dir", "export_dir", "carry_dir")  # where a run writes: never part of a recipe
 # A decoded image costs 3 bytes per pixel as uint8 (12 as float32): 4096^2 pixels are 50 MB, enough
 # for phone photos; a 373-byte PNG can declare 1x1,000,000 pixels and a 1.2 MB one 20000x20000.
 # What a training image or a served request may declare (export.py --max_pixels for serving).
@@ -304,6 +304,12 @@ class RunConfig:
 
     model_dir: str = option("", "Where every output goes (checkpoints, history, model).", operational=True)
     export_dir: str = option("", "Also export the final model for TF Serving here.", operational=True)
+    carry_dir: str = option(
+        "",
+        "Also keep the newest resumable state here (small: commit it to move the run to another "
+        "machine); restored when ahead of --model_dir, removed when the run finishes.",
+        operational=True,
+    )
     checkpoint_steps: int = option(0, "Evaluate, log and checkpoint every N steps; 0: every epoch.")
     eval_test: bool = option(
         True, "Evaluate the test set at checkpoints (the paper's curves).", operational=True

@@ -44,6 +44,12 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     parser.add_argument("--data_dir", default="", help="TFDS data dir (as train.py --data_dir)")
     parser.add_argument("--out", default="runs/reproduction", help="where the runs live")
     parser.add_argument("--results", default="", help="where CSV and figures go (default: <out>/results)")
+    parser.add_argument(
+        "--carry",
+        default="",
+        help="also keep each unfinished run's newest state under CARRY/<budget>/<run> (commit it to move "
+        "the runs to another machine; the same command there resumes from it)",
+    )
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--dry_run", action="store_true", help="print the runs and the estimated time only")
     args = parser.parse_args(argv)
@@ -69,6 +75,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         data_dir=args.data_dir,
         out=pathlib.Path(args.out),
         results=pathlib.Path(args.results) if args.results else None,
+        carry=pathlib.Path(args.carry) if args.carry else None,
         precision=args.precision,
     )
     return options, args.dry_run

@@ -42,6 +42,7 @@ class Options:
     data_dir: str = ""
     out: pathlib.Path = pathlib.Path("runs/reproduction")
     results: pathlib.Path | None = None  # default: `<out>/results`, never the checkout's results/
+    carry: pathlib.Path | None = None  # each run's carry under `<carry>/<budget>/<run>` (--carry_dir)
     precision: str = "auto"
 
     @property

@@ -10,7 +10,7 @@ from keras_resnet.config import TrainConfig
 from keras_resnet.console import duration
 from keras_resnet.experiments.options import MACS_PER_SECOND, RUN_OVERHEAD_S, SPLIT_SIZES, Options
 from keras_resnet.models import specs
-from keras_resnet.training import procedure
+from keras_resnet.training import carry, procedure
 from keras_resnet.training.procedure import resumes_at
 from keras_resnet.training.rundir import RunDir, Summary
 from keras_resnet.tuning.searching import default_tune_dir
@@ -42,6 +42,7 @@ def paper_config(
         precision=options.precision,
         seed=seed,
         model_dir=str(options.out / options.budget_name / (name or model)),
+        carry_dir=str(options.carry / options.budget_name / (name or model)) if options.carry else "",
     )
     cfg.check()
     return cfg.replace(padding=_saved_padding(cfg) or cfg.model.padding)
@@ -72,7 +73,8 @@ def steps_done(cfg: TrainConfig) -> int:
     for values, status, trial_dir in trials_on_disk(tune_dir):
         if values.get("shortcut") == cfg.model.shortcut:
             return steps if status == "COMPLETED" else resumes_at(trial_dir)
-    return resumes_at(run.path)
+    carried = carry.newest(cfg.run.carry_dir) if cfg.run.carry_dir else None
+    return max(resumes_at(run.path), carried.step if carried else 0)
 
 
 def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:

@@ -31,7 +31,7 @@ from keras_resnet import data, files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
 from keras_resnet.models import whitening
-from keras_resnet.training import distribution, finetune, optimization
+from keras_resnet.training import carry, distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
@@ -82,6 +82,8 @@ def run(
     strategy = distribution.strategy_for(cfg)
     chief = distribution.is_chief(strategy)
     with claimed(cfg, writes=chief), STOP.handling(), precision_policy(cfg.run.precision) as precision:
+        if chief and cfg.run.carry_dir:
+            _restore_carry(cfg)
         # Re-checked under the lock: another run may have finished it meanwhile.
         if summary := _finished(cfg):
             return summary
@@ -112,6 +114,7 @@ class Run:
         # into a scratch directory that goes away at the end.
         self.scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_resnet_worker_"))
         self.verbose = (1 if sys.stdout.isatty() else 0) if verbose == "auto" else verbose
+        self.carries = bool(chief and cfg.run.carry_dir)
 
     def execute(self) -> Summary | Paused:
         try:
@@ -182,7 +185,8 @@ class Run:
             verbose=self.chief,
             intra_epoch_log=not self.verbose,
             live=bool(self.verbose),
-            extra=self.extra,
+            # After the checkpointer: a carry copies the checkpoint just written.
+            extra=(*self.extra, *([carry.Carrier(self.dir, cfg.run.carry_dir)] if self.carries else [])),
             steps_per_epoch=self.datasets.steps_per_epoch,
         )
         self.callbacks.checkpointer.stop_requested = lambda: STOP.requested is not None
@@ -288,6 +292,8 @@ class Run:
     def finish(self, summary: Summary) -> None:
         if self.chief:
             self.dir.write_summary(summary)  # last: its presence marks a finished run
+            if self.carries:
+                carry.discard(self.cfg.run.carry_dir)
             print(
                 f"done: test error {_percent(summary.test_error)} after {summary.steps} steps in "
                 f"{duration(summary.wall_time_s)} ({summary.images_per_sec:.0f} img/s); outputs in "
@@ -389,6 +395,19 @@ def _finished(cfg: TrainConfig) -> Summary | None:
         flush=True,
     )
     return summary
+
+
+def _restore_carry(cfg: TrainConfig) -> None:
+    """Takes --carry_dir's state when it is ahead of --model_dir's (a run moved between machines)."""
+    run = RunDir(cfg.run.model_dir)
+    if run.finished():
+        return
+    try:
+        restored = carry.restore(run, cfg.run.carry_dir, local_step=resumes_at(run.path))
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
+    if restored is not None:
+        print(f"restored step {restored.step:,} from {restored.path} into {run.path}", flush=True)
 
 
 def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:

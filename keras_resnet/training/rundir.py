@@ -229,6 +229,8 @@ def claimed(cfg: TrainConfig, writes: bool) -> Iterator[None]:
         files.check_writable(model_dir, "--model_dir")
         if cfg.run.export_dir:
             files.check_writable(cfg.run.export_dir, "--export_dir")
+        if cfg.run.carry_dir:
+            files.check_writable(cfg.run.carry_dir, "--carry_dir")
         lock = files.DirLock(model_dir, purpose="train.py run").acquire()
     except (files.NotWritable, files.Locked) as err:
         raise ConfigError(str(err)) from None

@@ -1,0 +1,130 @@
+"""A run's carry: its newest resumable state, small enough to commit and move to another machine.
+
+    python train.py ... --model_dir=$HOME/runs/r20 --carry_dir=carry/r20   # carries at every checkpoint
+    rm -rf $HOME/runs/r20 && python train.py ... (the same command)         # resumes at the carried step
+
+A carry is a folder `--carry_dir/step-N/` holding what an exact resume needs and nothing more:
+the newest checkpoint (weights, optimizer slots, step, the callbacks' state in its manifest, the
+weight average if any) and the run's records (`config.json`, `flags.cfg`, `data_info.json`,
+`history.csv`, `budget.json`), with `carry.json` listing each file's size and SHA-256. Each
+`step-N` is written under a hidden name and renamed into place, then the older ones are removed:
+a carry is complete or absent. A run restores its carry when the carry is ahead of its own
+folder (the folder missing, or left behind on another machine), and removes it once finished.
+Only the chief writes or restores (the checkpoints are the chief's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import shutil
+
+import keras
+
+from keras_resnet import files
+from keras_resnet.training.checkpoints import Checkpointer
+from keras_resnet.training.rundir import RunDir
+
+MANIFEST = "carry.json"
+# The run's records that travel with its checkpoint (the others are rebuilt or not needed).
+RECORDS = (RunDir.CONFIG, RunDir.FLAGS, RunDir.DATA_INFO, RunDir.HISTORY, RunDir.BUDGET)
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Carry:
+    """One complete carry: its folder and the step it resumes at."""
+
+    path: pathlib.Path
+    step: int
+
+
+def newest(carry_dir: str | pathlib.Path) -> Carry | None:
+    """The newest complete carry in `carry_dir` (None if there is none)."""
+    found = []
+    root = pathlib.Path(carry_dir)
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and (path / MANIFEST).is_file():
+                found.append(Carry(path, int(match.group(1))))
+    return max(found, key=lambda c: c.step, default=None)
+
+
+def _newest_checkpoint(run: RunDir) -> dict | None:
+    candidates = Checkpointer(run.checkpoints, verbose=False).candidates()
+    return next((m for m in candidates if "files" in m), None)
+
+
+def save(run: RunDir, carry_dir: str | pathlib.Path) -> Carry | None:
+    """Carries the run's newest checkpoint (a no-op if the carry is already at its step)."""
+    manifest = _newest_checkpoint(run)
+    if manifest is None:
+        return None
+    step, root = int(manifest["step"]), pathlib.Path(carry_dir)
+    current = newest(root)
+    if current is not None and current.step == step:
+        return current
+    root.mkdir(parents=True, exist_ok=True)
+    names = [f"{RunDir.CHECKPOINTS}/{name}" for name in (*manifest["files"], f"ckpt-{step}.json")]
+    names += [name for name in RECORDS if (run.path / name).is_file()]
+    target = root / f"step-{step}"
+    with files.staging_dir(target) as tmp:
+        listed = {}
+        for name in names:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.path / name, tmp / name)
+            listed[name] = {"size": (tmp / name).stat().st_size, "sha256": files.sha256(tmp / name)}
+        files.write_json(tmp / MANIFEST, {"step": step, "files": listed})
+    for path in root.iterdir():  # the older carries, now that this one is complete
+        if _STEP_DIR.match(path.name) and path != target:
+            shutil.rmtree(path, ignore_errors=True)
+    return Carry(target, step)
+
+
+def restore(run: RunDir, carry_dir: str | pathlib.Path, local_step: int) -> Carry | None:
+    """Copies the newest carry into the run folder when it is ahead of `local_step`, the step the
+    folder resumes at; returns it (None if nothing was restored).
+
+    Raises:
+        ValueError: the carry's files do not match its manifest (one line naming the file).
+    """
+    carry = newest(carry_dir)
+    if carry is None or carry.step <= local_step:
+        return None
+    listed = json.loads((carry.path / MANIFEST).read_text())["files"]
+    for name, recorded in listed.items():
+        path = carry.path / name
+        if not path.is_file() or files.sha256(path) != recorded["sha256"]:
+            raise ValueError(f"{path} is missing or damaged (its SHA-256 differs from {MANIFEST})")
+    for name in listed:
+        with files.replacing(run.path / name) as tmp:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(carry.path / name, tmp)
+    return carry
+
+
+def discard(carry_dir: str | pathlib.Path) -> None:
+    """Removes a finished run's carry (the run's results now say what it reached)."""
+    root = pathlib.Path(carry_dir)
+    for path in root.iterdir() if root.is_dir() else ():
+        if _STEP_DIR.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+
+
+class Carrier(keras.callbacks.Callback):
+    """Carries the run after each checkpoint; runs after the `Checkpointer`."""
+
+    def __init__(self, run: RunDir, carry_dir: str | pathlib.Path):
+        super().__init__()
+        self.run, self.carry_dir = run, pathlib.Path(carry_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        save(self.run, self.carry_dir)
+
+    def on_train_end(self, logs=None):
+        save(self.run, self.carry_dir)  # a stop mid-chunk checkpoints at its step
