@@ -15,7 +15,7 @@ from keras_resnet import data, training
 from keras_resnet.data import digits, splits
 from keras_resnet.data.info import DataInfo
 from keras_resnet.models import pretrained
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 
 def test_every_run_records_the_fingerprint_of_its_training_data(tiny_run):

@@ -26,8 +26,8 @@ from conftest import REPO, TINY
 
 from keras_resnet import config, plots, training
 from keras_resnet.config import ConfigError, TrainConfig
+from keras_resnet.rundir import RunDir
 from keras_resnet.training import callbacks, optimization
-from keras_resnet.training.rundir import RunDir
 
 
 def _history(model_dir: pathlib.Path) -> list[dict]:

@@ -25,6 +25,7 @@ from keras_resnet import files, workarounds
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
 from keras_resnet.data.storage import MAX_PIXELS
+from keras_resnet.rundir import RunDir
 from keras_resnet.serving import warmup
 from keras_resnet.serving.decode import decode_images
 from keras_resnet.serving.inference import Inference
@@ -39,7 +40,6 @@ from keras_resnet.serving.signatures import (
     PROBABILITIES,
     SIGNATURES,  # noqa: F401  (re-exported)
 )
-from keras_resnet.training.rundir import RunDir
 
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # what one request image may declare (`data.storage.MAX_PIXELS`)
 
