@@ -6,7 +6,7 @@
     classifier = kr.load("runs/resnet20")     # a trained run: raw images in, probabilities out
 
 Importing the package imports no TensorFlow (a command reads its flags first); the names below
-load their modules on first use. `register()` registers every custom object a saved model
+load their modules on first use. `register()` (`models.register`) registers every custom object a saved model
 refers to (the layers, the learning-rate schedule, the loss and the error metric), so that
 `keras.saving.load_model(path, safe_mode=True)` loads a run's `model.keras`: it runs on first use
 of any name here, on import of any stage package (`keras_resnet.data`, `.training`, ...), and at
@@ -16,17 +16,9 @@ once when Keras is already imported.
 import sys
 
 from keras_resnet import _lazy
+from keras_resnet.models import register
 
 __version__ = "0.4.0"
-
-
-def register() -> None:
-    """Registers the custom objects saved models refer to (once; imports TensorFlow)."""
-    from keras_resnet import runtime
-
-    runtime.import_tensorflow()
-    import keras_resnet.models.layers  # noqa: F401
-    import keras_resnet.training.optimization  # noqa: F401
 
 
 __getattr__, __dir__ = _lazy.exports(

@@ -9,9 +9,24 @@
 - `tta`: a model averaged over test-time views.
 - `whitening`: the stem initialised as the whitening of the training images' patches (`--stem_init=pca`).
 - `counting`: parameters and multiply-adds per layer.
+- `compiled`: the registered loss, error metric, learning-rate schedule and SGD a compiled
+  `model.keras` refers to.
+
+`register()` registers every custom object a saved model refers to (these layers and `compiled`);
+every stage package calls it on import, so that `keras.saving.load_model(path, safe_mode=True)`
+loads a run's `model.keras`.
 """
 
 from keras_resnet import _lazy
+
+
+def register() -> None:
+    """Registers the custom objects saved models refer to (once; imports TensorFlow)."""
+    from keras_resnet import runtime
+
+    runtime.import_tensorflow()
+    from keras_resnet.models import compiled, layers  # noqa: F401  (importing them registers them)
+
 
 __getattr__, __dir__ = _lazy.exports(
     __name__,

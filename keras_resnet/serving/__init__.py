@@ -7,7 +7,8 @@
 - `loading`: `load(run_dir)` -> `Classifier` (what `kr.load` is).
 """
 
-from keras_resnet import _lazy, register
+from keras_resnet import _lazy
+from keras_resnet.models import register
 
 register()  # a model.keras loads once any stage package is imported
 

@@ -7,7 +7,8 @@
 - `budget`: `--time_budget`, the run's length fitted to this machine's measured speed.
 """
 
-from keras_resnet import _lazy, register
+from keras_resnet import _lazy
+from keras_resnet.models import register
 
 register()  # a model.keras loads once any stage package is imported
 
