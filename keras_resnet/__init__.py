@@ -11,6 +11,27 @@ refers to (the layers, the learning-rate schedule, the loss and the error metric
 `keras.saving.load_model(path, safe_mode=True)` loads a run's `model.keras`: it runs on first use
 of any name here, on import of any stage package (`keras_resnet.data`, `.training`, ...), and at
 once when Keras is already imported.
+
+Layers, from the bottom up: a module imports only from its own row and the rows before it, and no
+import, function-local ones included, closes a cycle between modules (tests/test_layers.py reads
+this table and walks every import):
+
+| layer | modules |
+|---|---|
+| base | _lazy, files, runtime, workarounds, console, plots |
+| specs | models.specs |
+| config | config, rundir |
+| models | models |
+| data | data |
+| serving | serving |
+| training | training |
+| tuning | tuning |
+| experiments | experiments |
+| commands | predict, reproduce, __main__, __init__ |
+
+A row names modules and packages relative to `keras_resnet` (`__init__`: this module, the
+package's face); the most specific name places a module (`models.specs` is below `config`, the
+rest of `models` above it, where the builder takes a run's `ModelConfig`).
 """
 
 import sys
@@ -26,7 +47,7 @@ __getattr__, __dir__ = _lazy.exports(
     {
         "build_model": "keras_resnet.models.builder",
         "count": "keras_resnet.models.counting",
-        "from_keras_applications": "keras_resnet.models.pretrained",
+        "from_keras_applications": "keras_resnet.models.builder",
         "get_spec": "keras_resnet.models.specs",
         "list_models": "keras_resnet.models.specs",
         "load": "keras_resnet.serving.loading",

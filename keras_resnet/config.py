@@ -31,10 +31,7 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 FLIPS = ("", "random", "alternating", "none")
 TTA = ("none", "flip", "flip_translate")
-PADDINGS = ("symmetric", "same")
 STEM_INITS = ("he", "pca")
-BN_MOMENTUM = 0.9  # models.builder.BN_MOMENTUM (that module imports Keras); a test holds them equal
-BOTTLENECK_STRIDES = ("1x1", "3x3")
 MAX_STEPS = 100_000_000  # 1,500x the paper's 64k iterations: anything longer is a typo
 SEED_RANGE = 2**32  # numpy's seeds
 OUTPUT_FLAGS = ("model_dir", "export_dir", "carry_dir")  # where a run writes: never part of a recipe
@@ -63,11 +60,11 @@ def _fail(message: str):
 
 def _check_choices(section) -> None:
     for f in dataclasses.fields(section):
-        choices = f.metadata.get("choices")
-        value = getattr(section, f.name)
-        if choices and value not in choices:
-            valid = ", ".join(c or "(empty)" for c in choices)
-            _fail(f"--{f.metadata['flag'] or f.name}={value!r}: expected one of {valid}.")
+        if choices := f.metadata.get("choices"):
+            try:
+                specs.check_choice(f"--{f.metadata['flag'] or f.name}", getattr(section, f.name), choices)
+            except ValueError as err:
+                _fail(str(err))
 
 
 def _check_at_least(section, minimum: int, *names: str) -> None:
@@ -85,15 +82,17 @@ class ModelConfig:
     )
     shortcut: str = option("", "Shortcut option A, B or C; empty: the paper's default for the family.")
     family: str = option("", "cifar or imagenet to override the family implied by the depth.")
-    bottleneck_stride: str = option("1x1", "Where a bottleneck block strides.", BOTTLENECK_STRIDES)
+    bottleneck_stride: str = option(
+        specs.BOTTLENECK_STRIDES[0], "Where a bottleneck block strides.", specs.BOTTLENECK_STRIDES
+    )
     zero_init_residual: bool = option(
         False, "Start each residual block's last BN scale at 0 (not the paper)."
     )
     padding: str = option(
-        "symmetric",
+        specs.PADDINGS[0],
         "Strided 3x3/7x7 convolutions and the max pool: symmetric as the paper's nets, or same "
         "(TensorFlow's bottom/right padding, which runs made before this flag used).",
-        PADDINGS,
+        specs.PADDINGS,
     )
     stem_init: str = option(
         "he",
@@ -104,7 +103,7 @@ class ModelConfig:
     )
     sync_bn: bool = option(False, "Synchronized batch norm: statistics over the global batch.")
     bn_momentum: float = option(
-        BN_MOMENTUM,
+        specs.BN_MOMENTUM,
         "Momentum of every batch norm's moving statistics (Keras' convention: 0.9 is PyTorch's 0.1).",
     )
     ghost_batch_size: int = option(
@@ -148,8 +147,10 @@ class ModelConfig:
                 _fail(f"--shortcut: {err}")
         if self.family and self.family not in specs.FAMILIES:
             _fail(f"--family={self.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
-        if not 0 < self.bn_momentum < 1:
-            _fail(f"--bn_momentum must be in (0, 1) (e.g. 0.9, PyTorch's 0.1), got {self.bn_momentum}.")
+        try:
+            specs.check_bn_momentum(self.bn_momentum)
+        except ValueError as err:
+            _fail(f"--{err}")
         _check_at_least(self, 0, "ghost_batch_size")
         if self.ghost_batch_size and self.sync_bn:
             _fail(
@@ -483,10 +484,6 @@ def ghost_batch_error(ghost: int, batch: int, replicas: int) -> str:
         else f"--batch_size={batch}"
     )
     return f"--ghost_batch_size={ghost} must divide {share}: change --ghost_batch_size or --batch_size."
-
-
-def check_config(cfg: TrainConfig) -> None:
-    cfg.check()
 
 
 def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:

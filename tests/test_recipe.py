@@ -286,9 +286,9 @@ def test_the_eta_counts_the_full_size_steps_still_to_come():
 
 
 def test_bn_momentum_is_every_batch_norms_and_its_moving_statistics_follow_it():
-    from keras_resnet.models import builder
-
-    assert TrainConfig.of().model.bn_momentum == builder.BN_MOMENTUM  # the default: unchanged
+    default = build_model("resnet8")  # build_model's default is the config's: the paper's 0.9
+    moments = {la.momentum for la in default.layers if isinstance(la, keras.layers.BatchNormalization)}
+    assert moments == {TrainConfig.of().model.bn_momentum} == {0.9}
     cfg = TrainConfig.of(bn_momentum=0.5)
     model = models.build_from_config(cfg.model, num_classes=2, input_shape=(8, 8, 3), weight_decay=0)
     bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]

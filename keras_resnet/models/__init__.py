@@ -1,11 +1,12 @@
 """The networks: the paper's tables as data, one builder, its registered layers, and their counts.
 
 - `specs`: Table 1 and section 4.2 as rows (`get_spec`, `list_models`); pure Python.
-- `builder`: `build_model`, the one function that turns a row into layers.
+- `network`: the layers of a row (`build_network`); `builder`: `build_model`, the one entry that
+  builds a row's network and then loads its weights (`pretrained`).
 - `layers`: registered layers (zero-padding shortcut, replica-safe fused BN, test-time views,
   input normalization).
 - `pretrained`: `build_model(weights=...)`'s sources (Keras Applications' ImageNet weights, the
-  shipped CIFAR-10 nets, a file) and `from_keras_applications`.
+  shipped CIFAR-10 nets, a file) and the conversion of Keras Applications' ResNets.
 - `tta`: a model averaged over test-time views.
 - `whitening`: the stem initialised as the whitening of the training images' patches (`--stem_init=pca`).
 - `counting`: parameters and multiply-adds per layer.
@@ -34,7 +35,7 @@ __getattr__, __dir__ = _lazy.exports(
         "build_model": ".builder",
         "build_from_config": ".builder",
         "count": ".counting",
-        "from_keras_applications": ".pretrained",
+        "from_keras_applications": ".builder",
         "shipped_cifar10": ".pretrained",
         "InputNormalization": ".layers",
         "get_spec": ".specs",
