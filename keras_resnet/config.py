@@ -467,23 +467,15 @@ class TrainConfig:
         ghost, batch = self.model.ghost_batch_size, self.data.batch_size
         replicas = self.run.cpu_devices if self.run.distribution != "one_device" else 1
         per_replica = batch // replicas if replicas > 1 and batch % replicas == 0 else batch
-        if ghost and per_replica % ghost:
-            _fail(ghost_batch_error(ghost, batch, batch // per_replica))
+        try:
+            specs.check_ghost_batch(ghost, batch, batch // per_replica)
+        except ValueError as err:
+            _fail(str(err))
         if self.optim.freeze_bn_scale and self.model.zero_init_residual:
             _fail(
                 "--freeze_bn_scale with --zero_init_residual keeps each block's last BN scale at 0 (every "
                 "residual branch off for good): give one of them."
             )
-
-
-def ghost_batch_error(ghost: int, batch: int, replicas: int) -> str:
-    """Why --ghost_batch_size does not fit --batch_size on `replicas` replicas (one line)."""
-    share = (
-        f"{batch // replicas} per replica of --batch_size={batch}"
-        if replicas > 1
-        else f"--batch_size={batch}"
-    )
-    return f"--ghost_batch_size={ghost} must divide {share}: change --ghost_batch_size or --batch_size."
 
 
 def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:

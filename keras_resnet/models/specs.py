@@ -107,6 +107,18 @@ def check_bn_momentum(momentum: float) -> None:
         raise ValueError(f"bn_momentum must be in (0, 1) (e.g. 0.9, PyTorch's 0.1), got {momentum}.")
 
 
+def check_ghost_batch(ghost: int, batch: int, replicas: int = 1) -> None:
+    """Raises a ValueError unless ghost batches of `ghost` examples (0: off) divide each of `replicas`
+    replicas' share of `batch`."""
+    if ghost and (batch // replicas) % ghost:
+        share = f"--batch_size={batch}"
+        if replicas > 1:
+            share = f"{batch // replicas} per replica of {share}"
+        raise ValueError(
+            f"--ghost_batch_size={ghost} must divide {share}: change --ghost_batch_size or --batch_size."
+        )
+
+
 _NAME = re.compile(r"^(resnet|plain)(\d+)$")
 
 

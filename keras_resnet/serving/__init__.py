@@ -18,7 +18,6 @@ __getattr__, __dir__ = _lazy.exports(
         "export": ".exporting",
         "export_run": ".exporting",
         "next_version": ".exporting",
-        "DEFAULT_MAX_PIXELS": ".exporting",
         "SIGNATURES": ".signatures",
         "example_prediction": ".warmup",
         "load": ".loading",
