@@ -78,8 +78,8 @@ def _check_command_flags() -> None:
 
 def _run(cfg: TrainConfig) -> None:
     """The one thing this command was asked to do, after its flags passed."""
+    from keras_resnet.rundir import RunDir
     from keras_resnet.training import budget, evaluation, procedure
-    from keras_resnet.training.rundir import RunDir
 
     if FLAGS.eval_only:
         evaluation.evaluate_run(cfg.run.model_dir)

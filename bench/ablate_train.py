@@ -37,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.bench_train import BATCH, WARMUP_STEPS, StepTimer, cifar_arrays  # noqa: E402
 from keras_resnet import config, data, models  # noqa: E402
+from keras_resnet.models import compiled  # noqa: E402
 from keras_resnet.training import callbacks as run_callbacks  # noqa: E402
 from keras_resnet.training import distribution, optimization  # noqa: E402
 
@@ -83,7 +84,7 @@ def main() -> None:
             if row >= 5:
                 optimization.compile_model(model, cfg.optim, total_steps=64_000)
             else:
-                metrics = [optimization.TopKError(1)] if row >= 4 else None
+                metrics = [compiled.TopKError(1)] if row >= 4 else None
                 model.compile(
                     keras.optimizers.SGD(0.1, momentum=0.9),
                     "sparse_categorical_crossentropy",

@@ -6,27 +6,40 @@
     classifier = kr.load("runs/resnet20")     # a trained run: raw images in, probabilities out
 
 Importing the package imports no TensorFlow (a command reads its flags first); the names below
-load their modules on first use. `register()` registers every custom object a saved model
+load their modules on first use. `register()` (`models.register`) registers every custom object a saved model
 refers to (the layers, the learning-rate schedule, the loss and the error metric), so that
 `keras.saving.load_model(path, safe_mode=True)` loads a run's `model.keras`: it runs on first use
 of any name here, on import of any stage package (`keras_resnet.data`, `.training`, ...), and at
 once when Keras is already imported.
+
+Layers, from the bottom up: a module imports only from its own row and the rows before it, and no
+import, function-local ones included, closes a cycle between modules (tests/test_layers.py reads
+this table and walks every import):
+
+| layer | modules |
+|---|---|
+| base | _lazy, files, runtime, workarounds, console, plots |
+| specs | models.specs |
+| config | config, rundir |
+| models | models |
+| data | data |
+| serving | serving |
+| training | training |
+| tuning | tuning |
+| experiments | experiments |
+| commands | predict, reproduce, __main__, __init__ |
+
+A row names modules and packages relative to `keras_resnet` (`__init__`: this module, the
+package's face); the most specific name places a module (`models.specs` is below `config`, the
+rest of `models` above it, where the builder takes a run's `ModelConfig`).
 """
 
 import sys
 
 from keras_resnet import _lazy
+from keras_resnet.models import register
 
 __version__ = "0.4.0"
-
-
-def register() -> None:
-    """Registers the custom objects saved models refer to (once; imports TensorFlow)."""
-    from keras_resnet import runtime
-
-    runtime.import_tensorflow()
-    import keras_resnet.models.layers  # noqa: F401
-    import keras_resnet.training.optimization  # noqa: F401
 
 
 __getattr__, __dir__ = _lazy.exports(
@@ -34,7 +47,7 @@ __getattr__, __dir__ = _lazy.exports(
     {
         "build_model": "keras_resnet.models.builder",
         "count": "keras_resnet.models.counting",
-        "from_keras_applications": "keras_resnet.models.pretrained",
+        "from_keras_applications": "keras_resnet.models.builder",
         "get_spec": "keras_resnet.models.specs",
         "list_models": "keras_resnet.models.specs",
         "load": "keras_resnet.serving.loading",

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 from keras_resnet import models
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 BENCH = REPO / "bench" / "bench_time_to_accuracy.py"
 SCORE_TTA = REPO / "bench" / "score_tta.py"

@@ -14,9 +14,9 @@ from conftest import tiny
 
 from keras_resnet import training
 from keras_resnet.config import ConfigError
+from keras_resnet.rundir import RunDir
 from keras_resnet.training import carry
 from keras_resnet.training.procedure import Paused
-from keras_resnet.training.rundir import RunDir
 
 
 def _weights(run_dir) -> list[np.ndarray]:

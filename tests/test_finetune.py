@@ -20,8 +20,8 @@ import keras_resnet as kr
 from keras_resnet import training
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.data.info import DataInfo
+from keras_resnet.rundir import RunDir
 from keras_resnet.serving import exporting, loading
-from keras_resnet.training.rundir import RunDir
 
 
 def _values(model: keras.Model, name: str) -> list[np.ndarray]:

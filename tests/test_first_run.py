@@ -18,7 +18,7 @@ from keras_resnet import data, training
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.data import digits as digits_source
 from keras_resnet.data import tfds as tfds_source
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 
 def test_data_lives_where_tfds_expects_it_unless_told_otherwise(monkeypatch, tmp_path):

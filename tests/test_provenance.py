@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
-from conftest import image_folder, tiny
+from conftest import REPO, image_folder, tiny
 
 import keras_resnet as kr
 from keras_resnet import data, training
 from keras_resnet.data import digits, splits
 from keras_resnet.data.info import DataInfo
 from keras_resnet.models import pretrained
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 
 def test_every_run_records_the_fingerprint_of_its_training_data(tiny_run):
@@ -51,12 +53,13 @@ def test_a_changed_folder_at_the_same_path_never_meets_its_stale_cache(tmp_path)
 
 @pytest.mark.slow
 def test_a_shipped_cifar10_net_takes_raw_pixels_and_answers_as_the_run_did(tfds_dir, tmp_path, monkeypatch):
-    """A short real CIFAR-10 run shipped with `pretrained.ship_cifar10`: `weights="cifar10"` builds
+    """A short real CIFAR-10 run shipped with `bench/ship_cifar10.py`: `weights="cifar10"` builds
     it with its mean image inside, so raw pixels give the run's own probabilities."""
     cfg = tiny(tmp_path / "run", dataset="cifar10", data_dir=str(tfds_dir), train_steps=4, eval_test=False)
     summary = training.run(cfg, verbose=0)
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
-    pretrained.ship_cifar10(cfg.run.model_dir)
+    ship = [sys.executable, REPO / "bench" / "ship_cifar10.py", cfg.run.model_dir]
+    subprocess.run([*ship, "--weights_dir", tmp_path / "weights"], check=True, capture_output=True)
     assert pretrained.shipped_cifar10() == ["resnet8"]
     record = pretrained.cifar10_record("resnet8")
     assert record["data_sha256"] == summary.data_sha256 and record["steps"] == 4

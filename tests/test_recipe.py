@@ -17,17 +17,18 @@ from keras_resnet import build_model, config, models, runtime, training
 from keras_resnet.config import TrainConfig
 from keras_resnet.data import digits as digits_source
 from keras_resnet.data import splits, views
+from keras_resnet.models import compiled
 from keras_resnet.training import callbacks, checkpoints, optimization, precision, progress
 
 
 def test_linear_and_cosine_schedules_with_warmup():
-    linear = optimization.LearningRate("linear", 0.2, 100, warmup_steps=10)
+    linear = compiled.LearningRate("linear", 0.2, 100, warmup_steps=10)
     got = [float(linear(s)) for s in (0, 4, 9, 10, 55, 100, 150)]
     # Ramp (s + 1) / 10 of the peak over the first 10 steps, then a straight line to 0 at step 100.
     np.testing.assert_allclose(got, [0.02, 0.1, 0.2, 0.2, 0.1, 0.0, 0.0], atol=1e-6)
-    cosine = optimization.LearningRate("cosine", 0.2, 110, warmup_steps=10)
+    cosine = compiled.LearningRate("cosine", 0.2, 110, warmup_steps=10)
     np.testing.assert_allclose([float(cosine(s)) for s in (10, 60, 110)], [0.2, 0.1, 0.0], atol=1e-6)
-    step = optimization.LearningRate("step", 0.1, 100, (50,), 0.1, warmup_steps=4)
+    step = compiled.LearningRate("step", 0.1, 100, (50,), 0.1, warmup_steps=4)
     np.testing.assert_allclose([float(step(s)) for s in (0, 3, 49, 50)], [0.025, 0.1, 0.1, 0.01], atol=1e-7)
     # The paper's schedule is untouched by default.
     assert optimization.schedule(TrainConfig.of().optim, 64000).warmup_steps == 0
@@ -36,13 +37,13 @@ def test_linear_and_cosine_schedules_with_warmup():
 def test_label_smoothing_is_the_mixture_of_cross_entropy_and_uniform():
     probs = tf.constant([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
     labels = tf.constant([0, 2])
-    got = float(optimization.SmoothedCrossEntropy(0.1)(labels, probs))
+    got = float(compiled.SmoothedCrossEntropy(0.1)(labels, probs))
     target = 0.9 * np.eye(3)[[0, 2]] + 0.1 / 3
     want = float(np.mean(-(target * np.log(probs.numpy())).sum(axis=1)))
     assert got == pytest.approx(want, rel=1e-5)
     cfg = TrainConfig.of(label_smoothing=0.1, nesterov=True)
     model = optimization.compile_model(build_model("resnet8"), cfg.optim, 100)
-    assert isinstance(model.loss, optimization.SmoothedCrossEntropy) and model.optimizer.nesterov
+    assert isinstance(model.loss, compiled.SmoothedCrossEntropy) and model.optimizer.nesterov
     assert isinstance(optimization.loss(TrainConfig.of().optim), keras.losses.SparseCategoricalCrossentropy)
 
 
@@ -102,7 +103,7 @@ def test_weight_average_is_what_is_evaluated_saved_and_exported(tmp_path):
     from keras_resnet import data
 
     ds = data.load("digits", batch_size=32, eval_batch_size=1000)
-    saved.compile(loss="sparse_categorical_crossentropy", metrics=[optimization.TopKError(1)])
+    saved.compile(loss="sparse_categorical_crossentropy", metrics=[compiled.TopKError(1)])
     assert saved.evaluate(ds.test, verbose=0, return_dict=True)["error"] == pytest.approx(summary.test_error)
     served = tf.saved_model.load(summary.export_path)
     x = next(iter(ds.test))[0][:4]
@@ -285,9 +286,9 @@ def test_the_eta_counts_the_full_size_steps_still_to_come():
 
 
 def test_bn_momentum_is_every_batch_norms_and_its_moving_statistics_follow_it():
-    from keras_resnet.models import builder
-
-    assert TrainConfig.of().model.bn_momentum == builder.BN_MOMENTUM  # the default: unchanged
+    default = build_model("resnet8")  # build_model's default is the config's: the paper's 0.9
+    moments = {la.momentum for la in default.layers if isinstance(la, keras.layers.BatchNormalization)}
+    assert moments == {TrainConfig.of().model.bn_momentum} == {0.9}
     cfg = TrainConfig.of(bn_momentum=0.5)
     model = models.build_from_config(cfg.model, num_classes=2, input_shape=(8, 8, 3), weight_decay=0)
     bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]

@@ -25,8 +25,8 @@ from conftest import REPO, TINY, image_folder
 
 from keras_resnet import data, files, training
 from keras_resnet.config import ConfigError, TrainConfig
+from keras_resnet.rundir import RunDir
 from keras_resnet.training.optimization import global_step
-from keras_resnet.training.rundir import RunDir
 
 
 def _flags(cfg: TrainConfig, path: pathlib.Path) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 from keras_resnet import build_model, reproduce, training, tuning
 from keras_resnet.experiments import measure, options, plan
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 
 def _read(path: pathlib.Path) -> list[dict[str, str]]:
@@ -177,7 +177,7 @@ def test_estimate_and_dry_run_count_the_checkpointed_iterations(tmp_path, capsys
 
 
 def test_a_run_started_before_the_padding_flag_resumes_with_its_own(tmp_path):
-    from keras_resnet.training.rundir import check_model_dir
+    from keras_resnet.rundir import check_model_dir
 
     args = ["table6", "--models=resnet20", f"--out={tmp_path}"]
     (cfg,) = plan.plan(reproduce.parse(args)[0])

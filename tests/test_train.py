@@ -26,8 +26,9 @@ from conftest import REPO, TINY
 
 from keras_resnet import config, plots, training
 from keras_resnet.config import ConfigError, TrainConfig
+from keras_resnet.models import compiled
+from keras_resnet.rundir import RunDir
 from keras_resnet.training import callbacks, optimization
-from keras_resnet.training.rundir import RunDir
 
 
 def _history(model_dir: pathlib.Path) -> list[dict]:
@@ -182,14 +183,14 @@ def test_a_checkpoint_with_a_non_finite_bn_statistic_is_never_written(tmp_path):
 
 def test_step_schedule_changes_lr_at_the_milestones():
     total, milestones = 64000, (32000, 48000)
-    schedule = optimization.LearningRate("step", 0.1, total, milestones, 0.1)
+    schedule = compiled.LearningRate("step", 0.1, total, milestones, 0.1)
     steps = np.array([0, 1, 31999, 32000, 32001, 47999, 48000, 63999])
     got = np.array([float(schedule(s)) for s in steps])
     # lr = 0.1 * 0.1^(number of milestones reached)
     want = 0.1 * 0.1 ** np.array([sum(s >= m for m in milestones) for s in steps])
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert config.milestones(TrainConfig.of().optim, 64000) == milestones  # the paper's 32k/48k of 64k
-    cosine = optimization.LearningRate("cosine", 0.1, 100)
+    cosine = compiled.LearningRate("cosine", 0.1, 100)
     np.testing.assert_allclose(
         [float(cosine(s)) for s in (0, 50, 100, 200)], [0.1, 0.05, 0.0, 0.0], atol=1e-7
     )

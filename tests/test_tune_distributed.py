@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 from keras_resnet import workarounds
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 

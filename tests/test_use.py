@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import REPO, tiny
 
 from keras_resnet import data
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 
 def _history_steps(model_dir) -> list[int]:

@@ -9,7 +9,8 @@
 - `pipeline`: `load(name, ...)` and `load_config(DataConfig, ...)` -> `Datasets`.
 """
 
-from keras_resnet import _lazy, register
+from keras_resnet import _lazy
+from keras_resnet.models import register
 
 register()  # a model.keras loads once any stage package is imported
 

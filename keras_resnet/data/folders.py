@@ -1,7 +1,7 @@
 """Image folders, ROOT/<split>/<class>/<image> (JPEG or PNG): listed, checked, decoded once.
 
 Every file is decoded once to find the corrupt ones (and those that declare more than
-`storage.MAX_PIXELS`) and the mean; a folder that fits in a quarter of RAM stays decoded in
+`config.MAX_PIXELS`) and the mean; a folder that fits in a quarter of RAM stays decoded in
 memory, a bigger one is decoded on every pass and its scan is cached until a file changes.
 """
 
@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import console
+from keras_resnet.config import MAX_PIXELS
 from keras_resnet.data import splits
 from keras_resnet.data.storage import (
     AUTOTUNE,
     JPEG_MAGIC,
-    MAX_PIXELS,
     PNG_MAGIC,
     ImageFiles,
     Source,

@@ -11,8 +11,8 @@ import numpy as np
 
 from keras_resnet import data, files
 from keras_resnet.config import TrainConfig
+from keras_resnet.rundir import RunDir
 from keras_resnet.training.precision import precision_policy
-from keras_resnet.training.rundir import RunDir
 
 
 def train_error(cfg: TrainConfig) -> float:

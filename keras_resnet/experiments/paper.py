@@ -21,8 +21,8 @@ from keras_resnet.experiments import figures
 from keras_resnet.experiments.measure import response_stds, train_error
 from keras_resnet.experiments.options import PAPER_TABLE6, REFERENCE_TABLE6, Options
 from keras_resnet.experiments.plan import paper_config, search_name, train_all
+from keras_resnet.rundir import RunDir, Summary
 from keras_resnet.training.precision import precision_policy
-from keras_resnet.training.rundir import RunDir, Summary
 from keras_resnet.tuning.searching import search
 from keras_resnet.tuning.tuner import trials_on_disk
 

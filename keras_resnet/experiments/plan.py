@@ -10,9 +10,9 @@ from keras_resnet.config import TrainConfig
 from keras_resnet.console import duration
 from keras_resnet.experiments.options import MACS_PER_SECOND, RUN_OVERHEAD_S, SPLIT_SIZES, Options
 from keras_resnet.models import specs
+from keras_resnet.rundir import RunDir, Summary
 from keras_resnet.training import carry, procedure
 from keras_resnet.training.procedure import resumes_at
-from keras_resnet.training.rundir import RunDir, Summary
 from keras_resnet.tuning.searching import default_tune_dir
 from keras_resnet.tuning.tuner import trials_on_disk
 

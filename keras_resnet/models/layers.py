@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_resnet.models import specs
+
 
 @keras.saving.register_keras_serializable(package="keras_resnet")
 class ZeroPadShortcut(keras.layers.Layer):
@@ -162,11 +164,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def _ghost_call(self, inputs):
         """Training: each group of `ghost_batch_size` examples normalized with its own statistics."""
         n = self.ghost_batch_size
-        if inputs.shape[0] is not None and inputs.shape[0] % n:
-            raise ValueError(
-                f"--ghost_batch_size={n} must divide the batch per replica, {inputs.shape[0]}: change "
-                "--ghost_batch_size or --batch_size."
-            )
+        if inputs.shape[0] is not None:  # each replica's batch: the strategy checked their split
+            specs.check_ghost_batch(n, inputs.shape[0])
         # float32 statistics under mixed precision, as Keras' layer computes them.
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         shape = ops.shape(x)

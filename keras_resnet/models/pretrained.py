@@ -1,9 +1,11 @@
 """Pretrained weights: where `build_model(weights=...)` gets them, and how they get into a network.
 
+Below `builder`, which loads these into a network once `network` has built it (as timm does).
+
 - "imagenet": Keras Applications' ResNet-50/101/152 ImageNet weights, fetched by Keras' own
   `keras.utils.get_file` with `keras.applications`' file names, URLs and md5 hashes (so into the
-  same cache, ~/.keras/models, and only once), loaded into Keras' ResNet and converted by
-  `from_keras_applications`.
+  same cache, ~/.keras/models, and only once), loaded into Keras' ResNet and converted as
+  `builder.from_keras_applications` converts (`keras_applications_arguments`).
 - "cifar10": the CIFAR-10 nets this package ships in `keras_resnet/models/weights/`:
   `<name>_cifar10.weights.h5` and `<name>_cifar10.json` (the mean image the net was trained
   with, its test error, the training data's `data_sha256`; see that folder's README).
@@ -27,6 +29,7 @@ import pathlib
 import tempfile
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -44,7 +47,7 @@ KERAS_APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet1
 # when converting): projections only where the shape changes, the stride on the first 1x1.
 _IMAGENET_BUILD = {"shortcut": "B", "bottleneck_stride": "1x1", "padding": "symmetric"}
 # How the shipped CIFAR-10 nets are built unless their record's "build" says otherwise.
-_CIFAR_BUILD = {"shortcut": "A", "padding": "symmetric"}
+CIFAR_BUILD = {"shortcut": "A", "padding": "symmetric"}
 _CIFAR_CLASSES = 10
 
 # The shipped weights. Module-level and read at every call, so that tests can point it elsewhere.
@@ -90,18 +93,16 @@ class Weights:
 def resolve(
     weights: str | os.PathLike | Weights,
     spec: specs.ModelSpec,
+    build: dict[str, str],
     *,
-    shortcut: str,
-    bottleneck_stride: str,
-    padding: str,
     include_top: bool,
     num_classes: int,
 ) -> Weights:
     """The `Weights` that `build_model(weights=...)` loads into the network of `spec` built with
-    these arguments; refused in one line, before any layer is built, when they cannot go in."""
+    `build` (its shortcut, bottleneck_stride and padding) and these arguments; refused in one line,
+    before any layer is built, when they cannot go in."""
     if isinstance(weights, Weights):
         return weights
-    build = {"shortcut": shortcut, "bottleneck_stride": bottleneck_stride, "padding": padding}
     if weights == IMAGENET:
         return _imagenet(spec, build, include_top, num_classes)
     if weights == CIFAR10:
@@ -194,28 +195,14 @@ def _load_keras_applications(name: str, include_top: bool, path: str, target: ke
 # ----------------------------------------------------------------------------- conversion
 
 
-def from_keras_applications(model: keras.Model, **options) -> keras.Model:
-    """This package's network computing what a Keras Applications ResNet computes, on raw pixels.
+def keras_applications_arguments(model: keras.Model) -> dict[str, Any]:
+    """`build_model`'s arguments for the network computing what the Keras Applications ResNet
+    `model` computes (`builder.from_keras_applications`), its weights included.
 
-    The result is `build_model("resnet50" | "resnet101" | "resnet152", ...)` with `model`'s
-    weights, its top (or none) and pooling, its input shape and classifier activation, and
-    `keras.applications.resnet.preprocess_input` inside (an `InputNormalization` after the input):
-    `converted.predict(images)` on RGB 0-255 images equals `model.predict(preprocess_input(images))`.
     Keras Applications keeps a bias in every convolution before its BN; it is folded into the BN
     (moving mean minus bias), and the moving variance absorbs the epsilons' difference (theirs
     1.001e-5, ours 1e-5), both in float64, so the two networks differ by float32 rounding only.
-
-    Args:
-        model: a `keras.applications` `ResNet50`, `ResNet101` or `ResNet152` (v1), any weights,
-            with or without the top, any pooling.
-        **options: `build_model`'s training arguments (`weight_decay`, `sync_bn`, `fused_bn`, ...);
-            the architecture is `model`'s.
-
-    Returns:
-        The converted `keras.Model`.
     """
-    from keras_resnet.models import builder  # builder imports this module when asked for weights
-
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     last = model.layers[-1]
     pooling = None
@@ -223,16 +210,15 @@ def from_keras_applications(model: keras.Model, **options) -> keras.Model:
         pooling = "avg"
     elif not dense and isinstance(last, keras.layers.GlobalMaxPooling2D):
         pooling = "max"
-    return builder.build_model(
-        _identify(model),
-        include_top=bool(dense),
-        pooling=pooling,
-        num_classes=dense[0].units if dense else None,
-        input_shape=tuple(model.input_shape[1:]),
-        classifier_activation=_activation(dense[0]) if dense else None,
-        weights=Weights(functools.partial(_transfer, model), CAFFE_MEAN_BGR, reverse_channels=True),
-        **options,
-    )
+    return {
+        "name": _identify(model),
+        "include_top": bool(dense),
+        "pooling": pooling,
+        "num_classes": dense[0].units if dense else None,
+        "input_shape": tuple(model.input_shape[1:]),
+        "classifier_activation": _activation(dense[0]) if dense else None,
+        "weights": Weights(functools.partial(_transfer, model), CAFFE_MEAN_BGR, reverse_channels=True),
+    }
 
 
 def _identify(model: keras.Model) -> str:
@@ -320,11 +306,19 @@ def _fold(conv: keras.layers.Conv2D, theirs, mine) -> None:
 # ----------------------------------------------------------------------------- CIFAR-10 and files
 
 
+def cifar10_files(
+    name: str, weights_dir: str | os.PathLike | None = None
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """(weights, record): where `name`'s shipped CIFAR-10 weights and their record are kept."""
+    folder = pathlib.Path(weights_dir or WEIGHTS_DIR)
+    return folder / (name + _CIFAR_WEIGHTS), folder / (name + _CIFAR_RECORD)
+
+
 def shipped_cifar10() -> list[str]:
     """The networks whose CIFAR-10 weights this package ships (`build_model(name, weights="cifar10")`)."""
     found = WEIGHTS_DIR.glob("*" + _CIFAR_WEIGHTS) if WEIGHTS_DIR.is_dir() else ()
     names = (path.name.removesuffix(_CIFAR_WEIGHTS) for path in found)
-    return sorted(name for name in names if (WEIGHTS_DIR / (name + _CIFAR_RECORD)).is_file())
+    return sorted(name for name in names if cifar10_files(name)[1].is_file())
 
 
 def cifar10_record(name: str) -> dict:
@@ -337,7 +331,7 @@ def cifar10_record(name: str) -> dict:
         raise WeightsNotFoundError(
             f"No CIFAR-10 weights are shipped for {name} ({listed}); to build it without: {_WITHOUT}."
         )
-    path = WEIGHTS_DIR / (name + _CIFAR_RECORD)
+    weights, path = cifar10_files(name)
     try:
         record = json.loads(path.read_text())
         record["mean"] = np.asarray(record["mean"], dtype=np.float32)
@@ -345,7 +339,7 @@ def cifar10_record(name: str) -> dict:
         raise WeightsMismatchError(
             f"{path} is not a CIFAR-10 weights record ({type(err).__name__}: {str(err)[:80]})."
         ) from None
-    return {**record, "weights": WEIGHTS_DIR / (name + _CIFAR_WEIGHTS)}
+    return {**record, "weights": weights}
 
 
 def _cifar10(spec: specs.ModelSpec, build: dict, include_top: bool, num_classes: int) -> Weights:
@@ -354,7 +348,7 @@ def _cifar10(spec: specs.ModelSpec, build: dict, include_top: bool, num_classes:
             f"weights='cifar10' are for the CIFAR nets; {spec.name} is an ImageNet net."
         )
     record = cifar10_record(spec.name)
-    expected = {**_CIFAR_BUILD, **record.get("build", {})}
+    expected = {**CIFAR_BUILD, **record.get("build", {})}
     expected.pop("bottleneck_stride", None)  # the CIFAR nets have no bottleneck
     if not spec.residual:
         expected.pop("shortcut", None)  # plain nets have none
@@ -390,44 +384,3 @@ def _check_build(what: str, expected: dict, given: dict) -> None:
         asked = ", ".join(f"{key}={given.get(key)!r}" for key in wrong)
         needed = ", ".join(f"{key}={value!r}" for key, value in wrong.items())
         raise WeightsMismatchError(f"{what} are for {needed}, not {asked}.")
-
-
-def ship_cifar10(run_dir: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """Makes a finished CIFAR-10 run (a `train.py --model_dir`) a shipped net: its final weights as
-    `<name>_cifar10.weights.h5` and its record (mean image, test error, data_sha256) beside them
-    (the command: models/weights/README.md)."""
-    run = pathlib.Path(run_dir)
-    try:
-        config, summary, info = (
-            json.loads((run / n).read_text()) for n in ("config.json", "summary.json", "data_info.json")
-        )
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"{run} is not a finished run with a readable record ({err}); nothing to ship."
-        ) from None
-    if config.get("dataset") != CIFAR10 or summary.get("test_error") is None:
-        raise ValueError(f"{run} is not a finished CIFAR-10 run with a test error: nothing to ship.")
-    build = {k: config[k] for k in ("shortcut", "padding") if config.get(k) and config[k] != _CIFAR_BUILD[k]}
-    trained = keras.saving.load_model(run / "model.keras", compile=False)
-    spec = specs.get_spec(config["model"], config.get("family") or None)
-    from keras_resnet.models.builder import build_model  # here: the builder imports this module
-
-    net = build_model(spec.name, family=spec.family, **build)
-    net.set_weights(trained.get_weights())  # the same network: only the optimizer stays behind
-    target = pathlib.Path(weights_dir or WEIGHTS_DIR)
-    target.mkdir(parents=True, exist_ok=True)
-    weights = target / (spec.name + _CIFAR_WEIGHTS)
-    tmp = weights.with_name(".tmp-" + weights.name)
-    net.save_weights(tmp)
-    os.replace(tmp, weights)
-    record = {
-        "mean": np.asarray(info["mean"], np.float32).round(4).tolist(),
-        "test_error": round(float(summary["test_error"]), 5),
-        "data_sha256": summary.get("data_sha256", ""),
-        "steps": summary["steps"],
-        **({"build": build} if build else {}),
-    }
-    path = target / (spec.name + _CIFAR_RECORD)
-    path.with_name(".tmp-" + path.name).write_text(json.dumps(record) + "\n")
-    os.replace(path.with_name(".tmp-" + path.name), path)
-    return weights

@@ -1,9 +1,10 @@
-"""The paper's architecture tables as data.
+"""The paper's architecture tables as data, and the choices and defaults of the builder's arguments.
 
 Every network of He et al. (2015) is one row here; `models.build_model` is the only code that
 turns a row into layers. A stage is `(block, filters, repeats)`, as in TF Model Garden's
 `RESNET_SPECS`: `filters` is the width of the block's 3x3 convolutions (a bottleneck block outputs
-4x that).
+4x that). Pure Python, below both `config` (whose flags offer these choices) and the builder
+(which takes them), so that each choice, default and check has one home.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ SHORTCUTS = ("A", "B", "C")
 # Section 4.1 uses option B for the bottleneck nets and 4.2 option A on CIFAR; B for ImageNet's
 # 18/34 too, the common reference (torchvision, Keras); Table 2's 18/34 used A: pass shortcut="A".
 DEFAULT_SHORTCUT = {CIFAR: "A", IMAGENET: "B"}
+
+# Where a bottleneck block strides: the paper's first 1x1, or its 3x3 ("ResNet v1.5" elsewhere).
+BOTTLENECK_STRIDES = ("1x1", "3x3")
+# Strided windows padded on every side as the paper's nets, or TensorFlow's "same" (bottom/right).
+PADDINGS = ("symmetric", "same")
+BN_MOMENTUM = 0.9  # PyTorch's 0.1 in Keras' convention; Caffe-era implementations use the same.
 
 Stage = tuple[str, int, int]  # (block, filters, repeats)
 
@@ -85,6 +92,31 @@ def check_shortcut(option: str) -> str:
     if not isinstance(option, str) or option.strip().upper() not in SHORTCUTS:
         raise ValueError(f"Unknown shortcut option {option!r}: expected one of {', '.join(SHORTCUTS)}.")
     return option.strip().upper()
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """Raises a ValueError naming `name`'s valid values when `value` is not one of `choices`."""
+    if value not in choices:
+        valid = ", ".join(c or "(empty)" if isinstance(c, str) else repr(c) for c in choices)
+        raise ValueError(f"{name}={value!r}: expected one of {valid}.")
+
+
+def check_bn_momentum(momentum: float) -> None:
+    """Raises a ValueError unless `momentum` (of the batch norms' moving statistics) is in (0, 1)."""
+    if not 0 < momentum < 1:
+        raise ValueError(f"bn_momentum must be in (0, 1) (e.g. 0.9, PyTorch's 0.1), got {momentum}.")
+
+
+def check_ghost_batch(ghost: int, batch: int, replicas: int = 1) -> None:
+    """Raises a ValueError unless ghost batches of `ghost` examples (0: off) divide each of `replicas`
+    replicas' share of `batch`."""
+    if ghost and (batch // replicas) % ghost:
+        share = f"--batch_size={batch}"
+        if replicas > 1:
+            share = f"{batch // replicas} per replica of {share}"
+        raise ValueError(
+            f"--ghost_batch_size={ghost} must divide {share}: change --ghost_batch_size or --batch_size."
+        )
 
 
 _NAME = re.compile(r"^(resnet|plain)(\d+)$")

@@ -7,7 +7,8 @@
 - `loading`: `load(run_dir)` -> `Classifier` (what `kr.load` is).
 """
 
-from keras_resnet import _lazy, register
+from keras_resnet import _lazy
+from keras_resnet.models import register
 
 register()  # a model.keras loads once any stage package is imported
 
@@ -17,7 +18,6 @@ __getattr__, __dir__ = _lazy.exports(
         "export": ".exporting",
         "export_run": ".exporting",
         "next_version": ".exporting",
-        "DEFAULT_MAX_PIXELS": ".exporting",
         "SIGNATURES": ".signatures",
         "example_prediction": ".warmup",
         "load": ".loading",

@@ -22,9 +22,10 @@ import keras
 import tensorflow as tf
 
 from keras_resnet import files, workarounds
+from keras_resnet.config import MAX_PIXELS
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
-from keras_resnet.data.storage import MAX_PIXELS
+from keras_resnet.rundir import RunDir
 from keras_resnet.serving import warmup
 from keras_resnet.serving.decode import decode_images
 from keras_resnet.serving.inference import Inference
@@ -39,9 +40,6 @@ from keras_resnet.serving.signatures import (
     PROBABILITIES,
     SIGNATURES,  # noqa: F401  (re-exported)
 )
-from keras_resnet.training.rundir import RunDir
-
-DEFAULT_MAX_PIXELS = MAX_PIXELS  # what one request image may declare (`data.storage.MAX_PIXELS`)
 
 
 def next_version(export_base: str | pathlib.Path) -> int:
@@ -58,7 +56,7 @@ def export(
     *,
     version: int | None = None,
     top_k: int = 5,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     tta: str = "none",
 ) -> pathlib.Path:
     """Writes `model` as version `version` (default: the next free one) of a servable.
@@ -124,7 +122,7 @@ def export_run(
     *,
     version: int | None = None,
     top_k: int = 5,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     tta: str | None = None,
 ) -> pathlib.Path:
     """Exports a training run: `<model_dir>/model.keras` with its `<model_dir>/data_info.json`.

@@ -19,12 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet.config import MAX_PIXELS
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
-from keras_resnet.data.storage import MAX_PIXELS
+from keras_resnet.rundir import RunDir
 from keras_resnet.serving.decode import decode_checked
 from keras_resnet.serving.inference import Inference
-from keras_resnet.training.rundir import RunDir
 
 
 class Classifier:

@@ -1,14 +1,14 @@
 """Training: one run of a `TrainConfig`, the same path whoever starts it.
 
 - `procedure`: `run(cfg)` and its steps (`Run`), the evaluation and export every caller shares.
-- `rundir`: the run folder (`RunDir`) and its summary (`Summary`) as types.
 - `callbacks`, `progress`, `checkpoints`: what happens between and around the steps.
 - `optimization`: loss, error metric, learning-rate schedule, SGD (registered objects).
 - `distribution`, `precision`, `signals`: tf.distribute, float32/bfloat16, Ctrl-C and SIGTERM.
 - `budget`: `--time_budget`, the run's length fitted to this machine's measured speed.
 """
 
-from keras_resnet import _lazy, register
+from keras_resnet import _lazy
+from keras_resnet.models import register
 
 register()  # a model.keras loads once any stage package is imported
 
@@ -23,8 +23,8 @@ __getattr__, __dir__ = _lazy.exports(
         "evaluate_model": ".evaluation",
         "export_model": ".evaluation",
         "resumes_at": ".procedure",
-        "RunDir": ".rundir",
-        "Summary": ".rundir",
+        "RunDir": "keras_resnet.rundir",
+        "Summary": "keras_resnet.rundir",
         "STOP": ".signals",
         "precision_policy": ".precision",
         "resolve_precision": ".precision",

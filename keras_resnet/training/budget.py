@@ -40,10 +40,10 @@ import keras
 
 from keras_resnet import files, models
 from keras_resnet.config import ConfigError, TrainConfig, run_length
+from keras_resnet.rundir import RunDir, Summary, refuse_config_changes
 from keras_resnet.training import distribution, procedure
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
-from keras_resnet.training.rundir import RunDir, Summary, refuse_config_changes
 
 # The first pause: 20 steps of tracing and filling the input pipeline, then 80 steady ones (25-45 s
 # of training on 2 cores, none thrown away). Over the first 40 steps one core measured 281 img/s at

@@ -30,10 +30,11 @@ from keras import ops
 
 from keras_resnet import files, plots
 from keras_resnet.config import OptimConfig, TrainConfig
+from keras_resnet.models.compiled import LearningRate
+from keras_resnet.rundir import RunDir
 from keras_resnet.training.checkpoints import Checkpointer
-from keras_resnet.training.optimization import LearningRate, global_step
+from keras_resnet.training.optimization import global_step
 from keras_resnet.training.progress import Progress
-from keras_resnet.training.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import shutil
 import keras
 
 from keras_resnet import files
+from keras_resnet.rundir import RunDir
 from keras_resnet.training.checkpoints import Checkpointer
-from keras_resnet.training.rundir import RunDir
 
 MANIFEST = "carry.json"
 # The run's records that travel with its checkpoint (the others are rebuilt or not needed).

@@ -13,7 +13,8 @@ import os
 import tensorflow as tf
 
 from keras_resnet import workarounds
-from keras_resnet.config import DISTRIBUTIONS, ConfigError, TrainConfig, ghost_batch_error
+from keras_resnet.config import DISTRIBUTIONS, ConfigError, TrainConfig
+from keras_resnet.models import specs
 
 
 def configure_cpu_devices(n: int) -> None:
@@ -139,7 +140,8 @@ def strategy_for(cfg: TrainConfig) -> tf.distribute.Strategy:
             f"--batch_size={batch} does not divide across {replicas} replicas: use a multiple of "
             f"{replicas} (e.g. {max(replicas, batch // replicas * replicas)})."
         )
-    ghost = cfg.model.ghost_batch_size
-    if ghost and (batch // replicas) % ghost:
-        raise ConfigError(ghost_batch_error(ghost, batch, replicas))
+    try:
+        specs.check_ghost_batch(cfg.model.ghost_batch_size, batch, replicas)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return strategy

@@ -19,9 +19,9 @@ import tensorflow as tf
 from keras_resnet import data, models, workarounds
 from keras_resnet.config import ConfigError
 from keras_resnet.data.info import IMAGENET_RECIPE
+from keras_resnet.rundir import RunDir
 from keras_resnet.training import optimization
 from keras_resnet.training.precision import precision_policy
-from keras_resnet.training.rundir import RunDir
 
 
 def evaluate_model(model: keras.Model, batches: tf.data.Dataset) -> dict[str, float]:

@@ -25,7 +25,7 @@ from keras_resnet import models
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.data.info import DataInfo
 from keras_resnet.models import pretrained
-from keras_resnet.training.rundir import RunDir
+from keras_resnet.rundir import RunDir
 
 NORMALIZATION = "input_normalization"  # the layer `pretrained.Weights.normalize` adds
 CLASSIFIER = "fc"

@@ -31,13 +31,13 @@ from keras_resnet import data, files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
 from keras_resnet.models import whitening
+from keras_resnet.rundir import RunDir, Summary, check_model_dir, claimed
 from keras_resnet.training import carry, distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import precision_policy
-from keras_resnet.training.rundir import RunDir, Summary, check_model_dir, claimed
 from keras_resnet.training.signals import STOP
 
 

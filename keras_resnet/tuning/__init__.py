@@ -7,7 +7,8 @@
 - `report`: a search's results table and figure.
 """
 
-from keras_resnet import _lazy, register
+from keras_resnet import _lazy
+from keras_resnet.models import register
 
 register()  # a model.keras loads once any stage package is imported
 

@@ -32,9 +32,9 @@ import keras_tuner
 
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
+from keras_resnet.rundir import RunDir
 from keras_resnet.training import distribution, evaluation, optimization, procedure
 from keras_resnet.training.precision import precision_policy
-from keras_resnet.training.rundir import RunDir
 from keras_resnet.training.signals import STOP
 from keras_resnet.tuning import cluster
 from keras_resnet.tuning.report import format_value, trial_rows, write_results

@@ -16,8 +16,8 @@ import keras_tuner
 from keras_resnet import files, workarounds
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.console import duration
+from keras_resnet.rundir import RunDir
 from keras_resnet.training import procedure
-from keras_resnet.training.rundir import RunDir
 from keras_resnet.training.signals import STOP
 from keras_resnet.tuning import cluster
 from keras_resnet.tuning.report import OBJECTIVE, format_value

@@ -6,7 +6,8 @@
 
 `summary.json` is written last, as the mark of a finished run; `Summary` is its schema, read back
 by the tuner and the experiments through `RunDir.read_summary`. `claimed` holds the folder for a
-run: proved writable, locked against a second writer.
+run: proved writable, locked against a second writer. It stands on `config` alone, below serving
+and training, which both read run folders.
 """
 
 from __future__ import annotations

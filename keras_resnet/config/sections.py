@@ -1,19 +1,10 @@
-"""The configuration of a training run: `TrainConfig`, four sections that flow one way.
+"""The four sections of a run's configuration, each a frozen dataclass whose fields are flags.
 
-    cfg = TrainConfig.of(model="resnet20", dataset="cifar10", train_steps=64000, model_dir="runs/r20")
-    cfg.model.name, cfg.data.batch_size, cfg.optim.learning_rate, cfg.run.model_dir
-    cfg.replace(model_dir="runs/other")      # a new config; sections are frozen
-
-Every field is a flag of `train.py` (its name, or the `flag` its metadata gives), so the sections
-are the single list of flags. Each section is handed whole to its stage: `ModelConfig` to the
-model builder, `DataConfig` to `data.load_config`, `OptimConfig` to the optimizer and schedule,
-`RunConfig` to the run procedure. Nothing downstream changes a config. Pure Python (no
-TensorFlow), so that bad flags are refused before TensorFlow starts. A run's `config.json` holds
-the flags flat, as every version wrote it, so old run folders still resume.
-
-The defaults are the paper's CIFAR-10 procedure (section 4.2): batch 128, SGD with momentum 0.9,
-weight decay 1e-4, learning rate 0.1 divided by 10 at 50% and 75% of the run. Every lever of the
-fast recipe (`configs/cifar10_resnet20_fast.cfg`) is off by default.
+`ModelConfig` (the network), `DataConfig` (the images and their augmentation), `OptimConfig` (what is
+minimised, for how long) and `RunConfig` (outputs, evaluation, devices), each with the check of its
+own flags; `option` makes a field a flag (its help, choices, whether it is operational). The choices
+and limits every flag shares are here too. `keras_resnet.config` composes them into `TrainConfig`.
+Pure Python, like the rest of `config`.
 """
 
 from __future__ import annotations
@@ -21,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from collections.abc import Iterator
-from typing import Any
 
 from keras_resnet.models import specs
 
@@ -31,10 +20,7 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "one_device")
 FLIPS = ("", "random", "alternating", "none")
 TTA = ("none", "flip", "flip_translate")
-PADDINGS = ("symmetric", "same")
 STEM_INITS = ("he", "pca")
-BN_MOMENTUM = 0.9  # models.builder.BN_MOMENTUM (that module imports Keras); a test holds them equal
-BOTTLENECK_STRIDES = ("1x1", "3x3")
 MAX_STEPS = 100_000_000  # 1,500x the paper's 64k iterations: anything longer is a typo
 SEED_RANGE = 2**32  # numpy's seeds
 OUTPUT_FLAGS = ("model_dir", "export_dir", "carry_dir")  # where a run writes: never part of a recipe
@@ -63,11 +49,11 @@ def _fail(message: str):
 
 def _check_choices(section) -> None:
     for f in dataclasses.fields(section):
-        choices = f.metadata.get("choices")
-        value = getattr(section, f.name)
-        if choices and value not in choices:
-            valid = ", ".join(c or "(empty)" for c in choices)
-            _fail(f"--{f.metadata['flag'] or f.name}={value!r}: expected one of {valid}.")
+        if choices := f.metadata.get("choices"):
+            try:
+                specs.check_choice(f"--{f.metadata['flag'] or f.name}", getattr(section, f.name), choices)
+            except ValueError as err:
+                _fail(str(err))
 
 
 def _check_at_least(section, minimum: int, *names: str) -> None:
@@ -85,15 +71,17 @@ class ModelConfig:
     )
     shortcut: str = option("", "Shortcut option A, B or C; empty: the paper's default for the family.")
     family: str = option("", "cifar or imagenet to override the family implied by the depth.")
-    bottleneck_stride: str = option("1x1", "Where a bottleneck block strides.", BOTTLENECK_STRIDES)
+    bottleneck_stride: str = option(
+        specs.BOTTLENECK_STRIDES[0], "Where a bottleneck block strides.", specs.BOTTLENECK_STRIDES
+    )
     zero_init_residual: bool = option(
         False, "Start each residual block's last BN scale at 0 (not the paper)."
     )
     padding: str = option(
-        "symmetric",
+        specs.PADDINGS[0],
         "Strided 3x3/7x7 convolutions and the max pool: symmetric as the paper's nets, or same "
         "(TensorFlow's bottom/right padding, which runs made before this flag used).",
-        PADDINGS,
+        specs.PADDINGS,
     )
     stem_init: str = option(
         "he",
@@ -104,7 +92,7 @@ class ModelConfig:
     )
     sync_bn: bool = option(False, "Synchronized batch norm: statistics over the global batch.")
     bn_momentum: float = option(
-        BN_MOMENTUM,
+        specs.BN_MOMENTUM,
         "Momentum of every batch norm's moving statistics (Keras' convention: 0.9 is PyTorch's 0.1).",
     )
     ghost_batch_size: int = option(
@@ -148,8 +136,10 @@ class ModelConfig:
                 _fail(f"--shortcut: {err}")
         if self.family and self.family not in specs.FAMILIES:
             _fail(f"--family={self.family!r}: expected one of {', '.join(specs.FAMILIES)}.")
-        if not 0 < self.bn_momentum < 1:
-            _fail(f"--bn_momentum must be in (0, 1) (e.g. 0.9, PyTorch's 0.1), got {self.bn_momentum}.")
+        try:
+            specs.check_bn_momentum(self.bn_momentum)
+        except ValueError as err:
+            _fail(f"--{err}")
         _check_at_least(self, 0, "ghost_batch_size")
         if self.ghost_batch_size and self.sync_bn:
             _fail(
@@ -339,167 +329,3 @@ class RunConfig:
         if not 0 <= self.seed < SEED_RANGE:
             _fail(f"--seed must be in [0, {SEED_RANGE - 1}], got {self.seed}.")
         _check_choices(self)
-
-
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
-
-
-def _flag_name(f: dataclasses.Field) -> str:
-    return f.metadata["flag"] or f.name
-
-
-def flag_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
-    """(flag name, section name, field) of every flag, in the sections' order."""
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            yield _flag_name(f), section, f
-
-
-_WHERE = {flag: (section, f.name) for flag, section, f in flag_fields()}
-
-
-def define_absl_flags() -> None:
-    """One absl flag per config field, so the config's sections are the single list of flags."""
-    from absl import flags
-
-    for name, _, f in flag_fields():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text, choices = f.metadata["help"], f.metadata.get("choices")
-        if choices:
-            flags.DEFINE_enum(name, default, list(choices), help_text)
-        elif isinstance(default, bool):
-            flags.DEFINE_bool(name, default, help_text)
-        elif isinstance(default, int):
-            flags.DEFINE_integer(name, default, help_text)
-        elif isinstance(default, float):
-            flags.DEFINE_float(name, default, help_text)
-        elif isinstance(default, tuple):
-            flags.DEFINE_list(name, [str(v) for v in default], help_text)
-        else:
-            flags.DEFINE_string(name, default, help_text)
-
-
-def from_absl_flags(parsed: Any) -> TrainConfig:
-    """The config of absl's parsed flags (`define_absl_flags`); bad milestones are a `ConfigError`."""
-    values = {name: parsed[name].value for name, _, _ in flag_fields()}
-    try:
-        values["lr_milestones"] = tuple(int(v) for v in values["lr_milestones"])
-    except ValueError:
-        raise ConfigError(
-            f"--lr_milestones must be integers, got {','.join(values['lr_milestones'])}."
-        ) from None
-    return TrainConfig.of(**values)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """A training run: its network, data, optimisation and run settings."""
-
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    run: RunConfig = dataclasses.field(default_factory=RunConfig)
-
-    @classmethod
-    def of(cls, **flags: Any) -> TrainConfig:
-        """The config of these flags (`model="resnet56", batch_size=64, ...`), defaults elsewhere."""
-        return cls().replace(**flags)
-
-    def replace(self, **flags: Any) -> TrainConfig:
-        """This config with some flags changed, each routed to its section."""
-        unknown = sorted(set(flags) - set(_WHERE))
-        if unknown:
-            raise TypeError(f"unknown flag(s) {', '.join(unknown)}")
-        changes: dict[str, dict[str, Any]] = {}
-        for flag, value in flags.items():
-            section, name = _WHERE[flag]
-            changes.setdefault(section, {})[name] = value
-        return dataclasses.replace(
-            self, **{s: dataclasses.replace(getattr(self, s), **c) for s, c in changes.items()}
-        )
-
-    def flags(self) -> dict[str, Any]:
-        """Every flag and its value, flat."""
-        return {flag: getattr(getattr(self, section), f.name) for flag, section, f in flag_fields()}
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.flags().items()}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        """A saved configuration (flat flags). One saved before `padding` existed was built with "same"."""
-        if not isinstance(d, dict):
-            raise TypeError(f"a configuration is a JSON object of flags, not {type(d).__name__}")
-        return cls.of(**{"padding": "same", **{k: v for k, v in d.items() if k in _WHERE}})
-
-    def to_flags(self, outputs: bool = True) -> str:
-        """The configuration as an absl flag file (`train.py --flagfile=...`); without `outputs`, a
-        recipe: no --model_dir or --export_dir (the user says where it writes)."""
-        lines = []
-        for flag, value in self.flags().items():
-            if not outputs and flag in OUTPUT_FLAGS:
-                continue
-            if isinstance(value, bool):
-                lines.append(f"--{'' if value else 'no'}{flag}")
-            elif isinstance(value, tuple):
-                lines.append(f"--{flag}={','.join(map(str, value))}")
-            else:
-                lines.append(f"--{flag}={value}")
-        return "\n".join(lines) + "\n"
-
-    def training_fields(self) -> dict[str, Any]:
-        """The flags that define the run (a --model_dir may not silently change them)."""
-        operational = {flag for flag, _, f in flag_fields() if f.metadata["operational"]}
-        return {k: v for k, v in self.to_json().items() if k not in operational}
-
-    def check(self) -> None:
-        """Raises ConfigError naming the flag and the fix for every cheap-to-detect mistake."""
-        self.model.check()
-        self.data.check(self.model.spec)
-        self.optim.check()
-        self.run.check()
-        self._check_batch_norm()
-
-    def _check_batch_norm(self) -> None:
-        """The batch-norm levers that span sections. The ghost batch must divide each replica's
-        share of the batch: checked here for --cpu_devices, and where the strategy is known."""
-        ghost, batch = self.model.ghost_batch_size, self.data.batch_size
-        replicas = self.run.cpu_devices if self.run.distribution != "one_device" else 1
-        per_replica = batch // replicas if replicas > 1 and batch % replicas == 0 else batch
-        if ghost and per_replica % ghost:
-            _fail(ghost_batch_error(ghost, batch, batch // per_replica))
-        if self.optim.freeze_bn_scale and self.model.zero_init_residual:
-            _fail(
-                "--freeze_bn_scale with --zero_init_residual keeps each block's last BN scale at 0 (every "
-                "residual branch off for good): give one of them."
-            )
-
-
-def ghost_batch_error(ghost: int, batch: int, replicas: int) -> str:
-    """Why --ghost_batch_size does not fit --batch_size on `replicas` replicas (one line)."""
-    share = (
-        f"{batch // replicas} per replica of --batch_size={batch}"
-        if replicas > 1
-        else f"--batch_size={batch}"
-    )
-    return f"--ghost_batch_size={ghost} must divide {share}: change --ghost_batch_size or --batch_size."
-
-
-def check_config(cfg: TrainConfig) -> None:
-    cfg.check()
-
-
-def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
-    """(total_steps, steps per Keras epoch, Keras epochs) of a run over `steps_per_epoch`-step passes.
-
-    Keras epochs are chunks of --checkpoint_steps iterations (default: one pass over the data);
-    the last one is cut short so the run ends at exactly `total_steps`.
-    """
-    total_steps = cfg.optim.train_steps or cfg.optim.epochs * steps_per_epoch
-    chunk = cfg.run.checkpoint_steps or steps_per_epoch
-    return total_steps, chunk, math.ceil(total_steps / chunk)
-
-
-def milestones(optim: OptimConfig, total_steps: int) -> tuple[int, ...]:
-    """--lr_milestones, or the paper's 32k/48k of 64k scaled to the run: 50% and 75%."""
-    return optim.lr_milestones or (total_steps // 2, total_steps * 3 // 4)

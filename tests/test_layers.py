@@ -1,0 +1,133 @@
+"""Imports run one way: the package's layers (its docstring's table) and no cycle between modules.
+
+Every import of every module is read with `ast`, function-local and `TYPE_CHECKING` ones too, and
+the names a package's `_lazy.exports` maps to modules. An import names the module it reaches (a
+package's own `__init__` holds lazy names only, so the parent packages Python runs on the way do
+not count).
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+import shutil
+
+from conftest import REPO
+
+PACKAGE = "keras_resnet"
+
+
+def layer_table(root: pathlib.Path) -> list[tuple[str, list[str]]]:
+    """The rows of the layer table in `root/__init__.py`'s docstring, bottom first: (layer, full
+    names of its modules and packages)."""
+    doc = ast.get_docstring(ast.parse((root / "__init__.py").read_text()))
+    rows = re.findall(r"^\| (\w+) \| ([\w., ]+) \|$", doc, re.MULTILINE)[1:]  # after the header
+    assert len(rows) > 5, "the layer table is missing from the package docstring"
+    full = {"__init__": PACKAGE}
+    return [(layer, [full.get(n, f"{PACKAGE}.{n}") for n in names.split(", ")]) for layer, names in rows]
+
+
+def module_names(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = (PACKAGE, *path.relative_to(root).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(name: str, path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
+    """The package's modules that `name` imports anywhere in its file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(target: str, attribute: str = "") -> None:
+        if f"{target}.{attribute}" in modules:
+            found.add(f"{target}.{attribute}")
+        elif target in modules:
+            found.add(target)
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], base])
+            for alias in node.names:
+                add(base.rstrip("."), alias.name)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "exports" and node.args[1:]:
+            for value in getattr(node.args[1], "values", []):
+                target = value.value
+                add(package + target if target.startswith(".") else target)
+    found.discard(name)
+    return found
+
+
+def layer_of(name: str, table: list[tuple[str, list[str]]]) -> int:
+    """The row of the most specific name in `table` that is `name` or a package holding it."""
+    matches = [
+        (len(entry), row)
+        for row, (_, entries) in enumerate(table)
+        for entry in entries
+        if name == entry or (entry != PACKAGE and name.startswith(entry + "."))
+    ]
+    assert matches, f"{name} is in no row of the layer table in {PACKAGE}/__init__.py"
+    return max(matches)[1]
+
+
+def violations(root: pathlib.Path) -> list[str]:
+    """Every import that goes up a layer, and every cycle between modules, as one line each."""
+    table, modules = layer_table(root), module_names(root)
+    graph = {name: imports(name, path, modules) for name, path in modules.items()}
+    layer = {name: layer_of(name, table) for name in graph}
+    found = [
+        f"{name} ({table[layer[name]][0]}) imports {target} ({table[layer[target]][0]})"
+        for name, targets in graph.items()
+        for target in sorted(targets)
+        if layer[target] > layer[name]
+    ]
+    return found + [" -> ".join(cycle) for cycle in cycles(graph)]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each strongly connected group of modules (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                found.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_every_import_goes_down_a_layer_or_across_it_without_a_cycle():
+    assert violations(REPO / PACKAGE) == []
+
+
+def test_an_upward_import_or_a_cycle_is_caught_function_local_too(tmp_path):
+    root = tmp_path / PACKAGE
+    shutil.copytree(REPO / PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    for module, line in (
+        ("serving/loading.py", "from keras_resnet.training import procedure"),
+        ("models/network.py", "from keras_resnet.models import builder"),
+    ):
+        path = root / module
+        path.write_text(f"{path.read_text()}\n\ndef later():\n    {line}\n")
+    assert violations(root) == [
+        "keras_resnet.serving.loading (serving) imports keras_resnet.training.procedure (training)",
+        "keras_resnet.models.builder -> keras_resnet.models.network -> keras_resnet.models.builder",
+    ]
