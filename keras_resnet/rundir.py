@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import shutil
+import zipfile
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -127,6 +128,51 @@ class RunDir:
 
     def write_summary(self, summary: Summary) -> pathlib.Path:
         return files.write_json(self.summary, summary.to_json())
+
+    def model_damage(self) -> str | None:
+        """Why `model.keras` cannot be read (missing, not a whole archive, a member failing its
+        CRC), or None when it is sound. Keras says "File not found" for a cut archive."""
+        try:
+            size = self.model.stat().st_size
+            if not zipfile.is_zipfile(self.model):
+                return f"{size:,} bytes that are not a complete .keras archive (cut short or overwritten)"
+            with zipfile.ZipFile(self.model) as archive:
+                bad = archive.testzip()
+        except FileNotFoundError:
+            return "it is missing"
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as err:
+            return f"{type(err).__name__}: {str(err)[:80]}"
+        return f"{bad} inside it does not match its checksum" if bad else None
+
+    def load_model(self, **kwargs: Any):
+        """The saved `keras.Model` (keyword arguments go to `keras.saving.load_model`).
+
+        Raises:
+            DamagedFile: model.keras is missing or damaged; the message names the way out.
+        """
+        self.check_model()
+        import keras
+
+        return keras.saving.load_model(self.model, **{"safe_mode": True, **kwargs})
+
+    def check_model(self) -> None:
+        """Raises `DamagedFile` (naming the way out) unless model.keras is sound."""
+        damage = self.model_damage()
+        if damage is not None:
+            raise DamagedFile(f"{self.model} is damaged ({damage}): {self.rebuild_hint()}")
+
+    def rebuild_hint(self) -> str:
+        """How to get a sound model.keras back: the run's own command rebuilds it from a checkpoint."""
+        if self.flags.is_file() and self.checkpoints.is_dir():
+            return (
+                f"run its training command again (python train.py --flagfile={self.flags}), which rebuilds "
+                "it from the run's newest checkpoint, or restore it from a backup."
+            )
+        return "restore it from a backup, or train the run again."
+
+
+class DamagedFile(ValueError):
+    """A file a command reads from a run is there but cannot be read; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)

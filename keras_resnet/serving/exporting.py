@@ -137,7 +137,7 @@ def export_run(
             f"{run.path} has no {' or '.join(missing)}: pass the directory of a training run "
             f"(train.py --model_dir) as --model_dir."
         )
-    model = keras.saving.load_model(run.model, safe_mode=True, compile=False)
+    model = run.load_model(compile=False)  # a damaged model.keras: `DamagedFile`, with the way out
     info = DataInfo.load(run.path)
     if tta is None and run.config.is_file():  # absent: a model put there by hand, served as it is
         try:

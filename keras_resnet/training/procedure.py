@@ -85,7 +85,7 @@ def run(
         if chief and cfg.run.carry_dir:
             _restore_carry(cfg)
         # Re-checked under the lock: another run may have finished it meanwhile.
-        if summary := _finished(cfg):
+        if summary := _finished(cfg, again=True):
             return summary
         steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
         return steps.execute()
@@ -385,10 +385,23 @@ def resumes_at(model_dir: str | os.PathLike) -> int:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _finished(cfg: TrainConfig) -> Summary | None:
+def _finished(cfg: TrainConfig, again: bool = False) -> Summary | None:
+    """The summary of the finished run in --model_dir; None if there is work to do (`again`: said
+    already, asked again under the lock)."""
     if not check_model_dir(cfg):
         return None
-    summary = RunDir(cfg.run.model_dir).read_summary()
+    run = RunDir(cfg.run.model_dir)
+    summary = run.read_summary()
+    damage = run.model_damage()
+    if damage is not None:  # finished, but its model is lost: the run is not done
+        if not resumes_at(run.path):
+            raise ConfigError(
+                f"--model_dir: {run.model} is damaged ({damage}) and no checkpoint is left to rebuild it "
+                "from: restore it from a backup, or move the folder away and train again."
+            )
+        if not again:
+            print(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.", flush=True)
+        return None
     print(
         f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
         f"{_percent(summary.test_error)}); nothing to do.",
