@@ -32,6 +32,7 @@ class RunDir:
     CONFIG = "config.json"
     FLAGS = "flags.cfg"
     DATA_INFO = "data_info.json"
+    DATA_CHANGES = "data_changes.json"  # `datarecord`: the changes of data a run was allowed
     SUMMARY = "summary.json"
     HISTORY = "history.csv"
     CURVES = "curves.png"

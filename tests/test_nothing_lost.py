@@ -96,3 +96,44 @@ def test_a_finished_run_whose_damaged_model_is_rebuilt_from_its_newest_checkpoin
     with pytest.raises(ConfigError, match="no checkpoint is left to rebuild it"):
         training.run(cfg, verbose=0)
     assert run.summary.is_file() and run.model.stat().st_size == 0
+
+
+# ----------------------------------------------------------------------------- 2. data changed under a run
+
+
+@pytest.mark.slow
+def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    import json
+
+    from conftest import image_folder, tiny
+
+    root = tmp_path / "images"
+    image_folder(root)
+    cfg = tiny(tmp_path / "run", dataset=f"folder:{root}", batch_size=2, checkpoint_steps=2, train_steps=8)
+    cfg = cfg.replace(eval_test=False, image_size=8)
+    run = RunDir(cfg.run.model_dir)
+    assert training.run(cfg, verbose=0, until_step=4).step == 4  # stopped there, as by a SIGTERM
+    recorded = run.data_info.read_bytes()
+    shutil.copy(root / "train" / "a" / "0.png", root / "train" / "a" / "9.png")  # one image added
+    with pytest.raises(
+        ConfigError, match=r"files: fingerprint \w+ -> \w+; examples: 8 -> 9.*--allow_data_change"
+    ):
+        training.run(cfg, verbose=0)
+    assert run.data_info.read_bytes() == recorded and not run.summary.exists()
+    summary = training.run(cfg.replace(allow_data_change=True), verbose=0)
+    (change,) = json.loads((run.path / "data_changes.json").read_text())
+    assert change["step"] == 4
+    assert (change["before"]["train_examples"], change["after"]["train_examples"]) == (8, 9)
+    assert change["before"]["data_sha256"] == json.loads(recorded)["data_sha256"]
+    assert summary.steps == 8 and summary.train_examples == 9
+    assert json.loads(run.data_info.read_text())["train_examples"] == 9  # the data trained on since
+
+
+def test_a_run_resumed_on_its_own_data_keeps_its_record_as_written(tiny_run, tmp_path):
+    cfg = _copy(tiny_run, tmp_path)
+    run = RunDir(cfg.run.model_dir)
+    run.summary.unlink()
+    run.model.unlink()
+    os.utime(run.data_info, (1, 1))
+    training.run(cfg, verbose=0)
+    assert run.data_info.stat().st_mtime == 1 and not (run.path / "data_changes.json").exists()

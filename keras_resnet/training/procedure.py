@@ -32,7 +32,7 @@ from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
 from keras_resnet.models import whitening
 from keras_resnet.rundir import RunDir, Summary, check_model_dir, claimed
-from keras_resnet.training import carry, distribution, finetune, optimization
+from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
@@ -152,6 +152,7 @@ class Run:
         self.start_step = resumes_at(self.dir.path)
         self.datasets = load_data(self.cfg, self.strategy, start_step=self.start_step)
         self.info = self.datasets.info
+        self.data_change = datarecord.check(self.cfg, self.info, self.start_step)
         self.total_steps, self.chunk, _ = run_length(self.cfg, self.datasets.steps_per_epoch)
         _check_schedule(self.cfg, self.total_steps, self.chief)
         _check_tta(self.cfg, self.datasets)
@@ -206,7 +207,7 @@ class Run:
             # refuses (--allow_config_change to another depth) must leave the old record standing.
             files.write_json(self.dir.config, self.cfg.to_json())
             files.write_text(self.dir.flags, self.cfg.to_flags())
-            self.info.save(self.dir.path)
+            datarecord.record(self.dir, self.info, self.data_change)
             print(self.header(), flush=True)
         if STOP.requested:
             raise TrainingStopped(f"{STOP.requested} before training started; nothing was trained.", 130)
