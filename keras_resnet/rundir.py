@@ -42,6 +42,13 @@ class RunDir:
     BUDGET = "budget.json"
     TRAIN_ERROR = "train_error.json"
     TUNING = "tuning"
+    # Every name a run writes at the top of its folder: anything else there is the user's. Before
+    # its config.json (written before any other record) only these may be there: the rest is not ours.
+    BEFORE_CONFIG = frozenset((BUDGET, LOGS, TUNING))
+    OWN = frozenset(
+        (CONFIG, FLAGS, DATA_INFO, DATA_CHANGES, SUMMARY, HISTORY, CURVES, MODEL, CHECKPOINTS, TRAIN_ERROR)
+        + tuple(BEFORE_CONFIG)
+    )
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
@@ -260,6 +267,38 @@ def config_changes(old: TrainConfig, new: TrainConfig, ignore: Collection[str] =
         for k in after
         if before.get(k) != after[k] and k not in ignore
     ]
+
+
+def check_locations(cfg: TrainConfig) -> None:
+    """Refuses, before any work, a --model_dir or --export_dir holding files this project did not
+    write there, and an --export_dir that is --model_dir or one of its run files.
+
+    Raises:
+        ConfigError: one line naming the flag, a few of the files, and the fix.
+    """
+    model_dir = pathlib.Path(cfg.run.model_dir).expanduser().absolute()
+    export = pathlib.Path(cfg.run.export_dir).expanduser().absolute() if cfg.run.export_dir else None
+    beside = set()
+    if export is not None:
+        inside = export.is_relative_to(model_dir) and export != model_dir
+        if export == model_dir or (inside and export.relative_to(model_dir).parts[0] in RunDir.OWN):
+            raise ConfigError(
+                f"--export_dir={cfg.run.export_dir} is --model_dir={cfg.run.model_dir} or one of its run "
+                f"files: export beside the run, e.g. --export_dir={model_dir / 'export'}."
+            )
+        if model_dir.is_relative_to(export):
+            raise ConfigError(
+                f"--model_dir={cfg.run.model_dir} lies inside --export_dir={cfg.run.export_dir}, whose "
+                "folders TF Serving reads as versions: put them side by side."
+            )
+        beside = {export.relative_to(model_dir).parts[0]} if inside else set()
+    ours = RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG
+    try:
+        files.refuse_foreign(model_dir, "--model_dir", lambda name: name in ours or name in beside)
+        if export is not None:  # versions (digits) only
+            files.refuse_foreign(export, "--export_dir", str.isdigit)
+    except files.ForeignFiles as err:
+        raise ConfigError(str(err)) from None
 
 
 @contextlib.contextmanager

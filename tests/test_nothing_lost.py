@@ -137,3 +137,59 @@ def test_a_run_resumed_on_its_own_data_keeps_its_record_as_written(tiny_run, tmp
     os.utime(run.data_info, (1, 1))
     training.run(cfg, verbose=0)
     assert run.data_info.stat().st_mtime == 1 and not (run.path / "data_changes.json").exists()
+
+
+# ----------------------------------------------------------------------------- 3. a run folder is the run's
+
+
+def _mine(folder: pathlib.Path, *names: str) -> dict[pathlib.Path, bytes]:
+    """The user's own files in `folder`, as they were written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(f"the user's {name}\n".encode())
+    return {folder / name: (folder / name).read_bytes() for name in names}
+
+
+@pytest.mark.slow
+def test_folders_holding_the_users_files_are_refused_before_any_work(tmp_path):
+    from conftest import tiny
+
+    cfg = tiny(tmp_path / "run", train_steps=4)
+    flagfile = tmp_path / "run.cfg"
+    flagfile.write_text(cfg.to_flags())
+    base = ["train.py", f"--flagfile={flagfile}"]
+    cases = {  # where the user's files are -> the command and its flag
+        "run": (base, "--model_dir", ("history.csv", "notes.txt")),
+        "export": (base + [f"--export_dir={tmp_path / 'export'}"], "--export_dir", ("models.config",)),
+        "tuning": (base + ["--tune", f"--tune_dir={tmp_path / 'tuning'}"], "--tune_dir", ("plan.md",)),
+    }
+    for folder, (args, flag, names) in cases.items():
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        kept = _mine(tmp_path / folder, *names)
+        done = _command(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (folder, done.stdout[-2000:], done.stderr[-2000:])
+        assert flag in lines[0] and names[0] in lines[0] and "did not write" in lines[0], lines
+        assert {p: p.read_bytes() for p in kept} == kept  # untouched
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == sorted(names)  # nothing added
+        shutil.rmtree(tmp_path / folder)
+
+
+def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(tiny_run, tmp_path):
+    from keras_resnet.rundir import check_locations
+
+    cfg = _copy(tiny_run, tmp_path)
+    run = RunDir(cfg.run.model_dir)
+    (run.path / "budget.json").write_text("{}")
+    (run.path / ".DS_Store").write_text("")  # hidden: the OS's, never in the way
+    check_locations(cfg)  # a finished run folder, every file of it the project's
+    check_locations(cfg.replace(export_dir=str(run.path / "export")))  # beside the run's own files
+    for clash in (run.path, run.checkpoints, run.path / "model.keras" / "x"):
+        with pytest.raises(ConfigError, match="is --model_dir=.* or one of its run files"):
+            check_locations(cfg.replace(export_dir=str(clash)))
+    with pytest.raises(ConfigError, match="lies inside --export_dir"):
+        check_locations(cfg.replace(export_dir=str(tmp_path)))
+    # The project's names without its record (config.json) are not the project's.
+    _mine(tmp_path / "fresh", "history.csv")
+    with pytest.raises(ConfigError, match=r"--model_dir=.*fresh holds files .*\(history\.csv\)"):
+        check_locations(cfg.replace(model_dir=str(tmp_path / "fresh")))
