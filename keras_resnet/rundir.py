@@ -316,6 +316,8 @@ def claimed(cfg: TrainConfig, writes: bool) -> Iterator[None]:
         files.check_writable(model_dir, "--model_dir")
         if cfg.run.export_dir:
             files.check_writable(cfg.run.export_dir, "--export_dir")
+            # An export writing there now would refuse this run's export at its end: say so first.
+            files.DirLock(cfg.run.export_dir, purpose="export").acquire().release()
         if cfg.run.carry_dir:
             files.check_writable(cfg.run.carry_dir, "--carry_dir")
         lock = files.DirLock(model_dir, purpose="train.py run").acquire()

@@ -193,3 +193,48 @@ def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(t
     _mine(tmp_path / "fresh", "history.csv")
     with pytest.raises(ConfigError, match=r"--model_dir=.*fresh holds files .*\(history\.csv\)"):
         check_locations(cfg.replace(model_dir=str(tmp_path / "fresh")))
+
+
+# ------------------------------------------------------------------------- 4. outputs checked before work
+
+
+class _ExportLockedAt(__import__("keras").callbacks.Callback):
+    """Another export takes --export_dir's lock at `step` (it holds it past the run's end)."""
+
+    def __init__(self, export_dir: pathlib.Path, step: int):
+        super().__init__()
+        self.export_dir, self.step, self.lock = export_dir, step, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        from keras_resnet import files
+        from keras_resnet.training.optimization import global_step
+
+        if global_step(self.model) == self.step and self.lock is None:
+            self.lock = files.DirLock(self.export_dir, purpose="export").acquire()
+
+
+def test_an_export_dir_in_use_is_refused_before_work_and_an_export_failing_at_the_end_keeps_the_run(tmp_path):
+    from conftest import tiny
+
+    from keras_resnet import files
+    from keras_resnet.serving import exporting
+
+    export = tmp_path / "export"
+    cfg = tiny(tmp_path / "run", train_steps=4, checkpoint_steps=2, eval_test=False, export_dir=str(export))
+    run = RunDir(cfg.run.model_dir)
+    with (
+        files.DirLock(export, purpose="export"),
+        pytest.raises(ConfigError, match="export pid .* in use|in use by"),
+    ):
+        training.run(cfg, verbose=0)
+    assert not run.checkpoints.exists()  # nothing trained
+    late = _ExportLockedAt(export, 2)
+    with pytest.raises(
+        ConfigError, match=r"the export failed .*trained and kept.*export/export\.py --model_dir="
+    ):
+        training.run(cfg, verbose=0, callbacks=[late])
+    late.lock.release()
+    summary = run.read_summary()
+    assert summary.steps == 4 and summary.export_path is None and run.model.is_file()
+    assert training.run(cfg, verbose=0) == summary  # finished: the same command trains nothing again
+    assert (exporting.export_run(run.path, export) / "saved_model.pb").is_file()  # the command it gave

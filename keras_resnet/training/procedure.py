@@ -285,9 +285,23 @@ class Run:
             self.model.save(tmp)
 
     def export(self, summary: Summary) -> Summary:
-        """The next TF Serving version of the saved model under --export_dir."""
+        """The next TF Serving version of the saved model under --export_dir. An export that fails
+        (a full disk, another export holding the base) keeps the finished run: summary.json is
+        written, and one line gives the command that exports it."""
         example = self.datasets.test_example(0)
-        exported = export_model(self.dir.path, self.cfg.run.export_dir, self.cfg.run.tta, example)
+        export_dir = self.cfg.run.export_dir
+        try:
+            exported = export_model(self.dir.path, export_dir, self.cfg.run.tta, example)
+        except Exception as err:
+            if not (files.disk_full(err) or isinstance(err, (OSError, ValueError, files.Locked))):
+                raise
+            self.finish(summary)
+            why = "no space left on its device" if files.disk_full(err) else str(err)[:200]
+            raise ConfigError(
+                f"--export_dir={export_dir}: the export failed ({why}); the run is trained and kept in "
+                f"{self.dir.path}. Export it with: python export/export.py --model_dir={self.dir.path} "
+                f"--export_base={export_dir}"
+            ) from None
         return dataclasses.replace(summary, export_path=str(exported))
 
     def finish(self, summary: Summary) -> None:
