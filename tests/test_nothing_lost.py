@@ -238,3 +238,74 @@ def test_an_export_dir_in_use_is_refused_before_work_and_an_export_failing_at_th
     assert summary.steps == 4 and summary.export_path is None and run.model.is_file()
     assert training.run(cfg, verbose=0) == summary  # finished: the same command trains nothing again
     assert (exporting.export_run(run.path, export) / "saved_model.pb").is_file()  # the command it gave
+
+
+# ----------------------------------------------------------------------------- 5. interrupts outside training
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _until(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def _tensorflow_loading(proc: subprocess.Popen) -> bool:
+    """The command is importing TensorFlow (its own start-up, after its flags were read)."""
+    try:
+        return "tensorflow" in pathlib.Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_export_leaves_no_partial_version_and_the_same_command_exports(tiny_run, tmp_path):
+    import signal
+
+    cfg, _ = tiny_run
+    base = tmp_path / "export"
+    args = ["export/export.py", f"--model_dir={cfg.run.model_dir}", f"--export_base={base}"]
+    proc = _spawn(*args)
+    _until(lambda: base.is_dir() and any(p.name.startswith(".tmp-") for p in base.iterdir()), proc)
+    proc.send_signal(signal.SIGTERM)  # while the version is being written
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and err.strip().splitlines() == [
+        "export.py: SIGTERM: stopped; nothing half-written is left: run the same command again."
+    ], err[-2000:]
+    assert [p.name for p in base.iterdir() if p.name != ".lock"] == []  # no version, no temporary
+    done = _command(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (base / "1" / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["eval_only", "predict"])
+def test_ctrl_c_in_eval_only_and_predict_is_one_line_and_exit_130(tiny_run, tmp_path, command):
+    import signal
+
+    import tensorflow as tf
+
+    cfg, _ = tiny_run
+    image = tmp_path / "a.png"
+    image.write_bytes(tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy())
+    args = {
+        "eval_only": ["train.py", f"--model_dir={cfg.run.model_dir}", "--eval_only"],
+        "predict": ["-m", "keras_resnet.predict", f"--model_dir={cfg.run.model_dir}", str(image)],
+    }[command]
+    proc = _spawn(*args)
+    _until(lambda: _tensorflow_loading(proc), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "SIGINT: stopped" in lines[0], err[-2000:]
+    assert _command(*args).returncode == 0  # the same command again
