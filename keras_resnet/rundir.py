@@ -269,6 +269,14 @@ def config_changes(old: TrainConfig, new: TrainConfig, ignore: Collection[str] =
     ]
 
 
+def among_run_files(path: str | os.PathLike, model_dir: str | os.PathLike) -> bool:
+    """Whether `path` is the run folder `model_dir` or lies inside one of its run files."""
+    path, model_dir = (pathlib.Path(p).expanduser().absolute() for p in (path, model_dir))
+    return path == model_dir or (
+        path.is_relative_to(model_dir) and path.relative_to(model_dir).parts[0] in RunDir.OWN
+    )
+
+
 def check_locations(cfg: TrainConfig) -> None:
     """Refuses, before any work, a --model_dir or --export_dir holding files this project did not
     write there, and an --export_dir that is --model_dir or one of its run files.
@@ -281,7 +289,7 @@ def check_locations(cfg: TrainConfig) -> None:
     beside = set()
     if export is not None:
         inside = export.is_relative_to(model_dir) and export != model_dir
-        if export == model_dir or (inside and export.relative_to(model_dir).parts[0] in RunDir.OWN):
+        if among_run_files(export, model_dir):
             raise ConfigError(
                 f"--export_dir={cfg.run.export_dir} is --model_dir={cfg.run.model_dir} or one of its run "
                 f"files: export beside the run, e.g. --export_dir={model_dir / 'export'}."

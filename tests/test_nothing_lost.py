@@ -189,6 +189,14 @@ def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(t
             check_locations(cfg.replace(export_dir=str(clash)))
     with pytest.raises(ConfigError, match="lies inside --export_dir"):
         check_locations(cfg.replace(export_dir=str(tmp_path)))
+    from keras_resnet.serving import exporting
+
+    for clash in (run.path, run.checkpoints):  # export/export.py: the same rule
+        with pytest.raises(ValueError, match="is the run's folder or one of its files"):
+            exporting.export_run(run.path, clash)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == sorted(
+        p.name for p in RunDir(tiny_run[0].run.model_dir).checkpoints.iterdir()
+    )
     # The project's names without its record (config.json) are not the project's.
     _mine(tmp_path / "fresh", "history.csv")
     with pytest.raises(ConfigError, match=r"--model_dir=.*fresh holds files .*\(history\.csv\)"):
