@@ -301,12 +301,24 @@ def check_locations(cfg: TrainConfig) -> None:
             )
         beside = {export.relative_to(model_dir).parts[0]} if inside else set()
     ours = RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG
+
+    def run_file(name: str) -> bool:  # an earlier --export_dir beside the run is the run's too
+        return name in ours or name in beside or _export_base(model_dir / name)
+
     try:
-        files.refuse_foreign(model_dir, "--model_dir", lambda name: name in ours or name in beside)
+        files.refuse_foreign(model_dir, "--model_dir", run_file)
         if export is not None:  # versions (digits) only
             files.refuse_foreign(export, "--export_dir", str.isdigit)
     except files.ForeignFiles as err:
         raise ConfigError(str(err)) from None
+
+
+def _export_base(path: pathlib.Path) -> bool:
+    """A folder of TF Serving versions only (hidden names aside): an export this project wrote."""
+    try:
+        return path.is_dir() and all(name.isdigit() or name.startswith(".") for name in os.listdir(path))
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -184,6 +184,8 @@ def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(t
     (run.path / ".DS_Store").write_text("")  # hidden: the OS's, never in the way
     check_locations(cfg)  # a finished run folder, every file of it the project's
     check_locations(cfg.replace(export_dir=str(run.path / "export")))  # beside the run's own files
+    (run.path / "export" / "1").mkdir(parents=True)  # that export, then the run extended without it
+    check_locations(cfg)
     for clash in (run.path, run.checkpoints, run.path / "model.keras" / "x"):
         with pytest.raises(ConfigError, match="is --model_dir=.* or one of its run files"):
             check_locations(cfg.replace(export_dir=str(clash)))
