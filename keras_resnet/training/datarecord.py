@@ -87,7 +87,9 @@ def check(cfg: TrainConfig, loaded: DataInfo, step: int) -> DataChange | None:
     found = differences(saved, loaded)
     if not found:
         return None
-    if not cfg.run.allow_data_change:
+    # The same files split otherwise (--validation_split changed with --allow_config_change).
+    resplit = all(f.startswith("examples:") for f in found) and cfg.run.allow_config_change
+    if not (cfg.run.allow_data_change or resplit):
         raise ConfigError(
             f"--dataset={cfg.data.dataset} differs from the data the run in --model_dir={cfg.run.model_dir} "
             f"trained on until step {step} ({'; '.join(found)}): restore that data, use a new --model_dir, "
