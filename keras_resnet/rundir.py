@@ -313,6 +313,27 @@ def check_locations(cfg: TrainConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def check_space(cfg: TrainConfig, state_bytes: int) -> None:
+    """Refuses, before training, a --model_dir whose device cannot hold what the run must write:
+    a checkpoint of `state_bytes` beside the kept ones and the final model (two states for a new
+    run; a resumed one reuses its checkpoints' room). A disk filling later still ends in one line.
+
+    Raises:
+        ConfigError: too little space, with how much is free and needed.
+    """
+    run = RunDir(cfg.run.model_dir)
+    present = (
+        sum(p.stat().st_size for p in run.checkpoints.glob("ckpt-*.h5")) if run.checkpoints.is_dir() else 0
+    )
+    need, free = max(2 * state_bytes - present, state_bytes), shutil.disk_usage(run.path).free
+    if free < need:
+        raise ConfigError(
+            f"--model_dir={cfg.run.model_dir} has {free / 1e6:.1f} MB free on its device; this run needs at "
+            f"least {need / 1e6:.1f} MB (checkpoints of {state_bytes / 1e6:.1f} MB and the final model): "
+            "free some space or choose another --model_dir. Nothing was trained."
+        )
+
+
 def _export_base(path: pathlib.Path) -> bool:
     """A folder of TF Serving versions only (hidden names aside): an export this project wrote."""
     try:

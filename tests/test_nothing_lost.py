@@ -319,3 +319,28 @@ def test_ctrl_c_in_eval_only_and_predict_is_one_line_and_exit_130(tiny_run, tmp_
     lines = err.strip().splitlines()
     assert proc.returncode == 130 and len(lines) == 1 and "SIGINT: stopped" in lines[0], err[-2000:]
     assert _command(*args).returncode == 0  # the same command again
+
+
+@pytest.mark.slow
+def test_a_disk_without_room_for_the_runs_checkpoints_is_refused_before_any_step(tmp_path):
+    from conftest import tiny
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
+    try:
+        # 1.15 MB free: room for the 1 MB writability probe, not for ResNet-8's two 0.7 MB checkpoints.
+        (disk / "filler").write_bytes(bytes(2 * 1024 * 1024 - 1_150_000))
+        cfg = tiny(disk / "run", train_steps=60, eval_test=False)
+        flagfile = tmp_path / "run.cfg"
+        flagfile.write_text(cfg.to_flags())
+        done = _command("train.py", f"--flagfile={flagfile}")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+        assert "needs at least" in lines[0] and "Nothing was trained" in lines[0], lines
+        assert not (disk / "run" / "checkpoints").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -25,13 +25,14 @@ import time
 from collections.abc import Iterator, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_resnet import data, files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
 from keras_resnet.models import whitening
-from keras_resnet.rundir import RunDir, Summary, check_model_dir, claimed
+from keras_resnet.rundir import RunDir, Summary, check_model_dir, check_space, claimed
 from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
@@ -196,6 +197,8 @@ class Run:
 
     def restore(self) -> None:
         checkpointer = self.callbacks.checkpointer
+        if self.chief:  # room for a checkpoint and the model, before any step
+            check_space(self.cfg, _state_bytes(self.model, self.average))
         with self.strategy.scope():  # restoring may build the optimizer's variables
             try:
                 checkpointer.restore(self.model)
@@ -436,6 +439,16 @@ def _restore_carry(cfg: TrainConfig) -> None:
         raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
     if restored is not None:
         print(f"restored step {restored.step:,} from {restored.path} into {run.path}", flush=True)
+
+
+def _state_bytes(model: keras.Model, average: WeightAverage | None) -> int:
+    """A checkpoint's variables: weights and BN statistics, a momentum slot each trainable, the average."""
+    nbytes = lambda vs: sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in vs)  # noqa: E731
+    return (
+        nbytes(model.variables)
+        + nbytes(model.trainable_variables)
+        + (nbytes(average.average.variables) if average else 0)
+    )
 
 
 def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:
