@@ -78,9 +78,11 @@ def _check_command_flags() -> None:
 
 def _run(cfg: TrainConfig) -> None:
     """The one thing this command was asked to do, after its flags passed."""
-    from keras_resnet.rundir import RunDir
+    from keras_resnet.rundir import RunDir, check_locations
     from keras_resnet.training import budget, evaluation, procedure
 
+    if not (FLAGS.eval_only or FLAGS.tune):  # a search checks its own folders
+        check_locations(cfg)
     if FLAGS.eval_only:
         evaluation.evaluate_run(cfg.run.model_dir)
     elif FLAGS.tune:
@@ -112,24 +114,27 @@ def main(argv: list[str]) -> None:
             cfg.check()  # bad flags are refused before TensorFlow starts
     except ConfigError as err:
         sys.exit(f"train.py: error: {err}")
-    from keras_resnet import files, runtime
+    from keras_resnet import files, interrupts, runtime
 
-    runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)
-    from keras_resnet.training.procedure import TrainingStopped
+    # A signal outside training's own handling (which checkpoints first): one line, 130/143.
+    with interrupts.ending_the_command("train.py") as ending:
+        runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)
+        from keras_resnet.training.procedure import TrainingStopped
 
-    try:
-        _run(cfg)
-    except ConfigError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        code = 1
-    except TrainingStopped as err:
-        print(f"train.py: {err}", file=sys.stderr)
-        code = err.exit_code
-    except Exception as err:  # a full disk is the user's to fix: one line, not h5py's traceback
-        if not files.disk_full(err):
-            raise
-        print(f"train.py: error: {files.no_space(f'--model_dir={cfg.run.model_dir}')}", file=sys.stderr)
-        code, _full = 1, err  # kept: freeing h5py's open files in its frames prints their own traceback
+        try:
+            _run(cfg)
+        except ConfigError as err:
+            print(f"train.py: error: {err}", file=sys.stderr)
+            code = 1
+        except TrainingStopped as err:
+            print(f"train.py: {err}", file=sys.stderr)
+            code = err.exit_code
+        except Exception as err:  # a full disk is the user's to fix: one line, not h5py's traceback
+            if not files.disk_full(err):
+                raise
+            print(f"train.py: error: {files.no_space(f'--model_dir={cfg.run.model_dir}')}", file=sys.stderr)
+            code, _full = 1, err  # kept: freeing h5py's open files in its frames prints their own traceback
+    code = ending.exit_code or code
     from keras_resnet import workarounds
 
     workarounds.exit_before_finalization(code)

@@ -39,25 +39,29 @@ HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from keras_resnet import files, runtime
+    from keras_resnet import files, interrupts, runtime
 
-    runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
-    from keras_resnet.serving import exporting
+    # Ctrl-C or SIGTERM: one line, 130/143; the version being built is removed (`files.staging_dir`).
+    with interrupts.ending_the_command("export.py") as ending:
+        runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
+        from keras_resnet.serving import exporting
 
-    try:
-        path = exporting.export_run(
-            FLAGS.model_dir,
-            FLAGS.export_base,
-            version=FLAGS.version,
-            top_k=FLAGS.top_k,
-            max_pixels=FLAGS.max_pixels,
-            tta=FLAGS.tta,
-        )
-    except Exception as err:  # missing run, unwritable base, version taken, full disk: one line
-        full = files.disk_full(err)
-        if not (full or isinstance(err, (OSError, ValueError, files.Locked))):
-            raise
-        sys.exit(f"export.py: error: {files.no_space(FLAGS.export_base) if full else err}")
+        try:
+            path = exporting.export_run(
+                FLAGS.model_dir,
+                FLAGS.export_base,
+                version=FLAGS.version,
+                top_k=FLAGS.top_k,
+                max_pixels=FLAGS.max_pixels,
+                tta=FLAGS.tta,
+            )
+        except Exception as err:  # missing run, unwritable base, version taken, full disk: one line
+            full = files.disk_full(err)
+            if not (full or isinstance(err, (OSError, ValueError, files.Locked))):
+                raise
+            sys.exit(f"export.py: error: {files.no_space(FLAGS.export_base) if full else err}")
+    if ending.exit_code:
+        sys.exit(ending.exit_code)
     base, name = path.parent.resolve(), path.parent.resolve().name
     print(f"Exported {path}")
     print(f"  signatures: {', '.join(exporting.SIGNATURES)} (inputs and outputs: export/README.md)")

@@ -18,7 +18,7 @@ this table and walks every import):
 
 | layer | modules |
 |---|---|
-| base | _lazy, files, runtime, workarounds, console, plots |
+| base | _lazy, files, runtime, workarounds, console, plots, interrupts |
 | specs | models.specs |
 | config | config, rundir |
 | models | models |

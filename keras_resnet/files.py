@@ -21,7 +21,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 TMP_PREFIX = ".tmp-"
@@ -183,6 +183,27 @@ def no_space(where: str) -> str:
         f"no space left on the device of {where}: free some space and run the same command again "
         "(what was written before is kept; nothing half-written is left)."
     )
+
+
+def refuse_foreign(directory: str | os.PathLike, flag: str, ours: Callable[[str], bool]) -> None:
+    """Raises `ForeignFiles` when `directory` holds names `ours` does not claim, before anything is
+    written there: nothing of the user's is overwritten or deleted. Hidden names (locks,
+    temporaries, the OS's own) are never written by name, so never in the way."""
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    found = [n for n in names if not n.startswith(".") and not ours(n)]
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ForeignFiles(
+            f"{flag}={directory} holds files this project did not write ({shown}): they are left "
+            "untouched; use a new or empty directory, or move them away."
+        )
+
+
+class ForeignFiles(ValueError):
+    """A directory a command would write holds files the project did not write there."""
 
 
 class NotWritable(OSError):

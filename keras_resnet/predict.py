@@ -56,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    from keras_resnet import interrupts
+
+    code = 0
+    with interrupts.ending_the_command("predict") as ending:  # one line, 130/143, nothing half-written
+        code = main()
+    code = ending.exit_code or code
     from keras_resnet import workarounds
 
     workarounds.exit_before_finalization(code)

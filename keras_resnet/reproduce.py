@@ -89,12 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from keras_resnet.config import ConfigError
     from keras_resnet.console import duration
     from keras_resnet.experiments import paper, plan
+    from keras_resnet.rundir import check_locations
     from keras_resnet.training.procedure import TrainingStopped
 
     try:
         cfgs = plan.plan(options)
         if not dry_run:  # a bad results path is refused before hours of training, not after
             files.check_writable(options.results_dir, "--results")
+            for cfg in cfgs:  # a run folder holding the user's files, before any run starts
+                check_locations(cfg)
     except (ConfigError, files.NotWritable) as err:
         print(f"reproduce: error: {err}", file=sys.stderr, flush=True)
         return 1
@@ -121,7 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    from keras_resnet import interrupts
+
+    code = 0
+    with interrupts.ending_the_command("reproduce") as ending:  # one line, 130/143, nothing half-written
+        code = main()
+    code = ending.exit_code or code
     from keras_resnet import workarounds
 
     workarounds.exit_before_finalization(code)

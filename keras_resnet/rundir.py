@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import shutil
+import zipfile
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ class RunDir:
     CONFIG = "config.json"
     FLAGS = "flags.cfg"
     DATA_INFO = "data_info.json"
+    DATA_CHANGES = "data_changes.json"  # `datarecord`: the changes of data a run was allowed
     SUMMARY = "summary.json"
     HISTORY = "history.csv"
     CURVES = "curves.png"
@@ -40,6 +42,13 @@ class RunDir:
     BUDGET = "budget.json"
     TRAIN_ERROR = "train_error.json"
     TUNING = "tuning"
+    # Every name a run writes at the top of its folder: anything else there is the user's. Before
+    # its config.json (written before any other record) only these may be there: the rest is not ours.
+    BEFORE_CONFIG = frozenset((BUDGET, LOGS, TUNING))
+    OWN = frozenset(
+        (CONFIG, FLAGS, DATA_INFO, DATA_CHANGES, SUMMARY, HISTORY, CURVES, MODEL, CHECKPOINTS, TRAIN_ERROR)
+        + tuple(BEFORE_CONFIG)
+    )
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
@@ -128,6 +137,51 @@ class RunDir:
     def write_summary(self, summary: Summary) -> pathlib.Path:
         return files.write_json(self.summary, summary.to_json())
 
+    def model_damage(self) -> str | None:
+        """Why `model.keras` cannot be read (missing, not a whole archive, a member failing its
+        CRC), or None when it is sound. Keras says "File not found" for a cut archive."""
+        try:
+            size = self.model.stat().st_size
+            if not zipfile.is_zipfile(self.model):
+                return f"{size:,} bytes that are not a complete .keras archive (cut short or overwritten)"
+            with zipfile.ZipFile(self.model) as archive:
+                bad = archive.testzip()
+        except FileNotFoundError:
+            return "it is missing"
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError) as err:
+            return f"{type(err).__name__}: {str(err)[:80]}"
+        return f"{bad} inside it does not match its checksum" if bad else None
+
+    def load_model(self, **kwargs: Any):
+        """The saved `keras.Model` (keyword arguments go to `keras.saving.load_model`).
+
+        Raises:
+            DamagedFile: model.keras is missing or damaged; the message names the way out.
+        """
+        self.check_model()
+        import keras
+
+        return keras.saving.load_model(self.model, **{"safe_mode": True, **kwargs})
+
+    def check_model(self) -> None:
+        """Raises `DamagedFile` (naming the way out) unless model.keras is sound."""
+        damage = self.model_damage()
+        if damage is not None:
+            raise DamagedFile(f"{self.model} is damaged ({damage}): {self.rebuild_hint()}")
+
+    def rebuild_hint(self) -> str:
+        """How to get a sound model.keras back: the run's own command rebuilds it from a checkpoint."""
+        if self.flags.is_file() and self.checkpoints.is_dir():
+            return (
+                f"run its training command again (python train.py --flagfile={self.flags}), which rebuilds "
+                "it from the run's newest checkpoint, or restore it from a backup."
+            )
+        return "restore it from a backup, or train the run again."
+
+
+class DamagedFile(ValueError):
+    """A file a command reads from a run is there but cannot be read; the message says what to do."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
@@ -215,6 +269,79 @@ def config_changes(old: TrainConfig, new: TrainConfig, ignore: Collection[str] =
     ]
 
 
+def among_run_files(path: str | os.PathLike, model_dir: str | os.PathLike) -> bool:
+    """Whether `path` is the run folder `model_dir` or lies inside one of its run files."""
+    path, model_dir = (pathlib.Path(p).expanduser().absolute() for p in (path, model_dir))
+    return path == model_dir or (
+        path.is_relative_to(model_dir) and path.relative_to(model_dir).parts[0] in RunDir.OWN
+    )
+
+
+def check_locations(cfg: TrainConfig) -> None:
+    """Refuses, before any work, a --model_dir or --export_dir holding files this project did not
+    write there, and an --export_dir that is --model_dir or one of its run files.
+
+    Raises:
+        ConfigError: one line naming the flag, a few of the files, and the fix.
+    """
+    model_dir = pathlib.Path(cfg.run.model_dir).expanduser().absolute()
+    export = pathlib.Path(cfg.run.export_dir).expanduser().absolute() if cfg.run.export_dir else None
+    beside = set()
+    if export is not None:
+        inside = export.is_relative_to(model_dir) and export != model_dir
+        if among_run_files(export, model_dir):
+            raise ConfigError(
+                f"--export_dir={cfg.run.export_dir} is --model_dir={cfg.run.model_dir} or one of its run "
+                f"files: export beside the run, e.g. --export_dir={model_dir / 'export'}."
+            )
+        if model_dir.is_relative_to(export):
+            raise ConfigError(
+                f"--model_dir={cfg.run.model_dir} lies inside --export_dir={cfg.run.export_dir}, whose "
+                "folders TF Serving reads as versions: put them side by side."
+            )
+        beside = {export.relative_to(model_dir).parts[0]} if inside else set()
+    ours = RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG
+
+    def run_file(name: str) -> bool:  # an earlier --export_dir beside the run is the run's too
+        return name in ours or name in beside or _export_base(model_dir / name)
+
+    try:
+        files.refuse_foreign(model_dir, "--model_dir", run_file)
+        if export is not None:  # versions (digits) only
+            files.refuse_foreign(export, "--export_dir", str.isdigit)
+    except files.ForeignFiles as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_space(cfg: TrainConfig, state_bytes: int) -> None:
+    """Refuses, before training, a --model_dir whose device cannot hold what the run must write:
+    a checkpoint of `state_bytes` beside the kept ones and the final model (two states for a new
+    run; a resumed one reuses its checkpoints' room). A disk filling later still ends in one line.
+
+    Raises:
+        ConfigError: too little space, with how much is free and needed.
+    """
+    run = RunDir(cfg.run.model_dir)
+    present = (
+        sum(p.stat().st_size for p in run.checkpoints.glob("ckpt-*.h5")) if run.checkpoints.is_dir() else 0
+    )
+    need, free = max(2 * state_bytes - present, state_bytes), shutil.disk_usage(run.path).free
+    if free < need:
+        raise ConfigError(
+            f"--model_dir={cfg.run.model_dir} has {free / 1e6:.1f} MB free on its device; this run needs at "
+            f"least {need / 1e6:.1f} MB (checkpoints of {state_bytes / 1e6:.1f} MB and the final model): "
+            "free some space or choose another --model_dir. Nothing was trained."
+        )
+
+
+def _export_base(path: pathlib.Path) -> bool:
+    """A folder of TF Serving versions only (hidden names aside): an export this project wrote."""
+    try:
+        return path.is_dir() and all(name.isdigit() or name.startswith(".") for name in os.listdir(path))
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def claimed(cfg: TrainConfig, writes: bool) -> Iterator[None]:
     """Proves --model_dir and --export_dir writable and holds --model_dir's lock for the block.
@@ -230,6 +357,8 @@ def claimed(cfg: TrainConfig, writes: bool) -> Iterator[None]:
         files.check_writable(model_dir, "--model_dir")
         if cfg.run.export_dir:
             files.check_writable(cfg.run.export_dir, "--export_dir")
+            # An export writing there now would refuse this run's export at its end: say so first.
+            files.DirLock(cfg.run.export_dir, purpose="export").acquire().release()
         if cfg.run.carry_dir:
             files.check_writable(cfg.run.carry_dir, "--carry_dir")
         lock = files.DirLock(model_dir, purpose="train.py run").acquire()

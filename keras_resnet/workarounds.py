@@ -38,11 +38,11 @@ def exit_before_finalization(code: int) -> None:
     pytest session printed "180 passed" and then blocked in the same destructor during pytest's
     final `gc.collect()`. Callers call this when every file is written and closed and every lock
     released: the streams are flushed and the process leaves with `code`. On unaffected versions
-    it returns and the caller exits normally.
+    it returns and the caller exits normally, as it does when TensorFlow was never (or not wholly)
+    imported: no iterator exists then, and importing it now would print its start-up noise.
     """
-    import tensorflow as tf
-
-    if not affected(tf.__version__, "2.0", "2.21"):
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not hasattr(tf, "__version__") or not affected(tf.__version__, "2.0", "2.21"):
         return
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -320,6 +320,11 @@ class RunConfig:
     allow_config_change: bool = option(
         False, "Continue a --model_dir whose saved configuration differs.", operational=True
     )
+    allow_data_change: bool = option(
+        False,
+        "Resume a run on data that differs from its data_info.json (noted in the run).",
+        operational=True,
+    )
 
     def check(self) -> None:
         if not self.model_dir:

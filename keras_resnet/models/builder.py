@@ -94,10 +94,19 @@ def build_model(
         build = {"shortcut": option, "bottleneck_stride": bottleneck_stride, "padding": padding}
         source = pretrained.resolve(weights, spec, build, include_top=include_top, num_classes=num_classes)
     options = network.Options(
-        shortcut=option, num_classes=num_classes, input_shape=input_shape, include_top=include_top,
-        pooling=pooling, weight_decay=weight_decay, bottleneck_stride=bottleneck_stride,
-        classifier_activation=classifier_activation, sync_bn=sync_bn, fused_bn=fused_bn,
-        zero_init_residual=zero_init_residual, padding=padding, bn_momentum=bn_momentum,
+        shortcut=option,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        include_top=include_top,
+        pooling=pooling,
+        weight_decay=weight_decay,
+        bottleneck_stride=bottleneck_stride,
+        classifier_activation=classifier_activation,
+        sync_bn=sync_bn,
+        fused_bn=fused_bn,
+        zero_init_residual=zero_init_residual,
+        padding=padding,
+        bn_momentum=bn_momentum,
         ghost_batch_size=ghost_batch_size,
     )
     model = network.build_network(spec, options, source.normalize if source is not None else None)

@@ -25,7 +25,7 @@ from keras_resnet import files, workarounds
 from keras_resnet.config import MAX_PIXELS
 from keras_resnet.data.info import DataInfo
 from keras_resnet.data.recipes import eval_preprocess
-from keras_resnet.rundir import RunDir
+from keras_resnet.rundir import RunDir, among_run_files
 from keras_resnet.serving import warmup
 from keras_resnet.serving.decode import decode_images
 from keras_resnet.serving.inference import Inference
@@ -137,7 +137,12 @@ def export_run(
             f"{run.path} has no {' or '.join(missing)}: pass the directory of a training run "
             f"(train.py --model_dir) as --model_dir."
         )
-    model = keras.saving.load_model(run.model, safe_mode=True, compile=False)
+    if among_run_files(export_base, run.path):  # versions among a run's files: no longer its folder
+        raise ValueError(
+            f"--export_base={export_base} is the run's folder or one of its files: export beside it, "
+            f"e.g. --export_base={run.path / 'export'}."
+        )
+    model = run.load_model(compile=False)  # a damaged model.keras: `DamagedFile`, with the way out
     info = DataInfo.load(run.path)
     if tta is None and run.config.is_file():  # absent: a model put there by hand, served as it is
         try:

@@ -93,6 +93,6 @@ def load(run_dir: str | os.PathLike, *, tta: str | None = None) -> Classifier:
         raise FileNotFoundError(
             f"{run.path} has no {' or '.join(missing)}: pass the --model_dir of a finished training run."
         )
-    model = keras.saving.load_model(run.model, safe_mode=True, compile=False)
+    model = run.load_model(compile=False)  # a damaged model.keras: `DamagedFile`, with the way out
     config = run.read_config()
     return Classifier(model, DataInfo.load(run.path), tta or (config.run.tta if config else "none"))

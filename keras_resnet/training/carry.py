@@ -29,7 +29,7 @@ from keras_resnet.training.checkpoints import Checkpointer
 
 MANIFEST = "carry.json"
 # The run's records that travel with its checkpoint (the others are rebuilt or not needed).
-RECORDS = (RunDir.CONFIG, RunDir.FLAGS, RunDir.DATA_INFO, RunDir.HISTORY, RunDir.BUDGET)
+RECORDS = (RunDir.CONFIG, RunDir.FLAGS, RunDir.DATA_INFO, RunDir.DATA_CHANGES, RunDir.HISTORY, RunDir.BUDGET)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 

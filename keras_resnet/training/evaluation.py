@@ -19,7 +19,7 @@ import tensorflow as tf
 from keras_resnet import data, models, workarounds
 from keras_resnet.config import ConfigError
 from keras_resnet.data.info import IMAGENET_RECIPE
-from keras_resnet.rundir import RunDir
+from keras_resnet.rundir import DamagedFile, RunDir
 from keras_resnet.training import optimization
 from keras_resnet.training.precision import precision_policy
 
@@ -59,9 +59,13 @@ def evaluate_run(model_dir: str | os.PathLike) -> dict[str, float]:
             f"--eval_only needs --model_dir of a finished run (with {RunDir.CONFIG} and {RunDir.MODEL}); "
             f"{run.path} has {'neither' if cfg is None else f'no {RunDir.MODEL}'}."
         )
+    try:
+        run.check_model()  # before the data is loaded
+    except DamagedFile as err:
+        raise ConfigError(f"--model_dir: {err}") from None
     datasets = data.load_config(cfg.data)  # the same split and mean as the run trained with
     with precision_policy(cfg.run.precision):
-        model = keras.saving.load_model(run.model, safe_mode=True)
+        model = run.load_model()
         evaluated = models.with_test_time_augmentation(model, cfg.run.tta)
         if evaluated is not model:
             optimization.compile_for_evaluation(evaluated, cfg.optim)

@@ -25,14 +25,15 @@ import time
 from collections.abc import Iterator, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_resnet import data, files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration
 from keras_resnet.models import whitening
-from keras_resnet.rundir import RunDir, Summary, check_model_dir, claimed
-from keras_resnet.training import carry, distribution, finetune, optimization
+from keras_resnet.rundir import RunDir, Summary, check_model_dir, check_space, claimed
+from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
@@ -85,7 +86,7 @@ def run(
         if chief and cfg.run.carry_dir:
             _restore_carry(cfg)
         # Re-checked under the lock: another run may have finished it meanwhile.
-        if summary := _finished(cfg):
+        if summary := _finished(cfg, again=True):
             return summary
         steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
         return steps.execute()
@@ -152,6 +153,7 @@ class Run:
         self.start_step = resumes_at(self.dir.path)
         self.datasets = load_data(self.cfg, self.strategy, start_step=self.start_step)
         self.info = self.datasets.info
+        self.data_change = datarecord.check(self.cfg, self.info, self.start_step)
         self.total_steps, self.chunk, _ = run_length(self.cfg, self.datasets.steps_per_epoch)
         _check_schedule(self.cfg, self.total_steps, self.chief)
         _check_tta(self.cfg, self.datasets)
@@ -195,6 +197,8 @@ class Run:
 
     def restore(self) -> None:
         checkpointer = self.callbacks.checkpointer
+        if self.chief:  # room for a checkpoint and the model, before any step
+            check_space(self.cfg, _state_bytes(self.model, self.average))
         with self.strategy.scope():  # restoring may build the optimizer's variables
             try:
                 checkpointer.restore(self.model)
@@ -206,7 +210,7 @@ class Run:
             # refuses (--allow_config_change to another depth) must leave the old record standing.
             files.write_json(self.dir.config, self.cfg.to_json())
             files.write_text(self.dir.flags, self.cfg.to_flags())
-            self.info.save(self.dir.path)
+            datarecord.record(self.dir, self.info, self.data_change)
             print(self.header(), flush=True)
         if STOP.requested:
             raise TrainingStopped(f"{STOP.requested} before training started; nothing was trained.", 130)
@@ -284,9 +288,23 @@ class Run:
             self.model.save(tmp)
 
     def export(self, summary: Summary) -> Summary:
-        """The next TF Serving version of the saved model under --export_dir."""
+        """The next TF Serving version of the saved model under --export_dir. An export that fails
+        (a full disk, another export holding the base) keeps the finished run: summary.json is
+        written, and one line gives the command that exports it."""
         example = self.datasets.test_example(0)
-        exported = export_model(self.dir.path, self.cfg.run.export_dir, self.cfg.run.tta, example)
+        export_dir = self.cfg.run.export_dir
+        try:
+            exported = export_model(self.dir.path, export_dir, self.cfg.run.tta, example)
+        except Exception as err:
+            if not (files.disk_full(err) or isinstance(err, (OSError, ValueError, files.Locked))):
+                raise
+            self.finish(summary)
+            why = "no space left on its device" if files.disk_full(err) else str(err)[:200]
+            raise ConfigError(
+                f"--export_dir={export_dir}: the export failed ({why}); the run is trained and kept in "
+                f"{self.dir.path}. Export it with: python export/export.py --model_dir={self.dir.path} "
+                f"--export_base={export_dir}"
+            ) from None
         return dataclasses.replace(summary, export_path=str(exported))
 
     def finish(self, summary: Summary) -> None:
@@ -385,10 +403,23 @@ def resumes_at(model_dir: str | os.PathLike) -> int:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _finished(cfg: TrainConfig) -> Summary | None:
+def _finished(cfg: TrainConfig, again: bool = False) -> Summary | None:
+    """The summary of the finished run in --model_dir; None if there is work to do (`again`: said
+    already, asked again under the lock)."""
     if not check_model_dir(cfg):
         return None
-    summary = RunDir(cfg.run.model_dir).read_summary()
+    run = RunDir(cfg.run.model_dir)
+    summary = run.read_summary()
+    damage = run.model_damage()
+    if damage is not None:  # finished, but its model is lost: the run is not done
+        if not resumes_at(run.path):
+            raise ConfigError(
+                f"--model_dir: {run.model} is damaged ({damage}) and no checkpoint is left to rebuild it "
+                "from: restore it from a backup, or move the folder away and train again."
+            )
+        if not again:
+            print(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.", flush=True)
+        return None
     print(
         f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
         f"{_percent(summary.test_error)}); nothing to do.",
@@ -408,6 +439,16 @@ def _restore_carry(cfg: TrainConfig) -> None:
         raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
     if restored is not None:
         print(f"restored step {restored.step:,} from {restored.path} into {run.path}", flush=True)
+
+
+def _state_bytes(model: keras.Model, average: WeightAverage | None) -> int:
+    """A checkpoint's variables: weights and BN statistics, a momentum slot each trainable, the average."""
+    nbytes = lambda vs: sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in vs)  # noqa: E731
+    return (
+        nbytes(model.variables)
+        + nbytes(model.trainable_variables)
+        + (nbytes(average.average.variables) if average else 0)
+    )
 
 
 def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:

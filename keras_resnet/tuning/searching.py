@@ -40,6 +40,7 @@ from keras_resnet.tuning import cluster
 from keras_resnet.tuning.report import format_value, trial_rows, write_results
 from keras_resnet.tuning.space import apply_values, make_space, space_size
 from keras_resnet.tuning.tuner import (
+    PROJECT,
     NoTrialCompleted,
     ResNetHyperModel,
     SearchStopped,
@@ -47,6 +48,12 @@ from keras_resnet.tuning.tuner import (
     check_tuner,
     make_tuner,
     values_text,
+)
+
+# Every name a search writes at the top of its --tune_dir (module docstring): anything else is the user's.
+SEARCH_NAMES = frozenset(
+    {PROJECT, "search.json", "results.csv", "results.md", "results.png", "best.flags", "best", "export"}
+    | {"workers"}
 )
 
 
@@ -133,13 +140,16 @@ def search(
         )
     role = cluster.distributed_role()
     try:
+        files.refuse_foreign(tune_dir, "--tune_dir", SEARCH_NAMES.__contains__)
+        if cfg.run.export_dir:
+            files.refuse_foreign(cfg.run.export_dir, "--export_dir", str.isdigit)
         files.check_writable(tune_dir, "--tune_dir")
         if cfg.run.export_dir and role in (None, cluster.CHIEF):
             files.check_writable(cfg.run.export_dir, "--export_dir")
         # One search per directory; on a cluster the chief holds it, and each worker id its own.
         locked = tune_dir if role in (None, cluster.CHIEF) else tune_dir / "workers" / role
         lock = files.DirLock(locked, purpose=f"keras-tuner {role or 'search'}").acquire()
-    except (files.NotWritable, files.Locked) as err:
+    except (files.NotWritable, files.Locked, files.ForeignFiles) as err:
         raise ConfigError(str(err)) from None
     try:
         if role not in (None, cluster.CHIEF):

@@ -1,0 +1,346 @@
+"""Nothing of the user's lost, no work wasted (issue 49): a damaged model.keras named as damaged and
+rebuilt from its checkpoint, data changed under a resumed run, run folders holding the user's own
+files, output locations checked before the work, interrupts outside training. Digits and ResNet-8."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from keras_resnet import training
+from keras_resnet.config import ConfigError, TrainConfig
+from keras_resnet.rundir import RunDir
+
+
+def _copy(tiny_run, tmp_path: pathlib.Path, name: str = "run") -> TrainConfig:
+    cfg, _ = tiny_run
+    shutil.copytree(cfg.run.model_dir, tmp_path / name)
+    return cfg.replace(model_dir=str(tmp_path / name))
+
+
+def _damage(path: pathlib.Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    else:  # cut in half, as a full disk or an interrupted copy leaves it
+        os.truncate(path, path.stat().st_size // 2)
+
+
+def _command(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+# ----------------------------------------------------------------------------- 1. a damaged model.keras
+
+
+@pytest.mark.parametrize("how", ["half", "empty"])
+def test_a_damaged_model_is_named_as_damaged_by_load_and_export(tiny_run, tmp_path, how):
+    import keras_resnet as kr
+    from keras_resnet.serving import exporting
+
+    cfg = _copy(tiny_run, tmp_path)
+    model = RunDir(cfg.run.model_dir).model
+    _damage(model, how)
+    export = tmp_path / "e"
+    for attempt in (lambda: kr.load(cfg.run.model_dir), lambda: exporting.export_run(model.parent, export)):
+        with pytest.raises(ValueError, match=r"model\.keras is damaged .*flags\.cfg.*newest checkpoint"):
+            attempt()
+    assert not export.exists() or not any(export.iterdir())  # nothing exported
+
+
+@pytest.mark.slow
+def test_a_damaged_model_is_one_line_from_predict_export_and_eval_only(tiny_run, tmp_path):
+    cfg = _copy(tiny_run, tmp_path)
+    _damage(RunDir(cfg.run.model_dir).model, "half")
+    image = tmp_path / "a.png"
+    import tensorflow as tf
+
+    image.write_bytes(tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy())
+    commands = {
+        "predict": ["-m", "keras_resnet.predict", f"--model_dir={cfg.run.model_dir}", str(image)],
+        "export": ["export/export.py", f"--model_dir={cfg.run.model_dir}", f"--export_base={tmp_path / 'e'}"],
+        "eval_only": ["train.py", f"--model_dir={cfg.run.model_dir}", "--eval_only"],
+    }
+    for name, args in commands.items():
+        done = _command(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1, (name, done.stderr[-2000:])
+        assert len(lines) == 1 and "model.keras is damaged" in lines[0], (name, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and "File not found" not in done.stderr
+
+
+def test_a_finished_run_whose_damaged_model_is_rebuilt_from_its_newest_checkpoint(tiny_run, tmp_path, capsys):
+    import keras
+
+    cfg = _copy(tiny_run, tmp_path)
+    run = RunDir(cfg.run.model_dir)
+    before = [w.copy() for w in keras.saving.load_model(run.model, compile=False).get_weights()]
+    _damage(run.model, "half")
+    summary = training.run(cfg, verbose=0)
+    assert "model.keras is damaged" in capsys.readouterr().out
+    assert summary.steps == tiny_run[1].steps and summary.test_error == pytest.approx(tiny_run[1].test_error)
+    after = keras.saving.load_model(run.model, compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    # Without a checkpoint to rebuild it from: one line, and the files stay.
+    _damage(run.model, "empty")
+    shutil.rmtree(run.checkpoints)
+    with pytest.raises(ConfigError, match="no checkpoint is left to rebuild it"):
+        training.run(cfg, verbose=0)
+    assert run.summary.is_file() and run.model.stat().st_size == 0
+
+
+# ----------------------------------------------------------------------------- 2. data changed under a run
+
+
+@pytest.mark.slow
+def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    import json
+
+    from conftest import image_folder, tiny
+
+    root = tmp_path / "images"
+    image_folder(root)
+    cfg = tiny(tmp_path / "run", dataset=f"folder:{root}", batch_size=2, checkpoint_steps=2, train_steps=8)
+    cfg = cfg.replace(eval_test=False, image_size=8)
+    run = RunDir(cfg.run.model_dir)
+    assert training.run(cfg, verbose=0, until_step=4).step == 4  # stopped there, as by a SIGTERM
+    recorded = run.data_info.read_bytes()
+    shutil.copy(root / "train" / "a" / "0.png", root / "train" / "a" / "9.png")  # one image added
+    with pytest.raises(
+        ConfigError, match=r"files: fingerprint \w+ -> \w+; examples: 8 -> 9.*--allow_data_change"
+    ):
+        training.run(cfg, verbose=0)
+    assert run.data_info.read_bytes() == recorded and not run.summary.exists()
+    summary = training.run(cfg.replace(allow_data_change=True), verbose=0)
+    (change,) = json.loads((run.path / "data_changes.json").read_text())
+    assert change["step"] == 4
+    assert (change["before"]["train_examples"], change["after"]["train_examples"]) == (8, 9)
+    assert change["before"]["data_sha256"] == json.loads(recorded)["data_sha256"]
+    assert summary.steps == 8 and summary.train_examples == 9
+    assert json.loads(run.data_info.read_text())["train_examples"] == 9  # the data trained on since
+
+
+def test_a_run_resumed_on_its_own_data_keeps_its_record_as_written(tiny_run, tmp_path):
+    cfg = _copy(tiny_run, tmp_path)
+    run = RunDir(cfg.run.model_dir)
+    run.summary.unlink()
+    run.model.unlink()
+    os.utime(run.data_info, (1, 1))
+    training.run(cfg, verbose=0)
+    assert run.data_info.stat().st_mtime == 1 and not (run.path / "data_changes.json").exists()
+
+
+# ----------------------------------------------------------------------------- 3. a run folder is the run's
+
+
+def _mine(folder: pathlib.Path, *names: str) -> dict[pathlib.Path, bytes]:
+    """The user's own files in `folder`, as they were written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(f"the user's {name}\n".encode())
+    return {folder / name: (folder / name).read_bytes() for name in names}
+
+
+@pytest.mark.slow
+def test_folders_holding_the_users_files_are_refused_before_any_work(tmp_path):
+    from conftest import tiny
+
+    cfg = tiny(tmp_path / "run", train_steps=4)
+    flagfile = tmp_path / "run.cfg"
+    flagfile.write_text(cfg.to_flags())
+    base = ["train.py", f"--flagfile={flagfile}"]
+    cases = {  # where the user's files are -> the command and its flag
+        "run": (base, "--model_dir", ("history.csv", "notes.txt")),
+        "export": (base + [f"--export_dir={tmp_path / 'export'}"], "--export_dir", ("models.config",)),
+        "tuning": (base + ["--tune", f"--tune_dir={tmp_path / 'tuning'}"], "--tune_dir", ("plan.md",)),
+    }
+    for folder, (args, flag, names) in cases.items():
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        kept = _mine(tmp_path / folder, *names)
+        done = _command(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, (folder, done.stdout[-2000:], done.stderr[-2000:])
+        assert flag in lines[0] and names[0] in lines[0] and "did not write" in lines[0], lines
+        assert {p: p.read_bytes() for p in kept} == kept  # untouched
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == sorted(names)  # nothing added
+        shutil.rmtree(tmp_path / folder)
+
+
+def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(tiny_run, tmp_path):
+    from keras_resnet.rundir import check_locations
+
+    cfg = _copy(tiny_run, tmp_path)
+    run = RunDir(cfg.run.model_dir)
+    (run.path / "budget.json").write_text("{}")
+    (run.path / ".DS_Store").write_text("")  # hidden: the OS's, never in the way
+    check_locations(cfg)  # a finished run folder, every file of it the project's
+    check_locations(cfg.replace(export_dir=str(run.path / "export")))  # beside the run's own files
+    (run.path / "export" / "1").mkdir(parents=True)  # that export, then the run extended without it
+    check_locations(cfg)
+    for clash in (run.path, run.checkpoints, run.path / "model.keras" / "x"):
+        with pytest.raises(ConfigError, match="is --model_dir=.* or one of its run files"):
+            check_locations(cfg.replace(export_dir=str(clash)))
+    with pytest.raises(ConfigError, match="lies inside --export_dir"):
+        check_locations(cfg.replace(export_dir=str(tmp_path)))
+    from keras_resnet.serving import exporting
+
+    for clash in (run.path, run.checkpoints):  # export/export.py: the same rule
+        with pytest.raises(ValueError, match="is the run's folder or one of its files"):
+            exporting.export_run(run.path, clash)
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == sorted(
+        p.name for p in RunDir(tiny_run[0].run.model_dir).checkpoints.iterdir()
+    )
+    # The project's names without its record (config.json) are not the project's.
+    _mine(tmp_path / "fresh", "history.csv")
+    with pytest.raises(ConfigError, match=r"--model_dir=.*fresh holds files .*\(history\.csv\)"):
+        check_locations(cfg.replace(model_dir=str(tmp_path / "fresh")))
+
+
+# ------------------------------------------------------------------------- 4. outputs checked before work
+
+
+class _ExportLockedAt(__import__("keras").callbacks.Callback):
+    """Another export takes --export_dir's lock at `step` (it holds it past the run's end)."""
+
+    def __init__(self, export_dir: pathlib.Path, step: int):
+        super().__init__()
+        self.export_dir, self.step, self.lock = export_dir, step, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        from keras_resnet import files
+        from keras_resnet.training.optimization import global_step
+
+        if global_step(self.model) == self.step and self.lock is None:
+            self.lock = files.DirLock(self.export_dir, purpose="export").acquire()
+
+
+def test_an_export_dir_in_use_is_refused_before_work_and_an_export_failing_at_the_end_keeps_the_run(tmp_path):
+    from conftest import tiny
+
+    from keras_resnet import files
+    from keras_resnet.serving import exporting
+
+    export = tmp_path / "export"
+    cfg = tiny(tmp_path / "run", train_steps=4, checkpoint_steps=2, eval_test=False, export_dir=str(export))
+    run = RunDir(cfg.run.model_dir)
+    with (
+        files.DirLock(export, purpose="export"),
+        pytest.raises(ConfigError, match="export pid .* in use|in use by"),
+    ):
+        training.run(cfg, verbose=0)
+    assert not run.checkpoints.exists()  # nothing trained
+    late = _ExportLockedAt(export, 2)
+    with pytest.raises(
+        ConfigError, match=r"the export failed .*trained and kept.*export/export\.py --model_dir="
+    ):
+        training.run(cfg, verbose=0, callbacks=[late])
+    late.lock.release()
+    summary = run.read_summary()
+    assert summary.steps == 4 and summary.export_path is None and run.model.is_file()
+    assert training.run(cfg, verbose=0) == summary  # finished: the same command trains nothing again
+    assert (exporting.export_run(run.path, export) / "saved_model.pb").is_file()  # the command it gave
+
+
+# ----------------------------------------------------------------------------- 5. interrupts outside training
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _until(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def _tensorflow_loading(proc: subprocess.Popen) -> bool:
+    """The command is importing TensorFlow (its own start-up, after its flags were read)."""
+    try:
+        return "tensorflow" in pathlib.Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_export_leaves_no_partial_version_and_the_same_command_exports(tiny_run, tmp_path):
+    import signal
+
+    cfg, _ = tiny_run
+    base = tmp_path / "export"
+    args = ["export/export.py", f"--model_dir={cfg.run.model_dir}", f"--export_base={base}"]
+    proc = _spawn(*args)
+    _until(lambda: base.is_dir() and any(p.name.startswith(".tmp-") for p in base.iterdir()), proc)
+    proc.send_signal(signal.SIGTERM)  # while the version is being written
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and err.strip().splitlines() == [
+        "export.py: SIGTERM: stopped; nothing half-written is left: run the same command again."
+    ], err[-2000:]
+    assert [p.name for p in base.iterdir() if p.name != ".lock"] == []  # no version, no temporary
+    done = _command(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (base / "1" / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["eval_only", "predict"])
+def test_ctrl_c_in_eval_only_and_predict_is_one_line_and_exit_130(tiny_run, tmp_path, command):
+    import signal
+
+    import tensorflow as tf
+
+    cfg, _ = tiny_run
+    image = tmp_path / "a.png"
+    image.write_bytes(tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy())
+    args = {
+        "eval_only": ["train.py", f"--model_dir={cfg.run.model_dir}", "--eval_only"],
+        "predict": ["-m", "keras_resnet.predict", f"--model_dir={cfg.run.model_dir}", str(image)],
+    }[command]
+    proc = _spawn(*args)
+    _until(lambda: _tensorflow_loading(proc), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "SIGINT: stopped" in lines[0], err[-2000:]
+    assert _command(*args).returncode == 0  # the same command again
+
+
+@pytest.mark.slow
+def test_a_disk_without_room_for_the_runs_checkpoints_is_refused_before_any_step(tmp_path):
+    from conftest import tiny
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
+    try:
+        # 1.15 MB free: room for the 1 MB writability probe, not for ResNet-8's two 0.7 MB checkpoints.
+        (disk / "filler").write_bytes(bytes(2 * 1024 * 1024 - 1_150_000))
+        cfg = tiny(disk / "run", train_steps=60, eval_test=False)
+        flagfile = tmp_path / "run.cfg"
+        flagfile.write_text(cfg.to_flags())
+        done = _command("train.py", f"--flagfile={flagfile}")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+        assert "needs at least" in lines[0] and "Nothing was trained" in lines[0], lines
+        assert not (disk / "run" / "checkpoints").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
