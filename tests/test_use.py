@@ -4,8 +4,10 @@ command, score it again (--eval_only), and ask the commands for --help without w
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +131,58 @@ def test_help_answers_without_importing_tensorflow(command, flag):
     assert flag in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "tensorflow" not in imported and "keras" not in imported
+
+
+def _train_py(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_help_lists_every_flag_of_a_run_under_its_section_with_its_default_in_under_2_s():
+    from keras_resnet.config import flag_fields
+
+    began = time.perf_counter()
+    done = _train_py("--help")
+    took = time.perf_counter() - began
+    assert done.returncode == 0 and took < 2.0, (took, done.stderr[-2000:])
+    lines = done.stdout.splitlines()
+    headings = {line.split(":")[0]: i for i, line in enumerate(lines) if line and not line[0].isspace()}
+    where = {}
+    for i, line in enumerate(lines):
+        if line.startswith("  --"):
+            name = line.split()[0].removeprefix("--").removeprefix("[no]").split("=")[0]
+            where[name] = (max(h for h in headings.values() if h < i), line)
+    sections = {"model": "model", "data": "data", "optim": "optimization", "run": "run"}
+    for name, section, field in flag_fields():
+        heading, line = where[name]  # every field of TrainConfig is listed...
+        assert heading == headings[sections[section]], name  # ...under its section...
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        shown = line.split("(default: ")[1].rstrip(")")  # ...with its default
+        if isinstance(default, bool):
+            assert shown == str(default).lower(), name
+        elif isinstance(default, int | float):
+            assert float(shown) == default, name
+        else:
+            assert shown == (",".join(map(str, default)) if isinstance(default, tuple) else default) or (
+                not default and shown == "''"
+            ), name
+    assert len([line for line in lines if "--" in line]) >= len(list(flag_fields()))
+    full = _train_py("--helpfull")
+    assert full.returncode == 0 and "--verbosity" in full.stdout and "--flagfile" in full.stdout
+    assert all(f"--{name}" in full.stdout or f"--[no]{name}" in full.stdout for name, _, _ in flag_fields())
+
+
+@pytest.mark.slow
+def test_a_run_without_a_length_is_refused_as_help_says_and_the_preset_gives_one(tmp_path):
+    done = _train_py("--model=resnet8", "--dataset=digits", f"--model_dir={tmp_path / 'run'}")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "--train_steps" in done.stderr and "--epochs" in done.stderr
+    assert not (tmp_path / "run").exists()
+    assert "A run's length has no default" in _train_py("--help").stdout
+    preset = (REPO / "configs" / "quickstart.cfg").read_text()
+    assert "--epochs=" in preset or "--train_steps=" in preset
 
 
 @pytest.mark.slow
