@@ -72,6 +72,79 @@ def test_load_predicts_what_the_exported_serving_default_serves(tiny_run, tmp_pa
     assert [row[0] for row in top] == [b[0][0] for b in best]
 
 
+def _digit_images(n: int = 12) -> np.ndarray:
+    ds = data.load("digits", batch_size=32)
+    return np.stack([ds.test_example(i)[0] for i in range(n)])
+
+
+def test_predict_takes_images_as_keras_users_give_them(tiny_run):
+    import keras_resnet as kr
+
+    cfg, _ = tiny_run
+    classifier = kr.load(cfg.run.model_dir)
+    x = _digit_images()  # uint8 [12, H, W, 3], grey digits (equal channels)
+    want = classifier.predict(x)
+    assert want.shape == (12, 10)
+    got = {
+        "keras keywords": classifier.predict(x, verbose=0, batch_size=5),
+        "float 0..255": classifier.predict(x.astype("float32"), verbose=0, batch_size=8),
+        "float 0..1, said": classifier.predict(x / 255.0, value_range=(0, 1)),
+        "a tensor": classifier.predict(tf.constant(x)),
+        "one channel": classifier.predict(x[..., :1]),
+        "four channels": classifier.predict(np.concatenate([x, np.full_like(x[..., :1], 7)], -1)),
+        "a list": classifier.predict(list(x)),
+        "2-D grayscale, one by one": np.concatenate([classifier.predict(image[..., 0]) for image in x]),
+        "HWC, one by one": np.concatenate([classifier.predict(image) for image in x]),
+    }
+    for how, probabilities in got.items():
+        np.testing.assert_allclose(probabilities, want, atol=1e-5, err_msg=how)
+    larger = tf.image.resize(x[:2], [24, 20], method="nearest").numpy().astype(np.uint8)
+    mixed = classifier.predict([x[0], larger[0], x[1], larger[1]])
+    np.testing.assert_allclose(mixed[[0, 2]], want[:2], atol=1e-5)
+    np.testing.assert_allclose(mixed[[1, 3]], classifier.predict(larger), atol=1e-5)
+    assert [row[0][0] for row in classifier.top_k(x, k=1, batch_size=3, verbose=0)] == [
+        classifier.class_names[i] for i in want.argmax(1)
+    ]
+    assert classifier.predict(x[:0]).shape == (0, 10)
+
+
+def test_floats_within_0_1_warn_once_and_bad_input_is_one_line_not_a_traceback(tiny_run):
+    import warnings
+
+    import keras_resnet as kr
+
+    cfg, _ = tiny_run
+    classifier = kr.load(cfg.run.model_dir)
+    x = _digit_images(4)
+    with pytest.warns(UserWarning) as caught:
+        classifier.predict(x / 255.0)  # read as 0..255, as keras.applications would: a warning
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        classifier.predict(x.astype("float32"))  # 0..255 floats: no warning
+        classifier.predict(x / 255.0, value_range=(0, 1))
+    bad = {
+        "5-D": x[None],
+        "channels first": np.transpose(x, (0, 3, 1, 2)),
+        "2 channels": x[..., :2],
+        "grey batch without a channel axis": x[..., 0],
+        "strings": np.array(["a.png"]),
+        "bool": x > 0,
+        "NaN": np.full(x.shape, np.nan, np.float32),
+        "preprocessed floats": (x - 127.5) / 127.5,
+        "16-bit": x.astype(np.uint16) * 256,
+        "an empty image": np.zeros((0, 16, 3), np.uint8),
+        "a ragged list": [x[0], np.zeros((3, 3, 2), np.uint8)],
+    }
+    for how, images in bad.items():
+        with pytest.raises(ValueError) as refused:
+            classifier.predict(images)
+        assert refused.type is ValueError and "\n" not in str(refused.value), how
+        assert "[N, H, W, C]" in str(refused.value), how  # names the expected shape and dtype
+        with pytest.raises(ValueError):
+            classifier.top_k(images)
+
+
 def test_predict_command_prints_each_files_top_classes_and_refuses_bad_bytes(tiny_run, tmp_path, capsys):
     import keras_resnet as kr
     from keras_resnet import predict
