@@ -145,27 +145,81 @@ def test_floats_within_0_1_warn_once_and_bad_input_is_one_line_not_a_traceback(t
             classifier.top_k(images)
 
 
-def test_predict_command_prints_each_files_top_classes_and_refuses_bad_bytes(tiny_run, tmp_path, capsys):
+def test_predict_command_prints_each_files_top_classes_and_the_exports_reason_for_bad_files(
+    tiny_run, tmp_path, capsys
+):
     import keras_resnet as kr
     from keras_resnet import predict
 
     cfg, _ = tiny_run
     paths, _ = _digit_files(tmp_path, n=3)
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    files = [str(p) for p in [*paths, broken]]
-    assert predict.main([*files, f"--model_dir={cfg.run.model_dir}", "--top_k=2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
-    expected = kr.load(cfg.run.model_dir).top_k(kr.load(cfg.run.model_dir).decode_files(paths), k=2)
+    png = paths[0].read_bytes()
+    bad = {  # file: a word of the export's own reason
+        "cut.png": (png[:-20], "truncated"),
+        "anim.gif": (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "neither JPEG nor PNG"),
+        "empty.png": (b"", "neither JPEG nor PNG"),
+        "notes.txt": (b"not an image", "neither JPEG nor PNG"),
+    }
+    for name, (content, _) in bad.items():
+        (tmp_path / name).write_bytes(content)
+    files = [str(p) for p in paths] + [str(tmp_path / name) for name in bad]
+    assert predict.main([*files, f"--model_dir={cfg.run.model_dir}", "--top_k=2"]) == 1
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == len(files)
+    classifier = kr.load(cfg.run.model_dir)
+    expected = classifier.top_k(classifier.decode_files(paths), k=2)
     for line, path, best in zip(lines, paths, expected, strict=False):
         name, rest = line.split(": ", 1)
         assert name == str(path)
         assert [part.split()[0] for part in rest.split(", ")] == [c for c, _ in best]
-    assert lines[3].startswith(f"{broken}: refused: ") and len(lines[3]) < 200
+    for line, (name, (_, reason)) in zip(lines[3:], bad.items(), strict=True):
+        assert line.startswith(f"{tmp_path / name}: refused: ") and reason in line and "tf.Tensor" not in line
+    assert f"{len(bad)} of {len(files)}" in err  # how many were refused
+    assert predict.main([*files[:3], f"--model_dir={cfg.run.model_dir}"]) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         predict.main([str(tmp_path / "absent.png"), f"--model_dir={cfg.run.model_dir}"])
     assert "no such file" in capsys.readouterr().err
+
+
+def test_predict_command_reads_folders_recursively_in_order_and_answers_in_json(tiny_run, tmp_path, capsys):
+    import json
+
+    import keras_resnet as kr
+    from keras_resnet import predict
+
+    cfg, _ = tiny_run
+    paths, _ = _digit_files(tmp_path, n=4)
+    folder = tmp_path / "photos"
+    (folder / "b" / "deeper").mkdir(parents=True)
+    placed = [
+        folder / "b" / "deeper" / "z.png",
+        folder / "a.PNG",
+        folder / "b" / "c.png",
+        folder / "b" / "bad.png",
+    ]
+    for source, target in zip(paths, placed, strict=True):
+        target.write_bytes(source.read_bytes())
+    placed[3].write_bytes(paths[3].read_bytes()[:-20])
+    (folder / "readme.txt").write_text("left out: not an image")
+    code = predict.main(
+        [str(paths[0]), str(folder), f"--model_dir={cfg.run.model_dir}", "--json", "--top_k=3"]
+    )
+    assert code == 1  # bad.png
+    out, err = capsys.readouterr()
+    answers = [json.loads(line) for line in out.strip().splitlines()]
+    order = [str(paths[0]), *sorted(str(p) for p in placed)]
+    assert [a["file"] for a in answers] == order
+    classifier = kr.load(cfg.run.model_dir)
+    for answer in answers:
+        if answer["file"].endswith("bad.png"):
+            assert "truncated" in answer["refused"] and "classes" not in answer
+            continue
+        (best,) = classifier.top_k(classifier.decode_files([answer["file"]]), k=3)
+        assert [name for name, _ in answer["classes"]] == [name for name, _ in best]
+        np.testing.assert_allclose([p for _, p in answer["classes"]], [p for _, p in best], atol=1e-5)
+    assert "1 of 5" in err and "left out 1" in err
 
 
 def test_eval_only_scores_the_finished_run_as_it_scored_itself(tiny_run, tmp_path, capsys):
