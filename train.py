@@ -107,7 +107,7 @@ def _run(cfg: TrainConfig) -> None:
     elif FLAGS.time_budget:
         budget.run(cfg, FLAGS.time_budget, started=STARTED)
     else:
-        procedure.run(cfg)
+        procedure.run(cfg, started=STARTED)
 
 
 def main(argv: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -39,6 +40,32 @@ def test_extending_a_run_trains_the_extra_steps_mid_epoch_and_across_an_epoch_bo
     steps = _history_steps(cfg.run.model_dir)
     assert steps == sorted(steps) and {25, 35, 60} <= set(steps) and steps[-1] == 60
     assert training.resumes_at(cfg.run.model_dir) == 60
+
+
+@pytest.mark.slow
+def test_the_summary_times_the_whole_run_and_a_commands_own_segments_are_no_resume(tmp_path, capsys):
+    from keras_resnet import training
+
+    cfg = tiny(tmp_path / "run", train_steps=20, eval_test=False)
+    began = time.time()  # one command in two segments, as --time_budget runs it
+    paused = training.run(cfg, verbose=0, until_step=10, started=began)
+    time.sleep(1.0)
+    between = time.time() - began
+    first = training.run(cfg, verbose=0, started=began)
+    took = time.time() - began
+    assert (paused.step, first.steps, first.resumed_from_step) == (10, 20, 0)
+    assert first.command_time_s == pytest.approx(first.wall_time_s, abs=0.1)
+    assert between < first.wall_time_s <= took  # from the command's start: both segments
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from_step"] == 0
+    assert "of them in this command" not in capsys.readouterr().out
+
+    extended = cfg.replace(train_steps=30, allow_config_change=True)
+    again = time.time()
+    second = training.run(extended, verbose=0)  # another command: a resume
+    assert (second.steps, second.resumed_from_step) == (30, 20)
+    assert second.command_time_s <= time.time() - again
+    assert second.wall_time_s == pytest.approx(first.wall_time_s + second.command_time_s, abs=1.0)
+    assert "of them in this command" in capsys.readouterr().out
 
 
 def _digit_files(tmp_path, n: int = 6):
