@@ -34,7 +34,6 @@ SECTION_TITLES = {
     "optim": "optimization: the loss, the optimizer, the schedule and the run's length",
     "run": "run: outputs, evaluation, devices",
 }
-COMMAND_FLAGS = ("time_budget", "eval_only", "tune", "tuner", "max_trials", "tune_dir", "tune_wait", "search")
 
 
 def _define_flags() -> None:
@@ -167,7 +166,7 @@ def grouped_help() -> str:
     groups: dict[str, list[str]] = {}
     for name, section, _ in flag_fields():
         groups.setdefault(SECTION_TITLES[section], []).append(name)
-    groups["this command"] = list(COMMAND_FLAGS)
+    groups["this command"] = [f.name for f in FLAGS.get_flags_for_module(__name__)]  # `_define_flags`'s
     parts = [f"{title}:\n" + "\n".join(_flag_help(name) for name in names) for title, names in groups.items()]
     tail = "--flagfile=FILE reads flags from a file (configs/*.cfg); --helpfull lists absl's own flags too."
     return "\n\n".join([*parts, tail])
