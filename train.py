@@ -7,8 +7,9 @@
 
 Every flag is a field of `keras_resnet.config.TrainConfig`; the defaults are the paper's CIFAR-10
 procedure (batch 128, lr 0.1 divided by 10 at 50% and 75% of the run, momentum 0.9, weight decay
-1e-4). Run the same command again to resume from the last checkpoint in --model_dir.
-`--verbosity=0` shows the libraries' info logs too.
+1e-4). A run's length has no default: give --train_steps (the paper's CIFAR-10 nets: 64000) or
+--epochs, or a preset that gives one (--flagfile=configs/...). Run the same command again to resume
+from the last checkpoint in --model_dir. `--verbosity=0` shows the libraries' info logs too.
 
 Exit status: 0 done, 1 bad flags, data or output location (one line on stderr), 3 the loss
 diverged, 130 interrupted (checkpoint written).
@@ -17,15 +18,22 @@ diverged, 130 interrupted (checkpoint written).
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 
 from absl import app, flags
 
-from keras_resnet.config import ConfigError, TrainConfig, define_absl_flags, from_absl_flags
+from keras_resnet.config import ConfigError, TrainConfig, define_absl_flags, flag_fields, from_absl_flags
 
 STARTED = time.time()  # --time_budget counts the whole command (Python's own start: ~0.1 s before)
 FLAGS = flags.FLAGS
 HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
+SECTION_TITLES = {
+    "model": "model: the network",
+    "data": "data: the images and their augmentation",
+    "optim": "optimization: the loss, the optimizer, the schedule and the run's length",
+    "run": "run: outputs, evaluation, devices",
+}
 
 
 def _define_flags() -> None:
@@ -100,7 +108,7 @@ def _run(cfg: TrainConfig) -> None:
     elif FLAGS.time_budget:
         budget.run(cfg, FLAGS.time_budget, started=STARTED)
     else:
-        procedure.run(cfg)
+        procedure.run(cfg, started=STARTED)
 
 
 def main(argv: list[str]) -> None:
@@ -141,8 +149,36 @@ def main(argv: list[str]) -> None:
     sys.exit(code)
 
 
+def _flag_help(name: str) -> str:
+    """One flag as `--help` shows it: its name and default, then its help indented."""
+    flag = FLAGS[name]
+    choices = getattr(flag.parser, "enum_values", None)
+    if isinstance(flag.default, bool):
+        head, default = f"--[no]{name}", str(flag.default).lower()
+    else:
+        shown = "|".join(c or "''" for c in choices or ())
+        head = f"--{name}=<{shown}>" if choices else f"--{name}"
+        value = ",".join(map(str, flag.default)) if isinstance(flag.default, list) else flag.default
+        default = "none" if value is None else repr(value) if value in ("", []) else str(value)
+    text = flag.help.removeprefix(f"<{'|'.join(choices)}>: ") if choices else flag.help
+    body = textwrap.fill(text, width=100, initial_indent="      ", subsequent_indent="      ")
+    return f"  {head} (default: {default})\n{body}"
+
+
+def grouped_help() -> str:
+    """Every flag a run takes, under its config section (model, data, optimization, run), then this
+    command's own; absl's own flags (--flagfile, --verbosity, ...) are under --helpfull."""
+    groups: dict[str, list[str]] = {}
+    for name, section, _ in flag_fields():
+        groups.setdefault(SECTION_TITLES[section], []).append(name)
+    groups["this command"] = [f.name for f in FLAGS.get_flags_for_module(__name__)]  # `_define_flags`'s
+    parts = [f"{title}:\n" + "\n".join(_flag_help(name) for name in names) for title, names in groups.items()]
+    tail = "--flagfile=FILE reads flags from a file (configs/*.cfg); --helpfull lists absl's own flags too."
+    return "\n\n".join([*parts, tail])
+
+
 if __name__ == "__main__":
     if HELP & set(sys.argv[1:]):  # absl's --help exits 1; asking for help is no error
-        print(__doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else FLAGS.main_module_help()))
+        print(__doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else grouped_help()))
         sys.exit(0)
     app.run(main)

@@ -206,7 +206,8 @@ class Summary:
     data_sha256: str = ""  # of the training split's files, `data.fingerprint`
     weight_average: bool = False
     tta: str = "none"
-    wall_time_s: float = 0.0  # this invocation (a resumed run counts from its restart)
+    wall_time_s: float = 0.0  # the whole run: every command that trained it, each to its last checkpoint
+    command_time_s: float = 0.0  # the command that finished it (a resumed run: since it resumed)
     train_time_s: float = 0.0  # inside training steps, every invocation of the run
     images_per_sec: float = 0.0
     resumed_from_step: int = 0

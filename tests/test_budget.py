@@ -139,8 +139,16 @@ def test_a_budget_run_measures_its_own_steps_replans_and_a_rerun_continues(tmp_p
     # 9,700 s usable: 3 epochs; then from step 124 (an epoch at full size) (9,700 - 897.5 - the
     # seconds spent) / 160 more steps: 54 (55 with none spent).
     minutes = 9700 / 60 / (1 - budget.MARGIN)
-    summary = budget.run(cfg, minutes, started=time.time())  # measures again, from its checkpoint
+    began = time.time()
+    summary = budget.run(cfg, minutes, started=began)  # measures again, from its checkpoint
+    took = time.time() - began
     out = capsys.readouterr().out
+    # This command resumed the refused one at step 40; its own re-plans (at 80, 124) are no resume,
+    # and its time is the command's, beside the whole run's (the refused command's 40 steps too).
+    assert summary.resumed_from_step == 40
+    assert json.loads((model_dir / "summary.json").read_text())["resumed_from_step"] == 40
+    assert took - 5 < summary.command_time_s <= took < summary.wall_time_s
+    assert f"{summary.steps} steps in " in out and "of them in this command" in out
     saved = json.loads((model_dir / "budget.json").read_text())
     plan = saved["plan"]
     # Both pauses measured this machine: 16 px steps from step 40, full-size ones after the switch.

@@ -3,7 +3,9 @@ digits, and the README's quickstart end to end, offline."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -125,8 +127,9 @@ def test_digits_are_embedded_split_and_resized():
 
 @pytest.mark.slow
 def test_quickstart_trains_exports_and_serves_offline(tmp_path):
-    """The README's first command, on digits: exit 0, quiet, a served prediction, above chance."""
-    run_dir = tmp_path / "quickstart"
+    """The README's first command, on digits: exit 0, quiet, a served prediction, above chance; then
+    the README's commands that use the run, as written, from the folder the first command ran in."""
+    run_dir = tmp_path / "runs" / "quickstart"
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), f"--flagfile={REPO / 'configs' / 'quickstart.cfg'}"]
         + [f"--model_dir={run_dir}", f"--export_dir={run_dir / 'export'}"],
@@ -148,3 +151,20 @@ def test_quickstart_trains_exports_and_serves_offline(tmp_path):
     summary = RunDir(run_dir).read_summary()
     assert summary.test_error < 0.3  # chance is 0.9
     assert (run_dir / "export" / "1" / "saved_model.pb").is_file()
+
+    readme = (REPO / "README.md").read_text()
+    assert '"$PWD/runs/quickstart/export:/models/quickstart"' in readme  # the folder the first command wrote
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    commands = [
+        line.split("  # ")[0]
+        for line in readme.splitlines()
+        if line.startswith(("python -c ", "python -m keras_resnet.predict --model_dir=runs/quickstart"))
+    ]
+    assert len(commands) == 3  # the samples, a file, a folder
+    for command in commands:
+        argv = [sys.executable, *shlex.split(command)[1:]]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    answers = [json.loads(line) for line in done.stdout.splitlines()]  # the folder's, --json
+    assert [a["file"] for a in answers] == [f"samples/{i}.png" for i in range(5)]
+    assert all(len(a["classes"]) == 5 for a in answers)

@@ -39,23 +39,25 @@ def test_degradation_trains_each_net_once_with_one_recipe_and_writes_csv_and_fig
     assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("train_error", "test_error"))
     assert (root / "results" / "degradation.png").stat().st_size > 10_000
     # Every row names the data it was measured on: the runs' own fingerprint of the training files.
-    summary = RunDir(root / "runs" / "20" / "resnet8").read_summary()
+    summary = RunDir(root / "runs" / "digits" / "20" / "resnet8").read_summary()
     assert len(summary.data_sha256) == 16 and {(r["dataset"], r["data_sha256"]) for r in rows} == {
         ("digits", summary.data_sha256)
     }
-    configs = [(root / "runs" / "20" / m / "config.json").read_text() for m in ("plain8", "resnet8")]
+    configs = [
+        (root / "runs" / "digits" / "20" / m / "config.json").read_text() for m in ("plain8", "resnet8")
+    ]
     # Same recipe and seed; only the net differs.
     assert configs[0].replace("plain8", "resnet8") == configs[1]
     # The training error is the final model's on the training images in evaluation mode.
     from keras_resnet import data
 
-    model = keras.models.load_model(root / "runs" / "20" / "resnet8" / "model.keras")
+    model = keras.models.load_model(root / "runs" / "digits" / "20" / "resnet8" / "model.keras")
     ds = data.load("digits", eval_batch_size=1000)
     measured = model.evaluate(ds.train_evaluation(), verbose=0, return_dict=True)["error"]
     assert float(rows[1]["train_error"]) == pytest.approx(measured, abs=1e-4)
 
     # Run again: finished runs are skipped, not retrained.
-    summaries = [root / "runs" / "20" / m / "summary.json" for m in ("plain8", "resnet8")]
+    summaries = [root / "runs" / "digits" / "20" / m / "summary.json" for m in ("plain8", "resnet8")]
     before = [p.stat().st_mtime_ns for p in summaries]
     assert reproduce.main(["degradation", *args]) == 0
     assert [p.stat().st_mtime_ns for p in summaries] == before
@@ -64,7 +66,7 @@ def test_degradation_trains_each_net_once_with_one_recipe_and_writes_csv_and_fig
 @pytest.mark.slow
 def test_responses_reuse_the_trained_nets_and_list_every_3x3_layer(tiny):
     args, root = tiny
-    summary = root / "runs" / "20" / "resnet8" / "summary.json"
+    summary = root / "runs" / "digits" / "20" / "resnet8" / "summary.json"
     before = summary.stat().st_mtime_ns
     assert reproduce.main(["responses", *args]) == 0
     assert summary.stat().st_mtime_ns == before
@@ -83,7 +85,7 @@ def test_table6_puts_the_final_test_error_beside_the_papers_as_fractions(tiny, m
     monkeypatch.setitem(options.PAPER_TABLE6, "resnet8", 8.75)  # the paper has no ResNet-8
     assert reproduce.main(["table6", *args]) == 0
     (row,) = _read(root / "results" / "table6-20.csv")
-    summary = RunDir(root / "runs" / "20" / "resnet8").read_summary()
+    summary = RunDir(root / "runs" / "digits" / "20" / "resnet8").read_summary()
     assert float(row["test_error"]) == pytest.approx(summary.test_error, abs=1e-4)
     assert (row["model"], row["steps"], row["paper"], row["reference_pytorch"]) == (
         "resnet8",
@@ -143,9 +145,10 @@ def test_bad_arguments_and_dry_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["shortcuts", "--models=plain20"])
     assert "only in residual nets" in capsys.readouterr().err
-    assert reproduce.main(["degradation", "--dry_run", f"--out={tmp_path}"]) == 0
+    assert reproduce.main(["degradation", "--budget=cpu", "--dry_run", f"--out={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "4 run(s) of 4,000 iterations (plain20, plain56, resnet20, resnet56)" in out and "estimated" in out
+    assert "4 run(s) of 4,000 iterations (plain20, plain56, resnet20, resnet56) on cifar10" in out
+    assert "estimated" in out
     assert not any(tmp_path.iterdir())  # a dry run trains nothing
     # 50 and 152 are CIFAR depths (6n+2) and ImageNet ones: these experiments mean CIFAR's.
     assert reproduce.main(["table6", "--models=resnet50,resnet56", "--dry_run", f"--out={tmp_path}"]) == 0
@@ -191,11 +194,52 @@ def test_a_run_started_before_the_padding_flag_resumes_with_its_own(tmp_path):
 
 def test_results_go_to_the_runs_own_folder_and_a_bad_path_is_refused_before_training(tmp_path, capsys):
     """A quick look never overwrites the checkout's results/: they go under --out unless named."""
-    options_, _ = reproduce.parse(["degradation", "--dataset=digits", f"--out={tmp_path / 'runs'}"])
+    options_, _ = reproduce.parse(["degradation", "--budget=cpu", f"--out={tmp_path / 'runs'}"])
     assert options_.results_dir == tmp_path / "runs" / "results"
+    options_, _ = reproduce.parse(["degradation", "--dataset=digits", f"--out={tmp_path / 'runs'}"])
+    assert options_.results_dir == tmp_path / "runs" / "digits" / "results"  # not CIFAR-10's
     blocker = tmp_path / "file"
     blocker.write_text("")
     args = ["table6", "--models=resnet8", "--budget=2", "--dataset=digits", f"--out={tmp_path / 'runs'}"]
     assert reproduce.main([*args, f"--results={blocker / 'sub'}"]) == 1
     assert "--results=" in capsys.readouterr().err
-    assert not (tmp_path / "runs" / "2").exists()  # nothing was trained
+    assert not (tmp_path / "runs" / "digits" / "2").exists()  # nothing was trained
+
+
+def test_the_default_is_a_quick_look_on_the_digits_and_each_dataset_and_budget_has_its_folder(
+    tmp_path, capsys
+):
+    out = tmp_path / "runs"
+    quick = plan.plan(reproduce.parse(["degradation", f"--out={out}"])[0])
+    assert {(c.data.dataset, c.optim.train_steps) for c in quick} == {("digits", options.BUDGETS["quick"])}
+    assert plan.estimate_seconds(quick) < 15 * 60  # minutes, not hours (the paper's nets, 2 cores)
+    assert {pathlib.Path(c.run.model_dir).parent for c in quick} == {out / "digits" / "quick"}
+    assert (
+        plan.plan(reproduce.parse(["table6", "--budget=quick", f"--out={out}"])[0])[0].data.dataset
+        == "digits"
+    )
+    # A budget by name or number is the paper's CIFAR-10, in the folders every run before used:
+    # the long runs resume with the same command.
+    same = ["--models=plain20", f"--out={out}", f"--carry={tmp_path / 'carry'}"]
+    (long,) = plan.plan(reproduce.parse(["degradation", "--budget=16000", *same])[0])
+    assert (long.data.dataset, long.run.model_dir) == ("cifar10", str(out / "16000" / "plain20"))
+    assert long.run.carry_dir == str(tmp_path / "carry" / "16000" / "plain20")
+    (table6,) = plan.plan(reproduce.parse(["table6", "--budget=64k", f"--out={out}"])[0])
+    assert table6.run.model_dir == str(out / "64k" / "resnet20")
+    # The digits and CIFAR-10 at one budget no longer share a folder...
+    (digits,) = plan.plan(reproduce.parse(["table6", "--budget=cpu", "--dataset=digits", f"--out={out}"])[0])
+    (cifar,) = plan.plan(reproduce.parse(["table6", "--budget=cpu", f"--out={out}"])[0])
+    assert digits.run.model_dir == str(out / "digits" / "cpu" / "resnet20")
+    assert cifar.run.model_dir == str(out / "cpu" / "resnet20")
+    # ...but a digits run started in the shared folder before resumes where it is, and only the digits.
+    old = out / "cpu" / "resnet20"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps(digits.replace(model_dir=str(old)).to_json()))
+    (again,) = plan.plan(reproduce.parse(["table6", "--budget=cpu", "--dataset=digits", f"--out={out}"])[0])
+    assert again.run.model_dir == str(old)
+    (cifar,) = plan.plan(reproduce.parse(["table6", "--budget=cpu", f"--out={out}"])[0])
+    assert cifar.run.model_dir == str(old)  # its own folder (holding a digits run: train.py refuses it)
+    (elsewhere,) = plan.plan(
+        reproduce.parse(["table6", "--budget=300", "--dataset=cifar100", f"--out={out}"])[0]
+    )
+    assert elsewhere.run.model_dir == str(out / "cifar100" / "300" / "resnet20")

@@ -248,7 +248,7 @@ def test_a_finished_search_run_again_trains_and_exports_nothing_new(abc_search):
 
 
 @pytest.mark.slow
-def test_a_search_whose_every_trial_diverges_ends_in_one_message_also_when_run_again(tmp_path):
+def test_a_search_whose_every_trial_diverges_ends_in_one_message_also_when_run_again(tmp_path, capsys):
     # Four failures in a row: one more than keras-tuner's default limit, which raised from inside
     # the oracle and, run again, re-ran the third trial forever.
     cfg = tiny_config(tmp_path / "run", learning_rate=1e20, train_steps=4)
@@ -258,6 +258,16 @@ def test_a_search_whose_every_trial_diverges_ends_in_one_message_also_when_run_a
             tuning.search(cfg, search=search)
         trials = tuning.trials_on_disk(tmp_path / "run" / "tuning")
         assert [status for _, status, _ in trials] == ["FAILED"] * 4
+        # One numbering (the trials' ids and folders, from 0), and one line per failed trial with its
+        # reason, not a traceback, nor a run's advice that does not apply to a trial.
+        out = capsys.readouterr().out
+        ids = sorted(d.name.removeprefix("trial_") for _, _, d in trials)
+        failed = [
+            line for line in out.splitlines() if line.startswith("[tune] trial ") and " failed: " in line
+        ]
+        assert sorted(line.split()[2] for line in failed) == ids
+        assert all("diverged" in line for line in failed)
+        assert "Trial #" not in out and "Traceback" not in out and "--allow_config_change" not in out
 
 
 def test_grid_oracle_hands_every_worker_a_trial(tmp_path):

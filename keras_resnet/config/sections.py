@@ -230,7 +230,9 @@ class DataConfig:
 class OptimConfig:
     """What is minimised and how, for how long: handed to `training.optimization`."""
 
-    train_steps: int = option(0, "Training iterations; 0: use --epochs.")
+    train_steps: int = option(
+        0, "Training iterations (the paper's CIFAR-10 nets: 64000); 0: use --epochs. A run needs one of them."
+    )
     epochs: int = option(0, "Passes over the training set, when --train_steps is 0.")
     learning_rate: float = option(0.1, "Initial (peak, with --lr_warmup_steps) learning rate.")
     lr_schedule: str = option("step", "Learning-rate schedule.", SCHEDULES)

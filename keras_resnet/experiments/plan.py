@@ -4,6 +4,7 @@ runs an experiment makes, what is left of them, and the paper's own numbers to c
 from __future__ import annotations
 
 import json
+import pathlib
 from collections.abc import Sequence
 
 from keras_resnet.config import TrainConfig
@@ -23,6 +24,7 @@ def paper_config(
     """The paper's CIFAR-10 recipe (section 4.2) for `model`, scaled to the budget."""
     steps = options.budget
     spec = specs.get_spec(model, specs.CIFAR)
+    run_dir = _run_dir(options, name or model)
     cfg = TrainConfig.of(
         model=model,
         # resnet50 and resnet152 name ImageNet nets unless told; only those depths spell the family
@@ -41,23 +43,31 @@ def paper_config(
         warmup=spec.depth >= 110,
         precision=options.precision,
         seed=seed,
-        model_dir=str(options.out / options.budget_name / (name or model)),
-        carry_dir=str(options.carry / options.budget_name / (name or model)) if options.carry else "",
+        model_dir=str(run_dir),
+        carry_dir=str(options.carry / run_dir.relative_to(options.out)) if options.carry else "",
     )
     cfg.check()
-    return cfg.replace(padding=_saved_padding(cfg) or cfg.model.padding)
+    saved = _saved_config(run_dir)
+    return cfg.replace(padding=saved.model.padding if saved else cfg.model.padding)
 
 
-def _saved_padding(cfg: TrainConfig) -> str | None:
-    """The padding of a run (or search) already under way in cfg's folder: one started before
-    --padding existed resumes, and counts as done once finished, with its own."""
-    for path, key in (
-        (RunDir(cfg.run.model_dir).config, None),
-        (default_tune_dir(cfg) / "search.json", "config"),
-    ):
+def _run_dir(options: Options, name: str) -> pathlib.Path:
+    """The run's folder under `options.runs_dir`, or where a run of its dataset was started before
+    each dataset had a folder of its own (it resumes there)."""
+    for earlier in options.earlier_runs_dirs:
+        saved = _saved_config(earlier / name)
+        if saved and saved.data.dataset == options.dataset:
+            return earlier / name
+    return options.runs_dir / name
+
+
+def _saved_config(run_dir: pathlib.Path) -> TrainConfig | None:
+    """The config of a run (or search) already under way in `run_dir`: one started before
+    --padding existed resumes, and counts as done once finished, with its own padding."""
+    for path, key in ((RunDir(run_dir).config, None), (RunDir(run_dir).tuning / "search.json", "config")):
         try:
             saved = json.loads(path.read_text())
-            return TrainConfig.from_json(saved[key] if key else saved).model.padding
+            return TrainConfig.from_json(saved[key] if key else saved)
         except (OSError, ValueError, TypeError, KeyError):
             continue  # none, or damaged: training's own check of the folder says what is wrong
     return None

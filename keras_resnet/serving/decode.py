@@ -95,3 +95,17 @@ def _has_jpeg_end(image: tf.Tensor) -> tf.Tensor:
     (scan,) = tf.while_loop(in_header, lambda pos: (next_segment(pos),), (tf.constant(2),))
     end = tf.logical_and(tf.equal(data[:-1], 0xFF), tf.equal(data[1:], 0xD9))
     return tf.reduce_any(tf.logical_and(end, tf.range(tf.maximum(n - 1, 0)) >= scan))
+
+
+def refusal(message: str) -> str:
+    """The reason `decode_checked` refused an image, in one line without the request's index: the
+    text of its `tf.errors.InvalidArgumentError` message, whose own first line says only
+    "Expected 'tf.Tensor(False...)' to be true". A decoder's own error: its first line."""
+    if "Summarized data: " not in message:
+        lines = message.strip().splitlines()
+        return lines[0] if lines else "the decoder refused it"
+    parts = message.split("Summarized data: ", 1)[1].splitlines()
+    words = [p[2:-1] if p[:2] in ("b'", 'b"') else p for p in parts]
+    if words[:1] == ["Image"]:
+        words = words[2:]  # "Image", its index in the request
+    return " ".join(words).removeprefix("of the request is ").strip()

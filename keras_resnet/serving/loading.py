@@ -1,9 +1,13 @@
 """A trained run as a Python object: raw images in, class probabilities out.
 
-    clf = kr.load("runs/resnet20")              # model.keras + data_info.json (+ its --tta)
-    clf.predict(images)                          # uint8 RGB [N, H, W, 3], or a list of any sizes
-    clf.top_k(images, k=3)                       # [[("cat", 0.91), ("dog", 0.05), ...], ...]
+    clf = kr.load("runs/resnet20")                  # model.keras + data_info.json (+ its --tta)
+    clf.predict(images, batch_size=32, verbose=0)    # uint8 or float 0..255: an image, a batch, a list
+    clf.top_k(images, k=3)                           # [[("cat", 0.91), ("dog", 0.05), ...], ...]
+    clf.predict(images01, value_range=(0, 1))        # float pixels in 0..1
     clf.predict_files(["a.jpg", "b.png"])
+
+Images are taken as Keras users hold them (`serving.pixels`: [H, W] grayscale or 1, 3 or 4
+channels last, a batch or a list of sizes); anything else is one line naming the expected shape.
 
 Each image goes through the export's own steps (`serving.decode.decode_checked` for files, the
 recipe's evaluation view, the run's test-time views), so `predict` answers what the SavedModel's
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -25,6 +30,7 @@ from keras_resnet.data.recipes import eval_preprocess
 from keras_resnet.rundir import RunDir
 from keras_resnet.serving.decode import decode_checked
 from keras_resnet.serving.inference import Inference
+from keras_resnet.serving.pixels import PIXEL_RANGE, rgb_batches
 
 
 class Classifier:
@@ -44,25 +50,35 @@ class Classifier:
     def class_names(self) -> tuple[str, ...]:
         return self.info.class_names
 
-    def views(self, images: np.ndarray | Sequence[np.ndarray]) -> tf.Tensor:
-        """The evaluation views (float32 [N, S, S, 3]) of 0-255 RGB images of any sizes."""
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            return eval_preprocess(tf.constant(images), self.info)
-        return tf.concat([eval_preprocess(tf.constant(np.asarray(im))[None], self.info) for im in images], 0)
+    def views(self, images: Any, value_range: tuple[float, float] = PIXEL_RANGE) -> tf.Tensor:
+        """The evaluation views (float32 [N, S, S, 3]) of images as `predict` takes them."""
+        batches = rgb_batches(images, value_range=value_range)
+        if not batches:
+            return tf.zeros([0, self.info.image_size, self.info.image_size, 3], tf.float32)
+        return tf.concat([eval_preprocess(tf.constant(b), self.info) for b in batches], 0)
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
-        """float32 [N, classes] probabilities of 0-255 RGB images ([N, H, W, 3] or a list)."""
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        else:  # images of different sizes: one call each
-            batches = [np.asarray(image)[None] for image in images]
+    def predict(
+        self,
+        images: Any,
+        batch_size: int | None = None,
+        verbose: Any = "auto",
+        value_range: tuple[float, float] = PIXEL_RANGE,
+    ) -> np.ndarray:
+        """float32 [N, classes] probabilities of RGB images: uint8, or float read as `value_range`.
+
+        `batch_size` (default 256) and `verbose` are Keras' `Model.predict` keywords; nothing is
+        printed either way. Bad input raises one-line ValueError (`serving.pixels`).
+        """
+        del verbose  # accepted as Keras' predict takes it: this call draws no progress bar
+        batches = rgb_batches(images, batch_size or 256, value_range)
         if not batches:
             return np.zeros([0, self.info.num_classes], np.float32)
-        return np.concatenate([self._predict_pixels(np.asarray(b, np.float32)).numpy() for b in batches])
+        return np.concatenate([self._predict_pixels(b).numpy() for b in batches])
 
-    def top_k(self, images, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The `k` most probable class names of each image, with their probabilities."""
-        probabilities = self.predict(images)
+    def top_k(self, images: Any, k: int = 5, **predict_kwargs: Any) -> list[list[tuple[str, float]]]:
+        """The `k` most probable class names of each image, with their probabilities; keywords as
+        `predict`'s."""
+        probabilities = self.predict(images, **predict_kwargs)
         best = np.argsort(-probabilities, axis=1)[:, :k]
         return [
             [(self.class_names[j], float(p[j])) for j in row]

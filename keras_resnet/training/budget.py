@@ -242,7 +242,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
             f"{_describe(cfg, saved['plan'], saved['measured'])}",
             flush=True,
         )
-        return _segment(cfg, saved["plan"])[0]
+        return _segment(cfg, saved["plan"], started=started)[0]
 
     def left() -> float:
         return minutes * 60 * (1 - MARGIN) - (time.time() - started)
@@ -253,7 +253,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     _save(cfg, minutes, MEASURING, plan, {})
     print(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps", flush=True)
     until = procedure.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
-    paused, timeline, wall = _segment(cfg, plan, until)
+    paused, timeline, wall = _segment(cfg, plan, until, started=started)
     if isinstance(paused, Summary):  # a run shorter than the measurement
         return paused
     measured = _measured(cfg, plan, paused, timeline, wall)
@@ -271,24 +271,25 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     second = second_pause(cfg, plan, measured)
     _announce(cfg, minutes, PLANNED_STAGE if second else FINAL, plan, measured, started)
     if not second:
-        return _segment(cfg, plan)[0]
+        return _segment(cfg, plan, started=started)[0]
 
     # The first epoch at full size, measured; the last plan.
-    paused, timeline, wall = _segment(cfg, plan, second)
+    paused, timeline, wall = _segment(cfg, plan, second, started=started)
     if isinstance(paused, Summary):
         return paused
     measured = {**_measured(cfg, plan, paused, timeline, wall), "restart_s": measured["restart_s"]}
     plan = last_plan(cfg, plan, left(), measured)
     _announce(cfg, minutes, FINAL, plan, measured, started)
-    return _segment(cfg, plan)[0]
+    return _segment(cfg, plan, started=started)[0]
 
 
 def _segment(
-    cfg: TrainConfig, plan: dict[str, Any], until: int = 0
+    cfg: TrainConfig, plan: dict[str, Any], until: int = 0, *, started: float
 ) -> tuple[Summary | procedure.Paused, Timeline, float]:
     """`procedure.run` of `cfg` with `plan`, paused at `until` (0: to the end), with its timeline and
     wall seconds. A new plan is recorded as the run's configuration first (`_saved` has refused
-    any other change), so the run continues under it."""
+    any other change), so the run continues under it; each segment is part of the command that
+    began at `started` (a re-plan is no resume)."""
     timeline = Timeline()
     began = time.perf_counter()
     planned = cfg.replace(**plan)
@@ -296,7 +297,7 @@ def _segment(
     if run_dir.config.exists() and not run_dir.finished():
         files.write_json(run_dir.config, planned.to_json())
         files.write_text(run_dir.flags, planned.to_flags())
-    result = procedure.run(planned, callbacks=[timeline], until_step=until)
+    result = procedure.run(planned, callbacks=[timeline], until_step=until, started=started)
     return result, timeline, time.perf_counter() - began
 
 

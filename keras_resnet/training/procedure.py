@@ -57,6 +57,7 @@ def run(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     score_test: bool = True,
     until_step: int = 0,
+    started: float | None = None,
 ) -> Summary | Paused:
     """Trains (or resumes) the run `cfg` describes; returns the summary also written to summary.json.
 
@@ -70,6 +71,9 @@ def run(
         until_step: pause at this global step if the run is longer: a checkpoint there, no
             evaluation, summary or export, and `Paused` returned; running `cfg` again continues it
             (`budget` measures a run's speed on its own first steps this way).
+        started: when the command began (time.time(); default now). Calls with the same
+            `started` are one command: the later ones continue its segments (no resume), and
+            the summary's times count from it.
 
     Raises:
         ConfigError: bad flags, an unusable output location, a --model_dir in use or holding a
@@ -79,7 +83,7 @@ def run(
     cfg.check()
     if summary := _finished(cfg):
         return summary
-    start = time.time()
+    start = started or time.time()
     strategy = distribution.strategy_for(cfg)
     chief = distribution.is_chief(strategy)
     with claimed(cfg, writes=chief), STOP.handling(), precision_policy(cfg.run.precision) as precision:
@@ -192,6 +196,7 @@ class Run:
             steps_per_epoch=self.datasets.steps_per_epoch,
         )
         self.callbacks.checkpointer.stop_requested = lambda: STOP.requested is not None
+        self.callbacks.progress.command_started = self.start  # before `restore` reads its state
         if 0 < self.until_step < self.total_steps:
             self.callbacks.stop.total_steps = self.until_step
 
@@ -205,6 +210,9 @@ class Run:
             except RuntimeError as err:
                 raise ConfigError(f"--model_dir={self.cfg.run.model_dir}: {err}") from None
         self.restored_step = checkpointer.restored_step
+        finished = self.dir.read_summary()  # an extended run: its time goes past its last checkpoint
+        if finished and finished.steps == self.restored_step:
+            self.callbacks.progress.continues_finished_run(finished.wall_time_s)
         if self.chief:
             # Recorded once the checkpoint accepted this configuration: a change that a checkpoint
             # refuses (--allow_config_change to another depth) must leave the old record standing.
@@ -269,10 +277,11 @@ class Run:
             data_sha256=info.data_sha256,
             weight_average=bool(self.average),
             tta=cfg.run.tta,
-            wall_time_s=time.time() - self.start,
+            wall_time_s=progress.run_wall_time(),
+            command_time_s=progress.command_time(),
             train_time_s=progress.total_train_time,
             images_per_sec=progress.images_per_sec(),
-            resumed_from_step=self.restored_step,
+            resumed_from_step=self.restored_step if progress.command_step is None else progress.command_step,
             replicas=self.strategy.num_replicas_in_sync,
             workers=distribution.num_workers(self.strategy),
             precision=self.precision,
@@ -312,9 +321,14 @@ class Run:
             self.dir.write_summary(summary)  # last: its presence marks a finished run
             if self.carries:
                 carry.discard(self.cfg.run.carry_dir)
+            this = (
+                f", {duration(summary.command_time_s)} of them in this command"
+                if summary.resumed_from_step
+                else ""
+            )
             print(
                 f"done: test error {_percent(summary.test_error)} after {summary.steps} steps in "
-                f"{duration(summary.wall_time_s)} ({summary.images_per_sec:.0f} img/s); outputs in "
+                f"{duration(summary.wall_time_s)}{this} ({summary.images_per_sec:.0f} img/s); outputs in "
                 f"{self.dir.path} (model.keras, history.csv, curves.png, summary.json)",
                 flush=True,
             )

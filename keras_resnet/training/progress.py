@@ -47,21 +47,56 @@ class Progress(keras.callbacks.Callback):
         self.earlier_train_time = 0.0  # the same, of the invocations this run resumed from
         self.earlier_images_per_sec = 0.0  # the speed they measured (a run resumed at its end trains none)
         self.steady_steps, self.steady_time = 0, 0.0  # excluding the first steps (tracing)
+        # The run's wall time over every command that trained it: `command_started` is when this
+        # command began (time.time(); the procedure sets it). --time_budget runs a command in
+        # segments, each restoring the last one's checkpoint: that is no resume, so a restored
+        # state from this very command keeps the command's first step and earlier time.
+        self.command_started = time.time()
+        self.command_step: int | None = None  # the step this command began at
+        self.wall_before_command = 0.0  # the earlier commands' wall seconds, to their last checkpoint
 
     @property
     def total_train_time(self) -> float:
         """Seconds inside training steps over every invocation of the run (kept in checkpoints)."""
         return self.earlier_train_time + self.train_time
 
+    def command_time(self) -> float:
+        """Wall seconds since this command began."""
+        return time.time() - self.command_started
+
+    def run_wall_time(self) -> float:
+        """Wall seconds of the whole run: the earlier commands' (each to its last checkpoint), and
+        this one's."""
+        return self.wall_before_command + self.command_time()
+
     def get_state(self) -> dict:
-        return {"train_time_s": self.total_train_time, "images_per_sec": self.images_per_sec()}
+        return {
+            "train_time_s": self.total_train_time,
+            "images_per_sec": self.images_per_sec(),
+            "wall_time_s": self.run_wall_time(),
+            "command_started": self.command_started,
+            "command_step": self.command_step or 0,
+            "wall_before_command_s": self.wall_before_command,
+        }
 
     def set_state(self, state: dict) -> None:
         self.earlier_train_time = float(state.get("train_time_s", 0.0))
         self.earlier_images_per_sec = float(state.get("images_per_sec", 0.0))
+        if state.get("command_started") == self.command_started:  # a segment of this command
+            self.command_step = int(state.get("command_step", 0))
+            self.wall_before_command = float(state.get("wall_before_command_s", 0.0))
+        else:  # a command resuming the run; checkpoints written before wall times: their training time
+            self.wall_before_command = float(state.get("wall_time_s", self.earlier_train_time))
+
+    def continues_finished_run(self, wall_time_s: float) -> None:
+        """This command extends a finished run: its whole time is its summary's `wall_time_s`."""
+        if self.command_step is None:  # not a later segment of the command that finished it
+            self.wall_before_command = max(self.wall_before_command, wall_time_s)
 
     def on_train_begin(self, logs=None):
         self.step = self.start_step = global_step(self.model)
+        if self.command_step is None:
+            self.command_step = self.step
         self.began = self.last_print = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):

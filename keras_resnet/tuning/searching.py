@@ -197,7 +197,9 @@ def _search(
         )
         try:
             with workarounds.keras_tuner_rpc_timeout(wait_for_chief):
-                kt.search(callbacks=list(callbacks))
+                # keras-tuner's own display counts trials from 1 ("Trial #1") where their ids, folders
+                # and this package's lines count from 0: off, so that a search has one numbering.
+                kt.search(callbacks=list(callbacks), verbose=0)
         except cluster.rpc_error() as err:
             raise procedure.TrainingStopped(
                 f"lost the chief's oracle at {cluster.chief_address()} ({err.code().name} after at most "
@@ -410,7 +412,9 @@ def _read_settings(path: pathlib.Path) -> dict:
 
 
 def report_failures(kt: keras_tuner.Tuner) -> None:
+    """One line per failed trial: its reason, the last line of the traceback keras-tuner kept."""
     for trial in kt.oracle.trials.values():
         if trial.status in ("FAILED", "INVALID") and trial.message:
-            tail = "\n".join(trial.message.strip().splitlines()[-6:])
-            print(f"[tune] trial {trial.trial_id} failed:\n{tail}", flush=True)
+            reason = trial.message.strip().splitlines()[-1]
+            reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith("Error") else reason
+            print(f"[tune] trial {trial.trial_id} failed: {reason}", flush=True)

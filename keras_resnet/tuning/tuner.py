@@ -110,7 +110,8 @@ class Tuner(keras_tuner.Tuner):
             summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False)
         except procedure.TrainingStopped as err:
             if err.exit_code == 3:  # diverged: this configuration fails, the search goes on
-                raise keras_tuner.errors.FailedTrialError(str(err)) from None
+                # The run's advice (lower the rate, run again) is for a run of one's own, not a trial.
+                raise keras_tuner.errors.FailedTrialError(str(err).split(". ")[0] + ".") from None
             raise SearchStopped(str(err)) from None
         if summary.val_error is None:
             raise keras_tuner.errors.FatalError(f"trial {trial.trial_id} ran no validation: no val_error.")
@@ -138,7 +139,9 @@ class Tuner(keras_tuner.Tuner):
             return
         done = [t for t in self.oracle.trials.values() if t.status == "COMPLETED"]
         times = [t.metrics.get_last_value("train_time_s") for t in done if t.metrics.exists("train_time_s")]
-        line = f"[tune] trial {trial.trial_id}: {len(done)} done"
+        line = (
+            f"[tune] trial {trial.trial_id} ({values_text(trial.hyperparameters.values)}): {len(done)} done"
+        )
         if self.total_trials:
             left = max(self.total_trials - len(done), 0)
             line += f" of {self.total_trials}"
