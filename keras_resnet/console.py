@@ -26,6 +26,11 @@ def duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def percent(value: float | None) -> str:
+    """An error or accuracy as the user reads it: `7.53%`, or `not measured`."""
+    return "not measured" if value is None else f"{value:.2%}"
+
+
 class Bar:
     """Progress over `total` items of work named `what`."""
 

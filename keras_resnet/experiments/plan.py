@@ -13,7 +13,7 @@ from keras_resnet.experiments.options import MACS_PER_SECOND, RUN_OVERHEAD_S, SP
 from keras_resnet.models import specs
 from keras_resnet.rundir import RunDir, Summary
 from keras_resnet.training import carry, procedure
-from keras_resnet.training.procedure import resumes_at
+from keras_resnet.training.steps import resumes_at
 from keras_resnet.tuning.searching import default_tune_dir
 from keras_resnet.tuning.tuner import trials_on_disk
 

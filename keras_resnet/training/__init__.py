@@ -1,8 +1,9 @@
 """Training: one run of a `TrainConfig`, the same path whoever starts it.
 
 - `procedure`: `run(cfg)` and its steps (`Run`), the evaluation and export every caller shares.
+- `steps`: the data, the network and the resume step that the run, the search and the budget share.
 - `callbacks`, `progress`, `checkpoints`: what happens between and around the steps.
-- `optimization`: loss, error metric, learning-rate schedule, SGD (registered objects).
+- `optimization`: loss, error metric, learning-rate schedule, SGD from a run's `OptimConfig`.
 - `distribution`, `precision`, `signals`: tf.distribute, float32/bfloat16, Ctrl-C and SIGTERM.
 - `budget`: `--time_budget`, the run's length fitted to this machine's measured speed.
 """
@@ -18,11 +19,11 @@ __getattr__, __dir__ = _lazy.exports(
         "run": ".procedure",
         "Run": ".procedure",
         "TrainingStopped": ".procedure",
-        "load_data": ".procedure",
-        "build_model": ".procedure",
+        "load_data": ".steps",
+        "build_model": ".steps",
         "evaluate_model": ".evaluation",
         "export_model": ".evaluation",
-        "resumes_at": ".procedure",
+        "resumes_at": ".steps",
         "RunDir": "keras_resnet.rundir",
         "Summary": "keras_resnet.rundir",
         "STOP": ".signals",

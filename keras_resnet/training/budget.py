@@ -41,7 +41,7 @@ import keras
 from keras_resnet import files, models
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.rundir import RunDir, Summary, refuse_config_changes
-from keras_resnet.training import distribution, procedure
+from keras_resnet.training import distribution, procedure, steps
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
 
@@ -252,7 +252,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     plan["eval_test_every"] = 10**9  # no test set before the end
     _save(cfg, minutes, MEASURING, plan, {})
     print(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps", flush=True)
-    until = procedure.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
+    until = steps.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
     paused, timeline, wall = _segment(cfg, plan, until, started=started)
     if isinstance(paused, Summary):  # a run shorter than the measurement
         return paused

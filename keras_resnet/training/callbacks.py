@@ -9,8 +9,7 @@ of `--checkpoint_steps` iterations: each ends with an evaluation, a history row 
 - `LearningRateControl`: the paper's warmup and plateau decays; logs the learning rate.
 - `HistoryCSV`: `history.csv` and `curves.png`.
 - `Scalars`: the same curves for TensorBoard, on the iteration axis, train and test overlaid.
-
-Progress (`progress.Progress`) and checkpoints (`checkpoints.Checkpointer`) have modules of their own.
+- Progress (`progress.Progress`) and checkpoints (`checkpoints.Checkpointer`): modules of their own.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 import shutil
 import sys
@@ -28,11 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import data, files, models, workarounds
+from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
-from keras_resnet.console import duration
+from keras_resnet.console import duration, percent
 from keras_resnet.models import whitening
-from keras_resnet.rundir import RunDir, Summary, check_model_dir, check_space, claimed
+from keras_resnet.rundir import RunDir, Summary, check_space, claimed
 from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
@@ -40,6 +39,7 @@ from keras_resnet.training.evaluation import evaluate_model, export_model
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.signals import STOP
+from keras_resnet.training.steps import build_model, finished_run, load_data, restore_carry, resumes_at
 
 
 class TrainingStopped(RuntimeError):
@@ -81,16 +81,16 @@ def run(
         TrainingStopped: interrupted (checkpoint written) or diverged (last good checkpoint kept).
     """
     cfg.check()
-    if summary := _finished(cfg):
+    if summary := finished_run(cfg):
         return summary
     start = started or time.time()
     strategy = distribution.strategy_for(cfg)
     chief = distribution.is_chief(strategy)
     with claimed(cfg, writes=chief), STOP.handling(), precision_policy(cfg.run.precision) as precision:
         if chief and cfg.run.carry_dir:
-            _restore_carry(cfg)
+            restore_carry(cfg)
         # Re-checked under the lock: another run may have finished it meanwhile.
-        if summary := _finished(cfg, again=True):
+        if summary := finished_run(cfg, again=True):
             return summary
         steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
         return steps.execute()
@@ -327,7 +327,7 @@ class Run:
                 else ""
             )
             print(
-                f"done: test error {_percent(summary.test_error)} after {summary.steps} steps in "
+                f"done: test error {percent(summary.test_error)} after {summary.steps} steps in "
                 f"{duration(summary.wall_time_s)}{this} ({summary.images_per_sec:.0f} img/s); outputs in "
                 f"{self.dir.path} (model.keras, history.csv, curves.png, summary.json)",
                 flush=True,
@@ -364,95 +364,7 @@ class Run:
         )
 
 
-# ----------------------------------------------------------------------------- shared steps
-
-
-def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: int = 0) -> data.Datasets:
-    """The datasets of --dataset, sharded for this worker: infinite global batches from `start_step`
-    on, validation, test."""
-    try:
-        return data.load_config(
-            cfg.data,
-            seed=cfg.run.seed,
-            start_step=start_step,
-            deterministic=cfg.run.deterministic,
-            # Each worker reads its own shard; batches stay global (tf.distribute splits them).
-            num_workers=distribution.num_workers(strategy),
-            worker_index=distribution.worker_index(strategy),
-            verbose=distribution.is_chief(strategy),
-            # A network that carries its own input normalization (--weights) takes raw pixels.
-            subtract_mean=not finetune.raw_pixels(cfg),
-        )
-    except (ValueError, FileNotFoundError) as err:
-        raise ConfigError(f"--dataset={cfg.data.dataset}: {err}") from None
-
-
-def build_model(cfg: TrainConfig, info: data.DataInfo, weights=None) -> keras.Model:
-    """The network of --model for `info`'s classes and image size (call inside strategy.scope()),
-    with `weights` as `models.build_model` takes them (`finetune.weights_for`)."""
-    try:
-        model = models.build_from_config(
-            cfg.model,
-            num_classes=info.num_classes,
-            input_shape=(info.image_size, info.image_size, 3),
-            weight_decay=cfg.optim.weight_decay,
-            weights=weights,
-        )
-    except ValueError as err:  # weights that are not there or do not fit: one line
-        raise ConfigError(f"--weights={cfg.model.weights}: {err}") from None
-    if cfg.data.low_res_size:
-        # The first --low_res_epochs feed smaller images. The weights take any size (convolutions
-        # and global average pooling); only the declared input shape must not refuse them. The
-        # relaxed check is not saved: the saved and exported model keeps its declared size.
-        model.input_spec = keras.InputSpec(ndim=4, axes={-1: model.input_shape[-1]})
-    return model
-
-
-def resumes_at(model_dir: str | os.PathLike) -> int:
-    """The step a run in `model_dir` resumes from: its newest checkpoint's (0 if it has none)."""
-    newest = Checkpointer(RunDir(model_dir).checkpoints, verbose=False).candidates()
-    return int(newest[0]["step"]) if newest else 0
-
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def _finished(cfg: TrainConfig, again: bool = False) -> Summary | None:
-    """The summary of the finished run in --model_dir; None if there is work to do (`again`: said
-    already, asked again under the lock)."""
-    if not check_model_dir(cfg):
-        return None
-    run = RunDir(cfg.run.model_dir)
-    summary = run.read_summary()
-    damage = run.model_damage()
-    if damage is not None:  # finished, but its model is lost: the run is not done
-        if not resumes_at(run.path):
-            raise ConfigError(
-                f"--model_dir: {run.model} is damaged ({damage}) and no checkpoint is left to rebuild it "
-                "from: restore it from a backup, or move the folder away and train again."
-            )
-        if not again:
-            print(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.", flush=True)
-        return None
-    print(
-        f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
-        f"{_percent(summary.test_error)}); nothing to do.",
-        flush=True,
-    )
-    return summary
-
-
-def _restore_carry(cfg: TrainConfig) -> None:
-    """Takes --carry_dir's state when it is ahead of --model_dir's (a run moved between machines)."""
-    run = RunDir(cfg.run.model_dir)
-    if run.finished():
-        return
-    try:
-        restored = carry.restore(run, cfg.run.carry_dir, local_step=resumes_at(run.path))
-    except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
-    if restored is not None:
-        print(f"restored step {restored.step:,} from {restored.path} into {run.path}", flush=True)
 
 
 def _state_bytes(model: keras.Model, average: WeightAverage | None) -> int:
@@ -486,10 +398,6 @@ def _check_tta(cfg: TrainConfig, datasets) -> None:
             f"--tta={cfg.run.tta} averages over mirrored test images, but this run trains without flips "
             f"(--flip=none, or {datasets.info.name}'s default): use --tta=none, or train with flips."
         )
-
-
-def _percent(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.2%}"
 
 
 @contextlib.contextmanager

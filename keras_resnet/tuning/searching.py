@@ -33,7 +33,7 @@ import keras_tuner
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.rundir import RunDir
-from keras_resnet.training import distribution, evaluation, optimization, procedure
+from keras_resnet.training import distribution, evaluation, optimization, procedure, steps
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.signals import STOP
 from keras_resnet.tuning import cluster
@@ -165,7 +165,7 @@ def _search(
     cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks, role, wait_for_chief
 ) -> SearchResult | None:
     settings = check_same_search(tune_dir, tune_cfg, tuner, space, chief=role in (None, cluster.CHIEF))
-    data = procedure.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
+    data = steps.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
     total_steps, chunk, _ = run_length(tune_cfg, data.steps_per_epoch)
     if tuner == "hyperband":
         check_hyperband_fits(size, total_steps, chunk)
