@@ -22,19 +22,13 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 LOSSLESS = "dc4dcd15"  # train-file SHA-256 prefix of the lossless CIFAR-10; anything else is the JPEG copy
 PAPER_RESNET20_ACCURACY = 0.9125
 CPU_NAMES = {  # the name a result file records -> (its short name in the tables, what it is)
-    "AMD EPYC (avx512f, avx512_bf16)": (
-        "Zen4",
-        "AMD EPYC Zen 4 (family 25, model 17), AVX-512 with AVX512_BF16",
-    ),
+    "AMD EPYC (avx512f, avx512_bf16)": ("Zen4", "AMD EPYC Zen 4, AVX-512, AVX512_BF16"),
     "AMD EPYC (avx512f, avx512_bf16), 2026-11-25": (
         "EPYC-512",
-        "AMD EPYC, AVX-512 with BF16: the first measurements",
+        "AMD EPYC, AVX-512, BF16: the first measurements",
     ),
-    "AMD EPYC (avx2)": ("Zen3", "AMD EPYC Zen 3 (family 25, model 1), AVX2, no AVX-512"),
-    "Intel(R) Xeon(R) Processor (avx512f, avx512_bf16)": (
-        "Xeon",
-        "Intel Xeon, AVX-512 with AVX512_BF16, no AMX",
-    ),
+    "AMD EPYC (avx2)": ("Zen3", "AMD EPYC Zen 3, AVX2 only"),
+    "Intel(R) Xeon(R) Processor (avx512f, avx512_bf16)": ("Xeon", "Intel Xeon, AVX-512, AVX512_BF16, no AMX"),
 }
 TTA = (
     "python bench/bench_time_to_accuracy.py --flagfile={flagfile} --model_dir=runs/RUN "
@@ -132,17 +126,25 @@ def header() -> list[str]:
     return intro + table(["CPU", "what it is"], [list(names) for names in CPU_NAMES.values()])
 
 
+def wall(name: str, run: dict) -> str:
+    """The run's wall time, and what `--time_budget` predicted for it where the run kept its plan."""
+    path = RESULTS / "time_to_accuracy" / f"{name}_plan.json"
+    planned = f" ({json.loads(path.read_text())['predicted_end_s'] / 60:.1f})" if path.exists() else ""
+    return mins(run["wall_s"]) + planned
+
+
 def time_to_accuracy(runs: dict[str, dict]) -> list[str]:
     lossless = {name: r for name, r in runs.items() if is_lossless(r.get("data_sha256"))}
     flagfiles = " or ".join(sorted({r["flagfile"] for r in lossless.values()}))
     rows = [
-        [f"`{name}`", code(" ".join(r["extra_flags"])), cpu(r["cpu"]), r["precision"], mins(r["wall_s"])]
+        [f"`{name}`", code(" ".join(r["extra_flags"])), cpu(r["cpu"]), r["precision"], wall(name, r)]
         + [pct(r["final_test_accuracy"]), f"{r['epochs']:.1f}", num(r["images_per_sec"])]
         for name, r in lossless.items()
     ]
     rows.append(["the paper, 64k iterations", "", "", "", "", pct(PAPER_RESNET20_ACCURACY), "164", ""])
-    intro = ["Each run alone on the cores; wall is the whole command; the test set read once, at the end."]
-    head = ["run", "FLAGS", "CPU", "precision", "wall", "test accuracy", "epochs", "img/s"]
+    intro = ["Each run alone on the cores; wall is the whole command (in brackets: the end its last"]
+    intro += ["`time_to_accuracy/RUN_plan.json` predicted); the test set read once, at the end."]
+    head = ["run", "FLAGS", "CPU", "precision", "wall (planned)", "test accuracy", "epochs", "img/s"]
     figures = [
         "![lossless60 curves](time_to_accuracy/lossless60_curves.png)",
         "",
@@ -150,20 +152,7 @@ def time_to_accuracy(runs: dict[str, dict]) -> list[str]:
         "",
     ]
     commands = [TTA.format(flagfile=flagfiles)]
-    return section("## Time to accuracy", intro, commands, head, rows) + plans(lossless) + figures
-
-
-def plans(runs: dict[str, dict]) -> list[str]:
-    rows = []
-    for name, run in runs.items():
-        if (RESULTS / "time_to_accuracy" / f"{name}_plan.json").exists():
-            plan = load(f"time_to_accuracy/{name}_plan.json")
-            steps, epochs = plan["plan"]["train_steps"], plan["plan"]["epochs"]
-            length = f"{steps:,} steps" if steps else f"{epochs} epochs"
-            rows.append([f"`{name}`", f"{length} ({plan['plan']['low_res_epochs']} at 24 px)"])
-            rows[-1] += [mins(plan["predicted_end_s"]), mins(run["wall_s"])]
-    head = ["run", "`--time_budget`'s last plan", "predicted end", "ended"]
-    return ["`time_to_accuracy/RUN_plan.json`:", ""] + table(head, rows)
+    return section("## Time to accuracy", intro, commands, head, rows) + figures
 
 
 def errors_by_lever(name: str) -> dict[str, float]:
@@ -205,8 +194,8 @@ def train_speed() -> list[str]:
                 [path.name, cpu(bench["cpu"]), str(bench["batch_size"]), precision, "; ".join(speeds)]
             )
     intro = [
-        "`bench/bench_train.py`: paths interleaved in rounds, median img/s (x PyTorch); PyTorch 2.13 runs",
-        "`bench/torch_resnet20.py` from its own venv. Read the JPEG copy (pixel values do not change speed).",
+        "`bench/bench_train.py`: paths interleaved, median img/s (x PyTorch); PyTorch 2.13 runs",
+        "`bench/torch_resnet20.py` in its own venv. Reads the JPEG copy (pixel values do not change speed).",
     ]
     head = ["file", "CPU", "batch", "precision", "img/s"]
     return section("## Training speed, against PyTorch", intro, commands, head, rows) + step_time()
@@ -248,15 +237,33 @@ def serving() -> list[str]:
     for path in sorted(RESULTS.glob("bench_serving*.json")):
         bench = load(path.name)
         commands.append(bench["command"])
-        rows.append(serving_row(path.name, bench) + [num(bench["export_peak_rss_mb"])])
+        rows.append(serving_row(path.name, bench))
     intro = [
         "`bench/bench_serving.py`: the export loaded as TF Serving loads it, against the same net in",
         "PyTorch 2.13 (channels_last; `torch best`: the faster of `jit.trace`+`freeze` and `torch.compile`),",
         "float32. `export` is `predict_pixels_uint8`; batch 1 in p50 ms, batch 64 (or the largest) in img/s.",
     ]
     head = ["file", "CPU", "threads", "export batch 1", "torch best batch 1", "batch", "export img/s"]
-    head += ["torch best img/s", "export RSS MB"]
-    return section("## How fast is serving, against PyTorch?", intro, commands, head, rows)
+    head += ["torch best img/s"]
+    return section("## How fast is serving, against PyTorch?", intro, commands, head, rows) + variants()
+
+
+def variants() -> list[str]:
+    """Per CPU: the export's graph (batch norm folded) and the variant fastest at batch 1."""
+    bench = load("bench_inference_variants.json")
+    rows = []
+    for machine in dict.fromkeys(r["cpu"] for r in bench["rows"]):
+        runs = [r for r in bench["rows"] if r["cpu"] == machine]
+        export = next(r for r in runs if r["variant"] == "folded" and not r["setting"])
+        fastest = min(runs, key=lambda r: r["p50_ms_batch1"])
+        speeds = f"{export['p50_ms_batch1']:.2f} ms, " + ", ".join(
+            num(x) for x in export["images_per_s"].values()
+        )
+        rows.append([cpu(machine), speeds, f"{fastest['variant']} {code(fastest['setting'])}".strip()])
+        rows[-1] += [f"{fastest['p50_ms_batch1']:.2f} ms"]
+    intro = ["`bench_inference_variants.json`, the network alone (batch 1: p50; batches 64, 256: img/s):"]
+    head = ["CPU", "folded (the export)", "fastest at batch 1", "its batch 1"]
+    return section("### Inference graph variants", intro, [bench["command"]], head, rows)
 
 
 def data_speed() -> list[str]:
