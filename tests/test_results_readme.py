@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 from conftest import REPO
 
@@ -23,3 +25,17 @@ def test_committed_readme_is_the_generators_output(results_readme, tmp_path):
     assert out.read_text() == committed, "results/README.md is stale: run python bench/results_readme.py"
     assert len(committed.split()) < WORD_LIMIT
     assert "python bench/results_readme.py" in committed.splitlines()[2]
+
+
+def test_a_result_file_records_the_command_that_made_it(monkeypatch):
+    """The benches write runtime.command_line() into their JSON: settings, python, arguments, re-typable."""
+    from keras_resnet import runtime
+
+    monkeypatch.setattr(runtime, "_STARTED_WITH", {"TF_ENABLE_ONEDNN_OPTS": "0"})
+    typed = ["bench/bench_serving.py", "--paths=train.py,plain keras", "--json", "x.json"]
+    monkeypatch.setattr("sys.argv", typed)
+    line = runtime.command_line()
+    assert line.startswith(
+        "TF_ENABLE_ONEDNN_OPTS=0 python bench/bench_serving.py '--paths=train.py,plain keras'"
+    )
+    assert shlex.split(line) == ["TF_ENABLE_ONEDNN_OPTS=0", "python", *typed]
