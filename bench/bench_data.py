@@ -162,6 +162,7 @@ def main() -> None:
     print(f"\nbatch {b}, {os.cpu_count()} CPU cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json:
         out = {"batch_size": b, "cpu_count": os.cpu_count(), "loadavg": load, "rows": rows}
+        out |= {"cpu": runtime.cpu_description(), "command": runtime.command_line()}
         path = pathlib.Path(args.json)
         files.write_json(path, out)
         print(f"wrote {path}")

@@ -10,6 +10,7 @@ signature): "keras" (batch norm as Keras computes it in inference), "folded" (`m
 what the export serves), "folded_xla" (the same, `jit_compile=True`), "frozen" (folded, variables
 turned into graph constants). Two rounds, interleaved; each row's p50 is its better round's.
 TensorFlow reads the environment variables above when it starts: set them on the command line.
+It prints its table; the figures measured so far: results/bench_inference_variants.json.
 """
 
 from __future__ import annotations

@@ -440,6 +440,7 @@ def _machine(ts) -> dict:
         "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
         "cpu": runtime.cpu()[0],
         "cpu_features": runtime.cpu_description(),
+        "command": runtime.command_line(),
         "cpus": os.cpu_count(),
         "versions": {
             "tensorflow": tf.__version__,

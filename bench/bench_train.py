@@ -214,6 +214,7 @@ def main() -> None:
             "load_average_at_end": load,
             "machine": platform.platform(),
             "cpu": runtime.cpu_description(),
+            "command": runtime.command_line(),
             "keras": keras.__version__,
             "reference": reference,
             "results": rows,

@@ -23,6 +23,7 @@ import logging
 import os
 import pathlib
 import re
+import shlex
 import sys
 import tempfile
 import warnings
@@ -113,6 +114,19 @@ def cpu() -> tuple[str, frozenset[str]]:
 def cpu_claims_bfloat16() -> bool:
     """Whether the CPU's flags claim native bfloat16 (AVX512_BF16 or AMX)."""
     return bool(set(BFLOAT16_FLAGS) & cpu()[1])
+
+
+# The TensorFlow and oneDNN settings the process started with, before `start_command` adds its own.
+_STARTED_WITH = {name: value for name, value in os.environ.items() if name.startswith(("TF_", "ONEDNN_"))}
+
+
+def command_line() -> str:
+    """This process's command as typed: its TensorFlow/oneDNN environment settings, `python`, arguments.
+
+    Result files record it, so that each figure names the command that made it.
+    """
+    settings = [f"{name}={value}" for name, value in sorted(_STARTED_WITH.items())]
+    return shlex.join([*settings, "python", *sys.argv])
 
 
 def cpu_description() -> str:
