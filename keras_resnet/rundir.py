@@ -301,6 +301,14 @@ def check_locations(cfg: TrainConfig) -> None:
                 "folders TF Serving reads as versions: put them side by side."
             )
         beside = {export.relative_to(model_dir).parts[0]} if inside else set()
+    if cfg.run.carry_dir:
+        carried = pathlib.Path(cfg.run.carry_dir).expanduser().absolute()
+        for flag, where in (("--model_dir", model_dir), ("--export_dir", export)):
+            if where is not None and (carried.is_relative_to(where) or where.is_relative_to(carried)):
+                raise ConfigError(
+                    f"--carry_dir={cfg.run.carry_dir} overlaps {flag}={where}: a carry is what survives "
+                    "the run folder, so keep it apart (e.g. in the checkout's carry/)."
+                )
     ours = RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG
 
     def run_file(name: str) -> bool:  # an earlier --export_dir beside the run is the run's too

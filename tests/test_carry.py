@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from keras_resnet import training
+from keras_resnet import files, training
 from keras_resnet.config import ConfigError
 from keras_resnet.rundir import RunDir
 from keras_resnet.training import carry
@@ -82,3 +82,40 @@ def test_a_carry_behind_the_run_folder_is_left_and_a_damaged_one_is_one_line(tmp
     assert not (tmp_path / "run" / "checkpoints").exists()
     manifest = json.loads((tmp_path / "carry" / "step-20" / "carry.json").read_text())
     assert manifest["step"] == 20
+
+
+@pytest.mark.slow
+def test_a_carry_is_refused_before_any_copy_when_it_is_another_run_and_a_cut_restore_is_redone(tmp_path):
+    cfg = tiny(tmp_path / "run", train_steps=30, carry_dir=str(tmp_path / "carry"))
+    training.run(cfg, verbose=0, until_step=20)
+    shutil.rmtree(tmp_path / "run")
+
+    # Another net pointed at this carry: refused, and its fresh folder gets none of the carry.
+    other = cfg.replace(model="resnet14", model_dir=str(tmp_path / "other"))
+    with pytest.raises(ConfigError, match="different configuration"):
+        training.run(other, verbose=0)
+    assert not (tmp_path / "other" / "checkpoints").exists()
+
+    # A restore cut after the weights, before the checkpoint's manifest: the next one finishes it.
+    step20 = tmp_path / "carry" / "step-20"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "checkpoints/ckpt-20.weights.h5"):
+        shutil.copyfile(step20 / name, tmp_path / "run" / name)
+    assert training.run(cfg, verbose=0).resumed_from_step == 20
+
+
+def test_a_carry_inside_the_run_folder_and_a_manifest_naming_other_files_are_refused(tmp_path):
+    from keras_resnet.rundir import check_locations
+
+    inside = tiny(tmp_path / "run", train_steps=30, carry_dir=str(tmp_path / "run" / "carry"))
+    with pytest.raises(ConfigError, match="--carry_dir"):
+        check_locations(inside)
+
+    step = tmp_path / "carry" / "step-10"
+    step.mkdir(parents=True)
+    (step / "x").write_text("x")
+    record = {"size": 1, "sha256": files.sha256(step / "x")}
+    (step / "carry.json").write_text(json.dumps({"step": 10, "files": {"../x": record}}))
+    with pytest.raises(ValueError, match="not a file of a run folder"):
+        carry.restore(RunDir(tmp_path / "run"), tmp_path / "carry", local_step=0)
+    assert not (tmp_path / "x").exists()

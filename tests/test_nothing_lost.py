@@ -129,6 +129,25 @@ def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_rec
     assert json.loads(run.data_info.read_text())["train_examples"] == 9  # the data trained on since
 
 
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_records_the_data_it_then_trains_on(tmp_path):
+    import json
+
+    from conftest import image_folder, tiny
+
+    root = tmp_path / "images"
+    image_folder(root)
+    cfg = tiny(tmp_path / "run", dataset=f"folder:{root}", batch_size=2, checkpoint_steps=2, train_steps=4)
+    cfg = cfg.replace(eval_test=False, image_size=8)
+    run = RunDir(cfg.run.model_dir)
+    assert training.run(cfg, verbose=0, until_step=2).step == 2
+    shutil.rmtree(run.checkpoints)  # records written, nothing trained on them: as a stop at step 0
+    shutil.copytree(root / "train" / "a", root / "train" / "c")  # a third class before the restart
+    shutil.copytree(root / "val" / "a", root / "val" / "c")
+    assert training.run(cfg, verbose=0).steps == 4
+    assert json.loads(run.data_info.read_text())["class_names"] == ["a", "b", "c"]
+
+
 def test_a_run_resumed_on_its_own_data_keeps_its_record_as_written(tiny_run, tmp_path):
     cfg = _copy(tiny_run, tmp_path)
     run = RunDir(cfg.run.model_dir)

@@ -120,6 +120,8 @@ def test_predict_takes_images_as_keras_users_give_them(tiny_run):
         "one channel": classifier.predict(x[..., :1]),
         "four channels": classifier.predict(np.concatenate([x, np.full_like(x[..., :1], 7)], -1)),
         "a list": classifier.predict(list(x)),
+        "nested Python lists": classifier.predict(x.tolist()),
+        "nested lists, one by one": np.concatenate([classifier.predict(image.tolist()) for image in x]),
         "2-D grayscale, one by one": np.concatenate([classifier.predict(image[..., 0]) for image in x]),
         "HWC, one by one": np.concatenate([classifier.predict(image) for image in x]),
     }

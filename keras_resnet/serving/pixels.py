@@ -100,6 +100,10 @@ def _as_pixels(batches: list[np.ndarray], value_range: tuple[float, float]) -> l
     return [((b.astype(np.float32) - lo) * scale).astype(np.float32) for b in batches]
 
 
+def _nested(images: Sequence) -> bool:
+    return bool(images) and isinstance(images[0], list | tuple)
+
+
 def rgb_batches(
     images: Any, batch_size: int = 256, value_range: tuple[float, float] = PIXEL_RANGE
 ) -> list[np.ndarray]:
@@ -110,7 +114,8 @@ def rgb_batches(
     """
     if not (isinstance(batch_size, int | np.integer) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if isinstance(images, Sequence) and not isinstance(images, str | bytes):
+    # A list of images (arrays, tensors); nested Python lists are one array, as Keras reads them.
+    if isinstance(images, Sequence) and not isinstance(images, str | bytes) and not _nested(images):
         singles = [_image(_array(image, f"images[{i}]"), f"images[{i}]") for i, image in enumerate(images)]
         return _as_pixels(_grouped(singles, batch_size), value_range)
     a = _array(images, "the input")

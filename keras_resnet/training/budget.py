@@ -40,7 +40,7 @@ import keras
 
 from keras_resnet import files, models
 from keras_resnet.config import ConfigError, TrainConfig, run_length
-from keras_resnet.rundir import RunDir, Summary, refuse_config_changes
+from keras_resnet.rundir import RunDir, Summary, claimed, refuse_config_changes
 from keras_resnet.training import distribution, procedure, steps
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
@@ -235,6 +235,9 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
         procedure.TrainingStopped: as `procedure.run`.
     """
     _check(cfg, minutes)
+    if cfg.run.carry_dir:  # a carried run brings its plan (budget.json): restored before it is read
+        with claimed(cfg, writes=True):
+            steps.restore_carry(cfg, ignore=PLANNED)
     saved = _saved(cfg, minutes)
     if saved and saved["stage"] != MEASURING:
         print(

@@ -20,10 +20,12 @@ import json
 import pathlib
 import re
 import shutil
+from collections.abc import Callable
 
 import keras
 
 from keras_resnet import files
+from keras_resnet.config import TrainConfig
 from keras_resnet.rundir import RunDir
 from keras_resnet.training.checkpoints import Checkpointer
 
@@ -31,6 +33,7 @@ MANIFEST = "carry.json"
 # The run's records that travel with its checkpoint (the others are rebuilt or not needed).
 RECORDS = (RunDir.CONFIG, RunDir.FLAGS, RunDir.DATA_INFO, RunDir.DATA_CHANGES, RunDir.HISTORY, RunDir.BUDGET)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_CHECKPOINT_FILE = re.compile(rf"^{RunDir.CHECKPOINTS}/ckpt-\d+(\.average)?\.(weights\.h5|json)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,7 @@ def save(run: RunDir, carry_dir: str | pathlib.Path) -> Carry | None:
     if manifest is None:
         return None
     step, root = int(manifest["step"]), pathlib.Path(carry_dir)
+    files.remove_stale_temporaries(root)  # a save killed mid-copy (the caller holds the run's lock)
     current = newest(root)
     if current is not None and current.step == step:
         return current
@@ -84,24 +88,53 @@ def save(run: RunDir, carry_dir: str | pathlib.Path) -> Carry | None:
     return Carry(target, step)
 
 
-def restore(run: RunDir, carry_dir: str | pathlib.Path, local_step: int) -> Carry | None:
+def _listed(carry: Carry) -> dict[str, dict]:
+    """The carry's files by name, each checked against its manifest; only names a run folder
+    holds (a pulled manifest must not write elsewhere)."""
+    listed = json.loads((carry.path / MANIFEST).read_text())["files"]
+    for name, recorded in listed.items():
+        if name not in RECORDS and not _CHECKPOINT_FILE.match(name):
+            raise ValueError(f"{carry.path / MANIFEST} names {name!r}, not a file of a run folder")
+        path = carry.path / name
+        if not path.is_file() or files.sha256(path) != recorded["sha256"]:
+            raise ValueError(f"{path} is missing or damaged (its SHA-256 differs from {MANIFEST})")
+    return listed
+
+
+def _copy_order(name: str) -> tuple[int, str]:
+    """config.json first (a folder with it is the run's), the checkpoint's manifest last (a
+    checkpoint exists once its manifest does): a restore cut short is redone by the next one."""
+    rank = 0 if name == RunDir.CONFIG else 3 if name.endswith(".json") and "/" in name else 1
+    return rank, name
+
+
+def restore(
+    run: RunDir,
+    carry_dir: str | pathlib.Path,
+    local_step: int,
+    check: Callable[[TrainConfig], object] = lambda saved: None,
+) -> Carry | None:
     """Copies the newest carry into the run folder when it is ahead of `local_step`, the step the
-    folder resumes at; returns it (None if nothing was restored).
+    folder resumes at, or at that step but not all there; returns it (None if nothing was copied).
+    `check` sees the carried configuration first and raises to refuse it.
 
     Raises:
         ValueError: the carry's files do not match its manifest (one line naming the file).
     """
     carry = newest(carry_dir)
-    if carry is None or carry.step <= local_step:
+    if carry is None or carry.step < local_step:
         return None
-    listed = json.loads((carry.path / MANIFEST).read_text())["files"]
-    for name, recorded in listed.items():
-        path = carry.path / name
-        if not path.is_file() or files.sha256(path) != recorded["sha256"]:
-            raise ValueError(f"{path} is missing or damaged (its SHA-256 differs from {MANIFEST})")
-    for name in listed:
+    listed = _listed(carry)
+    if carry.step == local_step and all(
+        (run.path / n).is_file() and files.sha256(run.path / n) == r["sha256"]
+        for n, r in listed.items()
+        if n.startswith(RunDir.CHECKPOINTS)
+    ):
+        return None
+    check(TrainConfig.from_json(json.loads((carry.path / RunDir.CONFIG).read_text())))
+    for name in sorted(listed, key=_copy_order):
+        (run.path / name).parent.mkdir(parents=True, exist_ok=True)
         with files.replacing(run.path / name) as tmp:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(carry.path / name, tmp)
     return carry
 
@@ -109,6 +142,7 @@ def restore(run: RunDir, carry_dir: str | pathlib.Path, local_step: int) -> Carr
 def discard(carry_dir: str | pathlib.Path) -> None:
     """Removes a finished run's carry (the run's results now say what it reached)."""
     root = pathlib.Path(carry_dir)
+    files.remove_stale_temporaries(root)
     for path in root.iterdir() if root.is_dir() else ():
         if _STEP_DIR.match(path.name):
             shutil.rmtree(path, ignore_errors=True)

@@ -102,9 +102,10 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def record(run: RunDir, loaded: DataInfo, change: DataChange | None) -> None:
-    """Writes `data_info.json` for a new run, or after an allowed change (noted in
-    `data_changes.json` first); a run resumed on its own data leaves its record as it is."""
+def record(run: RunDir, loaded: DataInfo, change: DataChange | None, step: int) -> None:
+    """Writes `data_info.json` for a run at step 0 (nothing trained on the record yet), or after
+    an allowed change (noted in `data_changes.json` first); a run resumed on its own data leaves
+    its record as it is."""
     if change is not None:
         path = run.path / CHANGES
         try:
@@ -113,6 +114,6 @@ def record(run: RunDir, loaded: DataInfo, change: DataChange | None) -> None:
             earlier = []
         earlier = earlier if isinstance(earlier, list) else []
         files.write_json(path, [*earlier, change.to_json()])
-    elif run.data_info.is_file():
+    elif run.data_info.is_file() and step:
         return
     loaded.save(run.path)

@@ -218,7 +218,7 @@ class Run:
             # refuses (--allow_config_change to another depth) must leave the old record standing.
             files.write_json(self.dir.config, self.cfg.to_json())
             files.write_text(self.dir.flags, self.cfg.to_flags())
-            datarecord.record(self.dir, self.info, self.data_change)
+            datarecord.record(self.dir, self.info, self.data_change, self.restored_step)
             print(self.header(), flush=True)
         if STOP.requested:
             raise TrainingStopped(f"{STOP.requested} before training started; nothing was trained.", 130)

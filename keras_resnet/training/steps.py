@@ -8,6 +8,7 @@ they measure or score is what a run trains.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 import keras
 import tensorflow as tf
@@ -15,7 +16,7 @@ import tensorflow as tf
 from keras_resnet import data, models
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.console import percent
-from keras_resnet.rundir import RunDir, Summary, check_model_dir
+from keras_resnet.rundir import RunDir, Summary, check_model_dir, refuse_config_changes
 from keras_resnet.training import carry, distribution, finetune
 from keras_resnet.training.checkpoints import Checkpointer
 
@@ -84,6 +85,8 @@ def finished_run(cfg: TrainConfig, again: bool = False) -> Summary | None:
         if not again:
             print(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.", flush=True)
         return None
+    if cfg.run.carry_dir:  # a run that died between its summary and removing its carry
+        carry.discard(cfg.run.carry_dir)
     print(
         f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
         f"{percent(summary.test_error)}); nothing to do.",
@@ -92,13 +95,19 @@ def finished_run(cfg: TrainConfig, again: bool = False) -> Summary | None:
     return summary
 
 
-def restore_carry(cfg: TrainConfig) -> None:
-    """Takes --carry_dir's state when it is ahead of --model_dir's (a run moved between machines)."""
+def restore_carry(cfg: TrainConfig, ignore: Collection[str] = ()) -> None:
+    """Takes --carry_dir's state when it is ahead of --model_dir's (a run moved between machines);
+    a carry of another configuration (but for the flags in `ignore`) is refused before any copy."""
     run = RunDir(cfg.run.model_dir)
     if run.finished():
         return
     try:
-        restored = carry.restore(run, cfg.run.carry_dir, local_step=resumes_at(run.path))
+        restored = carry.restore(
+            run,
+            cfg.run.carry_dir,
+            local_step=resumes_at(run.path),
+            check=lambda saved: refuse_config_changes(saved, cfg, ignore),
+        )
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
     if restored is not None:

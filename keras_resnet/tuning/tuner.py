@@ -85,7 +85,12 @@ class Tuner(keras_tuner.Tuner):
 
     def trial_config(self, trial) -> TrainConfig:
         cfg = self.hypermodel.build(trial.hyperparameters.copy())
-        changes: dict[str, Any] = {"model_dir": self.get_trial_dir(trial.trial_id), "export_dir": ""}
+        # A trial carries nothing: one --carry_dir shared by every trial would mix their states.
+        changes: dict[str, Any] = {
+            "model_dir": self.get_trial_dir(trial.trial_id),
+            "export_dir": "",
+            "carry_dir": "",
+        }
         epochs = trial.hyperparameters.values.get("tuner/epochs")
         if epochs:  # Hyperband's budget for the trial, in checkpoint intervals (Keras epochs)
             if cfg.run.checkpoint_steps:
