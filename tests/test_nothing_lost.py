@@ -101,16 +101,22 @@ def test_a_finished_run_whose_damaged_model_is_rebuilt_from_its_newest_checkpoin
 # ----------------------------------------------------------------------------- 2. data changed under a run
 
 
-@pytest.mark.slow
-def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_recorded(tmp_path):
-    import json
-
+def _folder_run(tmp_path, train_steps: int):
+    """A tiny run on a two-class folder of 8x8 PNGs (conftest.image_folder), a checkpoint every 2 steps."""
     from conftest import image_folder, tiny
 
     root = tmp_path / "images"
     image_folder(root)
-    cfg = tiny(tmp_path / "run", dataset=f"folder:{root}", batch_size=2, checkpoint_steps=2, train_steps=8)
-    cfg = cfg.replace(eval_test=False, image_size=8)
+    cfg = tiny(tmp_path / "run", dataset=f"folder:{root}", batch_size=2, checkpoint_steps=2)
+    return root, cfg.replace(train_steps=train_steps, eval_test=False, image_size=8)
+
+
+@pytest.mark.slow
+def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    import json
+
+
+    root, cfg = _folder_run(tmp_path, train_steps=8)
     run = RunDir(cfg.run.model_dir)
     assert training.run(cfg, verbose=0, until_step=4).step == 4  # stopped there, as by a SIGTERM
     recorded = run.data_info.read_bytes()
@@ -133,12 +139,8 @@ def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_rec
 def test_a_run_stopped_before_its_first_checkpoint_records_the_data_it_then_trains_on(tmp_path):
     import json
 
-    from conftest import image_folder, tiny
 
-    root = tmp_path / "images"
-    image_folder(root)
-    cfg = tiny(tmp_path / "run", dataset=f"folder:{root}", batch_size=2, checkpoint_steps=2, train_steps=4)
-    cfg = cfg.replace(eval_test=False, image_size=8)
+    root, cfg = _folder_run(tmp_path, train_steps=4)
     run = RunDir(cfg.run.model_dir)
     assert training.run(cfg, verbose=0, until_step=2).step == 2
     shutil.rmtree(run.checkpoints)  # records written, nothing trained on them: as a stop at step 0
