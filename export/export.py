@@ -1,8 +1,10 @@
 """Exports a training run as a TF Serving SavedModel version.
 
     python export/export.py --model_dir runs/resnet20 --export_base /models/resnet20
+    python export/export.py --model resnet20 --weights cifar10 --export_base /models/resnet20
 
-writes `/models/resnet20/<next free version>/` atomically (see export/README.md for serving it).
+writes `/models/resnet20/<next free version>/` atomically (see export/README.md for serving it); the
+second exports a net this package ships.
 `train.py --export_dir` runs the same code at the end of training.
 """
 
@@ -15,6 +17,8 @@ from absl import app, flags
 from keras_resnet.config import MAX_PIXELS, TTA
 
 flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras and data_info.json.")
+flags.DEFINE_string("model", None, "Instead of --model_dir: a net this package ships (with --weights).")
+flags.DEFINE_enum("weights", None, ["cifar10"], "With --model: the shipped weights to export.")
 flags.DEFINE_string(
     "export_base", None, "TF Serving base path of the model; versions are its subdirectories."
 )
@@ -31,7 +35,7 @@ flags.DEFINE_enum(
     list(TTA),
     "Test-time augmentation inside the SavedModel (the mean over the views); default: the run's own.",
 )
-flags.mark_flags_as_required(["model_dir", "export_base"])
+flags.mark_flags_as_required(["export_base"])
 FLAGS = flags.FLAGS
 HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 
@@ -39,6 +43,8 @@ HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if (FLAGS.model_dir is None) == (FLAGS.model is None) or (FLAGS.model is None) != (FLAGS.weights is None):
+        raise app.UsageError("Give --model_dir=RUN, or --model=NAME with --weights=cifar10 (a shipped net).")
     from keras_resnet import files, interrupts, runtime
 
     # Ctrl-C or SIGTERM: one line, 130/143; the version being built is removed (`files.staging_dir`).
@@ -47,14 +53,15 @@ def main(argv: list[str]) -> None:
         from keras_resnet.serving import exporting
 
         try:
-            path = exporting.export_run(
-                FLAGS.model_dir,
-                FLAGS.export_base,
-                version=FLAGS.version,
-                top_k=FLAGS.top_k,
-                max_pixels=FLAGS.max_pixels,
-                tta=FLAGS.tta,
+            options = dict(
+                version=FLAGS.version, top_k=FLAGS.top_k, max_pixels=FLAGS.max_pixels, tta=FLAGS.tta
             )
+            if FLAGS.model_dir is not None:
+                path = exporting.export_run(FLAGS.model_dir, FLAGS.export_base, **options)
+            else:
+                path = exporting.export_shipped(
+                    FLAGS.model, FLAGS.export_base, weights=FLAGS.weights, **options
+                )
         except Exception as err:  # missing run, unwritable base, version taken, full disk: one line
             full = files.disk_full(err)
             if not (full or isinstance(err, (OSError, ValueError, files.Locked))):

@@ -214,6 +214,7 @@ class Summary:
     replicas: int = 1
     workers: int = 1
     precision: str = "float32"
+    cpu: str = ""  # `runtime.cpu_description()` of the machine that finished it
     tensorflow: str = ""
     keras: str = ""
     export_path: str | None = None

@@ -39,3 +39,14 @@ def test_a_result_file_records_the_command_that_made_it(monkeypatch):
         "TF_ENABLE_ONEDNN_OPTS=0 python bench/bench_serving.py '--paths=train.py,plain keras'"
     )
     assert shlex.split(line) == ["TF_ENABLE_ONEDNN_OPTS=0", "python", *typed]
+
+
+def test_readmes_model_table_is_the_shipped_records(monkeypatch, tmp_path):
+    """README's table of shipped nets is bench/models_table.py's output from the records shipped."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import models_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
+    models_table.main(["--readme", str(readme)])
+    assert readme.read_text() == (REPO / "README.md").read_text(), "run python bench/models_table.py"

@@ -48,7 +48,8 @@ KERAS_APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet1
 _IMAGENET_BUILD = {"shortcut": "B", "bottleneck_stride": "1x1", "padding": "symmetric"}
 # How the shipped CIFAR-10 nets are built unless their record's "build" says otherwise.
 CIFAR_BUILD = {"shortcut": "A", "padding": "symmetric"}
-_CIFAR_CLASSES = 10
+# CIFAR-10's labels in TFDS' order (`cifar10` dataset info), which the shipped nets' outputs follow.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # The shipped weights. Module-level and read at every call, so that tests can point it elsewhere.
 WEIGHTS_DIR = pathlib.Path(__file__).resolve().with_name("weights")
@@ -314,32 +315,72 @@ def cifar10_files(
     return folder / (name + _CIFAR_WEIGHTS), folder / (name + _CIFAR_RECORD)
 
 
-def shipped_cifar10() -> list[str]:
+def shipped_cifar10(weights_dir: str | os.PathLike | None = None) -> list[str]:
     """The networks whose CIFAR-10 weights this package ships (`build_model(name, weights="cifar10")`)."""
-    found = WEIGHTS_DIR.glob("*" + _CIFAR_WEIGHTS) if WEIGHTS_DIR.is_dir() else ()
+    folder = pathlib.Path(weights_dir or WEIGHTS_DIR)
+    found = folder.glob("*" + _CIFAR_WEIGHTS) if folder.is_dir() else ()
     names = (path.name.removesuffix(_CIFAR_WEIGHTS) for path in found)
-    return sorted(name for name in names if cifar10_files(name)[1].is_file())
+    return sorted(name for name in names if cifar10_files(name, folder)[1].is_file())
 
 
-def cifar10_record(name: str) -> dict:
-    """The record shipped beside `name`'s CIFAR-10 weights: "mean" (the float32 mean image it was
-    trained with, subtracted from 0-255 pixels), "test_error", "data_sha256", optionally "build"
-    (`build_model` arguments other than the defaults), and "weights", the weights file's path."""
-    shipped = shipped_cifar10()
+@dataclasses.dataclass(frozen=True)
+class Cifar10Record:
+    """What is shipped beside a net's CIFAR-10 weights (`<name>_cifar10.json`; its folder's README).
+
+    Errors are fractions of the 10,000 test images, measured when the net was shipped, from raw
+    pixels through `build_model(name, weights="cifar10")`: `test_error` single-view, `tta_test_error`
+    the mean over the image and its mirror. Records shipped before those fields hold the run's own
+    test error and None.
+    """
+
+    name: str
+    weights: pathlib.Path
+    mean: np.ndarray  # the float32 mean image the net was trained with, subtracted from 0-255 pixels
+    test_error: float
+    data_sha256: str
+    steps: int = 0
+    build: dict[str, str] = dataclasses.field(default_factory=dict)  # non-default build_model arguments
+    tta_test_error: float | None = None
+    class_names: tuple[str, ...] = CIFAR10_CLASSES
+    train_examples: int = 50_000
+    recipe: str = ""  # the command that trained it: a config file and flags
+    wall_time_s: float = 0.0  # the training run's
+    cpu: str = ""  # the training run's
+    precision: str = ""
+    params: int = 0
+    macs: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        del d["name"], d["weights"]  # the file names say them
+        d["mean"] = np.asarray(self.mean, np.float32).round(4).tolist()
+        d["class_names"] = list(self.class_names)
+        return {k: v for k, v in d.items() if v not in (None, {}, "")}
+
+    @classmethod
+    def from_json(cls, name: str, weights: pathlib.Path, d: dict[str, Any]) -> Cifar10Record:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name", "weights"}
+        known = {k: v for k, v in d.items() if k in fields}
+        known["mean"] = np.asarray(d["mean"], np.float32)
+        known["class_names"] = tuple(d.get("class_names", CIFAR10_CLASSES))
+        return cls(name=name, weights=weights, **known)
+
+
+def cifar10_record(name: str, weights_dir: str | os.PathLike | None = None) -> Cifar10Record:
+    """The record shipped beside `name`'s CIFAR-10 weights; one line when there is none."""
+    shipped = shipped_cifar10(weights_dir)
     if name not in shipped:
         listed = f"shipped: {', '.join(shipped)}" if shipped else "none is shipped yet"
         raise WeightsNotFoundError(
             f"No CIFAR-10 weights are shipped for {name} ({listed}); to build it without: {_WITHOUT}."
         )
-    weights, path = cifar10_files(name)
+    weights, path = cifar10_files(name, weights_dir)
     try:
-        record = json.loads(path.read_text())
-        record["mean"] = np.asarray(record["mean"], dtype=np.float32)
+        return Cifar10Record.from_json(name, weights, json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError) as err:
         raise WeightsMismatchError(
             f"{path} is not a CIFAR-10 weights record ({type(err).__name__}: {str(err)[:80]})."
         ) from None
-    return {**record, "weights": weights}
 
 
 def _cifar10(spec: specs.ModelSpec, build: dict, include_top: bool, num_classes: int) -> Weights:
@@ -348,18 +389,17 @@ def _cifar10(spec: specs.ModelSpec, build: dict, include_top: bool, num_classes:
             f"weights='cifar10' are for the CIFAR nets; {spec.name} is an ImageNet net."
         )
     record = cifar10_record(spec.name)
-    expected = {**CIFAR_BUILD, **record.get("build", {})}
+    expected = {**CIFAR_BUILD, **record.build}
     expected.pop("bottleneck_stride", None)  # the CIFAR nets have no bottleneck
     if not spec.residual:
         expected.pop("shortcut", None)  # plain nets have none
     _check_build(f"The shipped CIFAR-10 weights of {spec.name}", expected, build)
-    if include_top and num_classes != _CIFAR_CLASSES:
+    if include_top and num_classes != len(CIFAR10_CLASSES):
         raise WeightsMismatchError(
             f"weights='cifar10' with include_top=True has CIFAR-10's 10 classes, not "
             f"num_classes={num_classes}: for another classifier, build with include_top=False and add it."
         )
-    path = record["weights"]
-    return Weights(functools.partial(_load_file, path), record["mean"])
+    return Weights(functools.partial(_load_file, record.weights), record.mean)
 
 
 def _load_file(path: pathlib.Path, model: keras.Model) -> None:

@@ -29,6 +29,7 @@ from keras_resnet.rundir import RunDir, among_run_files
 from keras_resnet.serving import warmup
 from keras_resnet.serving.decode import decode_images
 from keras_resnet.serving.inference import Inference
+from keras_resnet.serving.shipped import shipped_net
 from keras_resnet.serving.signatures import (
     CLASS_NAMES,
     CLASSES,
@@ -151,6 +152,30 @@ def export_run(
             raise ValueError(f"{err} Or pass --tta.") from None
     tta = tta or "none"
     return export(model, info, export_base, version=version, top_k=top_k, max_pixels=max_pixels, tta=tta)
+
+
+def export_shipped(
+    name: str,
+    export_base: str | pathlib.Path,
+    *,
+    weights: str = "cifar10",
+    version: int | None = None,
+    top_k: int = 5,
+    max_pixels: int = MAX_PIXELS,
+    tta: str | None = None,
+) -> pathlib.Path:
+    """Exports a net this package ships (`shipped.shipped_net`) as a trained run's export: the same
+    signatures, the mean image and class names of the run that trained it; single-view unless `tta`."""
+    model, info = shipped_net(name, weights)
+    return export(
+        model,
+        info,
+        export_base,
+        version=version,
+        top_k=top_k,
+        max_pixels=max_pixels,
+        tta=tta or "none",
+    )
 
 
 def _check_model(model: keras.Model, info: DataInfo) -> None:

@@ -1,6 +1,7 @@
 """A trained run as a Python object: raw images in, class probabilities out.
 
     clf = kr.load("runs/resnet20")                  # model.keras + data_info.json (+ its --tta)
+    clf = kr.load("resnet20", weights="cifar10")    # a net this package ships
     clf.predict(images, batch_size=32, verbose=0)    # uint8 or float 0..255: an image, a batch, a list
     clf.top_k(images, k=3)                           # [[("cat", 0.91), ("dog", 0.05), ...], ...]
     clf.predict(images01, value_range=(0, 1))        # float pixels in 0..1
@@ -31,6 +32,7 @@ from keras_resnet.rundir import RunDir
 from keras_resnet.serving.decode import decode_checked
 from keras_resnet.serving.inference import Inference
 from keras_resnet.serving.pixels import PIXEL_RANGE, rgb_batches
+from keras_resnet.serving.shipped import shipped_net
 
 
 class Classifier:
@@ -98,11 +100,15 @@ class Classifier:
         return self.predict(self.decode_files(paths))
 
 
-def load(run_dir: str | os.PathLike, *, tta: str | None = None) -> Classifier:
-    """The run in `run_dir` (a train.py --model_dir, or a search's `best/`) as a `Classifier`.
+def load(run_dir: str | os.PathLike, *, weights: str | None = None, tta: str | None = None) -> Classifier:
+    """The run in `run_dir` (a train.py --model_dir, or a search's `best/`) as a `Classifier`; with
+    `weights="cifar10"`, `run_dir` is instead the name of a shipped net (`build_model`'s `weights`).
 
-    `tta` None uses the run's own test-time augmentation (its config.json), as its export does.
+    `tta` None uses the run's own test-time augmentation (its config.json), as its export does; a
+    shipped net's default is the single view its record's `test_error` measured.
     """
+    if weights is not None:
+        return Classifier(*shipped_net(os.fspath(run_dir), weights), tta or "none")
     run = RunDir(run_dir)
     missing = [p.name for p in (run.model, run.data_info) if not p.is_file()]
     if missing:

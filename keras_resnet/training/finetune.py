@@ -63,7 +63,7 @@ def _normalization(cfg: TrainConfig, info: DataInfo | None) -> tuple[np.ndarray,
     if flag == pretrained.IMAGENET:
         return np.asarray(pretrained.CAFFE_MEAN_BGR, np.float32), True
     if flag == pretrained.CIFAR10:
-        return pretrained.cifar10_record(cfg.model.name)["mean"], False
+        return pretrained.cifar10_record(cfg.model.name).mean, False
     run = RunDir(flag)
     if run.model.is_file():  # a run of this package: its training mean, which its pipeline subtracted
         mean = DataInfo.load(run.path).mean

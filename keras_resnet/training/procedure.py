@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import files, models, workarounds
+from keras_resnet import files, models, runtime, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration, percent
 from keras_resnet.models import whitening
@@ -285,6 +285,7 @@ class Run:
             replicas=self.strategy.num_replicas_in_sync,
             workers=distribution.num_workers(self.strategy),
             precision=self.precision,
+            cpu=runtime.cpu_description(),
             tensorflow=tf.__version__,
             keras=keras.__version__,
         )
