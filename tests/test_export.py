@@ -525,3 +525,18 @@ def test_model_built_under_mirrored_strategy_exports(cifar, tmp_path, mirrored_s
     out = tf.saved_model.load(str(path)).signatures["predict_pixels_uint8"](pixels=tf.constant(cifar.pixels))
     want = cifar.model(eval_preprocess(cifar.pixels, cifar.info), training=False).numpy()
     np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_export_py_takes_a_run_or_a_shipped_net_and_refuses_a_net_not_shipped(tmp_path):
+    def export(*flags: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(REPO / "export" / "export.py"), f"--export_base={tmp_path / 'e'}"]
+        return subprocess.run([*command, *flags], env=ENV, capture_output=True, text=True, timeout=300)
+
+    both = export(f"--model_dir={tmp_path}", "--model=resnet8", "--weights=cifar10")
+    neither = export()
+    not_shipped = export("--model=resnet8", "--weights=cifar10")
+    assert both.returncode == neither.returncode == 1 and "--model_dir=RUN" in neither.stderr
+    assert not_shipped.returncode == 1 and "Traceback" not in not_shipped.stderr
+    assert "No CIFAR-10 weights are shipped for resnet8" in not_shipped.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "e").exists() or not any((tmp_path / "e").iterdir())

@@ -115,7 +115,6 @@ def _folder_run(tmp_path, train_steps: int):
 def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_recorded(tmp_path):
     import json
 
-
     root, cfg = _folder_run(tmp_path, train_steps=8)
     run = RunDir(cfg.run.model_dir)
     assert training.run(cfg, verbose=0, until_step=4).step == 4  # stopped there, as by a SIGTERM
@@ -138,7 +137,6 @@ def test_data_changed_under_a_resumed_run_is_refused_unless_allowed_and_then_rec
 @pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_records_the_data_it_then_trains_on(tmp_path):
     import json
-
 
     root, cfg = _folder_run(tmp_path, train_steps=4)
     run = RunDir(cfg.run.model_dir)
