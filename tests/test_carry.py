@@ -47,9 +47,17 @@ def test_a_carried_run_resumes_at_the_carried_step_and_finishes_as_the_run_resum
 
     summary = training.run(carried, verbose=0)
     assert summary.steps == 30 and summary.resumed_from_step == 20
-    assert not (tmp_path / "carry").exists()  # a finished run leaves no carry behind
     with open(tmp_path / "moved" / "history.csv") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [10, 20, 30]
+    # Finished: the carry is the final model and records, no checkpoint. On a machine without the
+    # run folder the same command finds the run finished, with its model: nothing is trained.
+    final = ["carry.json", "config.json", "data_info.json", "flags.cfg", "history.csv", "model.keras"]
+    assert _carry_files(tmp_path / "carry") == [f"final-30/{name}" for name in [*final, "summary.json"]]
+    model = (tmp_path / "moved" / "model.keras").read_bytes()
+    shutil.rmtree(tmp_path / "moved")
+    again = training.run(carried, verbose=0)
+    assert again == summary and (tmp_path / "moved" / "model.keras").read_bytes() == model
+    assert not (tmp_path / "moved" / "checkpoints").exists()  # nothing was trained
 
     stayed = tiny(tmp_path / "stayed", train_steps=30, deterministic=True)
     assert training.run(stayed, verbose=0, until_step=20).step == 20

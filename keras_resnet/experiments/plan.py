@@ -83,7 +83,7 @@ def steps_done(cfg: TrainConfig) -> int:
     for values, status, trial_dir in trials_on_disk(tune_dir):
         if values.get("shortcut") == cfg.model.shortcut:
             return steps if status == "COMPLETED" else resumes_at(trial_dir)
-    carried = carry.newest(cfg.run.carry_dir) if cfg.run.carry_dir else None
+    carried = carry.reached(cfg.run.carry_dir) if cfg.run.carry_dir else None
     return max(resumes_at(run.path), carried.step if carried else 0)
 
 

@@ -321,7 +321,7 @@ class Run:
         if self.chief:
             self.dir.write_summary(summary)  # last: its presence marks a finished run
             if self.carries:
-                carry.discard(self.cfg.run.carry_dir)
+                carry.finish(self.dir, self.cfg.run.carry_dir)
             this = (
                 f", {duration(summary.command_time_s)} of them in this command"
                 if summary.resumed_from_step

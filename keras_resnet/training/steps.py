@@ -85,8 +85,8 @@ def finished_run(cfg: TrainConfig, again: bool = False) -> Summary | None:
         if not again:
             print(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.", flush=True)
         return None
-    if cfg.run.carry_dir:  # a run that died between its summary and removing its carry
-        carry.discard(cfg.run.carry_dir)
+    if cfg.run.carry_dir:  # a run that died between its summary and its final carry
+        carry.finish(run, cfg.run.carry_dir)
     print(
         f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
         f"{percent(summary.test_error)}); nothing to do.",
