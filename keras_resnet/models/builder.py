@@ -84,7 +84,9 @@ def build_model(
     """
     spec = specs.get_spec(name, family)
     option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
-    network.check_arguments(bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum)
+    network.check_arguments(
+        bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum, sync_bn
+    )
     num_classes = spec.default_num_classes if num_classes is None else num_classes
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
