@@ -44,10 +44,11 @@ class Case:
     build: dict
     weights: str  # "file" (this case's .weights.h5), "cifar10" or "imagenet"
     size: int
+    views: bool = False  # also test-time augmentation, and a training-mode pass (batch statistics)
 
 
 CASES = (
-    Case("resnet8_top", {"name": "resnet8"}, "file", 32),
+    Case("resnet8_top", {"name": "resnet8"}, "file", 32, views=True),
     Case("resnet8_map", {"name": "resnet8", "include_top": False}, "file", 32),
     Case("plain8_avg", {"name": "plain8", "include_top": False, "pooling": "avg"}, "file", 32),
     Case("resnet18_max", {"name": "resnet18", "include_top": False, "pooling": "max"}, "file", SIZE),
@@ -63,6 +64,20 @@ def _build(case: Case, folder: pathlib.Path):
     weights = str(folder / f"{case.name}.weights.h5") if case.weights == "file" else case.weights
     input_shape = (case.size, case.size, 3)
     return kr.build_model(**case.build, input_shape=input_shape, weights=weights)
+
+
+def _outputs(case: Case, model, x: np.ndarray) -> np.ndarray:
+    """`model`'s outputs on `x`; with `case.views`, stacked with its test-time-augmented outputs and a
+    training-mode pass (TensorFlow's fused batch norm there, Keras' own elsewhere), in that order."""
+    import keras
+
+    import keras_resnet as kr
+
+    outputs = [model(x)]
+    if case.views:
+        outputs.append(kr.with_test_time_augmentation(model, "flip_translate")(x))
+        outputs.append(model(x, training=True))  # last: it moves the statistics
+    return np.stack([keras.ops.convert_to_numpy(y) for y in outputs])
 
 
 def _counts(model) -> list:
@@ -94,7 +109,7 @@ def on_backend(folder: str) -> None:
     for case in CASES:
         model = _build(case, folder)
         x = np.load(folder / f"{case.name}.x.npy")
-        np.save(folder / f"{case.name}.{report['backend']}.npy", keras.ops.convert_to_numpy(model(x)))
+        np.save(folder / f"{case.name}.{report['backend']}.npy", _outputs(case, model, x))
         report[case.name] = _counts(model)
     try:
         _build(dataclasses.replace(CASES[0], build={"name": "resnet8", "sync_bn": True}), folder)
@@ -145,7 +160,6 @@ def _save_random_weights(case: Case, folder: pathlib.Path, x: np.ndarray, seed: 
 @pytest.fixture(scope="module")
 def on_tensorflow(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """(the folder of weights, inputs and TensorFlow's outputs; TensorFlow's counts by case)."""
-    import keras
 
     folder = tmp_path_factory.mktemp("backends")
     _imagenet_stand_in(folder)
@@ -159,7 +173,7 @@ def on_tensorflow(tmp_path_factory) -> tuple[pathlib.Path, dict]:
             if case.weights != "imagenet":
                 _save_random_weights(case, folder, x, seed)
             model = _build(case, folder)
-            np.save(folder / f"{case.name}.tensorflow.npy", keras.ops.convert_to_numpy(model(x)))
+            np.save(folder / f"{case.name}.tensorflow.npy", _outputs(case, model, x))
             counts[case.name] = _counts(model)
     return folder, counts
 
