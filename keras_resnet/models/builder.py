@@ -59,8 +59,9 @@ def build_model(
             paper does; "3x3" moves it to the 3x3 convolution ("ResNet v1.5" of other frameworks).
         classifier_activation: "softmax" (the paper) or None for logits.
         sync_bn: compute batch statistics over the global batch across replicas (TensorFlow
-            only); by default each replica normalises with its own share of the batch, as the
-            paper's multi-GPU training did. Moving statistics are averaged across replicas either way.
+            only: refused on the other Keras backends); by default each replica normalises with its
+            own share of the batch, as the paper's multi-GPU training did. Moving statistics are
+            averaged across replicas either way.
         fused_bn: train batch norm with TensorFlow's fused kernel where it applies (see
             `keras_resnet.models.layers.BatchNormalization`); False keeps Keras' own computation.
         zero_init_residual: start the last BN scale of every residual block at 0, so that each
