@@ -48,18 +48,20 @@ def one_line(err: BaseException) -> str:
     return message
 
 
-def randomise(model: keras.Model, x: np.ndarray, seed: int) -> None:
+def randomise(model: keras.Model, x: np.ndarray, seed: int, prepare=None) -> None:
     """Random conv biases, BN statistics, scales and offsets (else the fold is not tested), at a
-    scale that keeps the activations finite and the probabilities far from one-hot."""
+    scale that keeps the activations finite and the probabilities far from one-hot. `prepare`
+    makes `model`'s input of images `x`: keras.applications' `preprocess_input` by default."""
     rng = np.random.default_rng(seed)
+    prepare = prepare or (lambda images: applications.preprocess_input(images.copy()))
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
             layer.bias.assign(rng.normal(0, 0.5, layer.bias.shape).astype("float32"))
     # Moving statistics near the real ones (one training-mode pass, momentum 0), then perturbed.
     for layer in bns:
         layer.momentum = 0.0
-    model(applications.preprocess_input(x.copy()), training=True)
+    model(prepare(x), training=True)
     for layer in bns:
         n = layer.gamma.shape
         variance = numpy(layer.moving_variance)
@@ -71,7 +73,7 @@ def randomise(model: keras.Model, x: np.ndarray, seed: int) -> None:
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     if dense:  # logits with a standard deviation of about 3
         pool = keras.Model(model.input, model.get_layer("avg_pool").output)
-        features = numpy(pool(applications.preprocess_input(x.copy())))
+        features = numpy(pool(prepare(x)))
         scale = 3 / (np.sqrt(features.shape[1]) * features.std())
         dense[0].kernel.assign(rng.normal(0, scale, dense[0].kernel.shape).astype("float32"))
         dense[0].bias.assign(rng.normal(0, 1, dense[0].bias.shape).astype("float32"))

@@ -13,6 +13,9 @@
 - `compiled`: the registered loss, error metric, learning-rate schedule and SGD a compiled
   `model.keras` refers to.
 
+Every module here runs on any Keras backend (JAX and torch shown by tests/test_backends.py) except
+`tf_kernels`, TensorFlow's fused batch norm, which `layers` uses only on TensorFlow.
+
 `register()` registers every custom object a saved model refers to (these layers and `compiled`);
 every stage package calls it on import, so that `keras.saving.load_model(path, safe_mode=True)`
 loads a run's `model.keras`.

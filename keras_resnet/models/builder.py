@@ -59,8 +59,9 @@ def build_model(
             paper does; "3x3" moves it to the 3x3 convolution ("ResNet v1.5" of other frameworks).
         classifier_activation: "softmax" (the paper) or None for logits.
         sync_bn: compute batch statistics over the global batch across replicas (TensorFlow
-            only); by default each replica normalises with its own share of the batch, as the
-            paper's multi-GPU training did. Moving statistics are averaged across replicas either way.
+            only: refused on the other Keras backends); by default each replica normalises with its
+            own share of the batch, as the paper's multi-GPU training did. Moving statistics are
+            averaged across replicas either way.
         fused_bn: train batch norm with TensorFlow's fused kernel where it applies (see
             `keras_resnet.models.layers.BatchNormalization`); False keeps Keras' own computation.
         zero_init_residual: start the last BN scale of every residual block at 0, so that each
@@ -84,7 +85,9 @@ def build_model(
     """
     spec = specs.get_spec(name, family)
     option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
-    network.check_arguments(bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum)
+    network.check_arguments(
+        bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum, sync_bn
+    )
     num_classes = spec.default_num_classes if num_classes is None else num_classes
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")

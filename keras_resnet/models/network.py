@@ -41,8 +41,16 @@ class Options:
     ghost_batch_size: int
 
 
-def check_arguments(bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum) -> None:
+def check_arguments(
+    bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum, sync_bn=False
+) -> None:
     """Raises a ValueError naming the first argument `build_model` cannot build with."""
+    if sync_bn and keras.backend.backend() != "tensorflow":
+        # Keras' synchronized batch norm is tf.distribute's; its own refusal names `synchronized`.
+        raise ValueError(
+            f"sync_bn=True is TensorFlow's (tf.distribute); on the {keras.backend.backend()} backend "
+            "build with sync_bn=False, or train with KERAS_BACKEND=tensorflow."
+        )
     specs.check_choice("bottleneck_stride", bottleneck_stride, specs.BOTTLENECK_STRIDES)
     specs.check_choice("padding", padding, specs.PADDINGS)
     specs.check_bn_momentum(bn_momentum)
