@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration, percent
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.models import whitening
 from keras_resnet.rundir import RunDir, Summary, check_space, claimed
 from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
@@ -45,7 +46,7 @@ from keras_resnet.training.steps import build_model, finished_run, load_data, re
 class TrainingStopped(RuntimeError):
     """Training ended early (interrupted, or the loss diverged); the message says how to go on."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: ExitCode):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -221,7 +222,9 @@ class Run:
             datarecord.record(self.dir, self.info, self.data_change, self.restored_step)
             print(self.header(), flush=True)
         if STOP.requested:
-            raise TrainingStopped(f"{STOP.requested} before training started; nothing was trained.", 130)
+            raise TrainingStopped(
+                f"{STOP.requested} before training started; nothing was trained.", ExitCode.INTERRUPTED
+            )
 
     def fit(self) -> None:
         """`model.fit` until exactly the run's last step, in chunks of --checkpoint_steps counted
@@ -336,7 +339,8 @@ class Run:
             # Asked to stop at the last step or after it: the run is complete, and whoever runs
             # several (reproduce, a search, a script) must still stop.
             raise TrainingStopped(
-                f"{STOP.requested} after the last step: the run is complete ({self.dir.summary}).", 130
+                f"{STOP.requested} after the last step: the run is complete ({self.dir.summary}).",
+                ExitCode.INTERRUPTED,
             )
 
     def header(self) -> str:
@@ -425,11 +429,11 @@ def _stopped_early(checkpointer: Checkpointer, step: int, total_steps: int) -> N
         raise TrainingStopped(
             f"training diverged at step {diverged_at} ({seen}); {kept}. Lower --learning_rate or use "
             "--warmup, then run again with --allow_config_change.",
-            exit_code=3,
+            exit_code=ExitCode.DIVERGED,
         )
     if checkpointer.interrupted:
         raise TrainingStopped(
             f"interrupted at step {step}/{total_steps}; checkpoint saved in {checkpointer.read_dir}. "
             "Run the same command again to resume.",
-            exit_code=130,
+            exit_code=ExitCode.INTERRUPTED,
         )

@@ -32,6 +32,7 @@ import keras_tuner
 
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.rundir import RunDir
 from keras_resnet.training import distribution, evaluation, optimization, procedure, steps
 from keras_resnet.training.precision import precision_policy
@@ -205,7 +206,7 @@ def _search(
                 f"lost the chief's oracle at {cluster.chief_address()} ({err.code().name} after at most "
                 f"{wait_for_chief:.0f} s): start this worker again when the chief is back; its unfinished "
                 "trial resumes from its last checkpoint.",
-                exit_code=1,
+                exit_code=ExitCode.ERROR,
             ) from None
         except (KeyboardInterrupt, SearchStopped) as err:
             why = str(err) or "KeyboardInterrupt"
@@ -219,7 +220,7 @@ def _search(
             raise procedure.TrainingStopped(
                 f"search interrupted ({why.splitlines()[0][:200]}){done}, kept in {tune_dir}; run the same "
                 "command again to continue it (an unfinished trial resumes from its last checkpoint).",
-                exit_code=130,
+                exit_code=ExitCode.INTERRUPTED,
             ) from None
     if role not in (None, cluster.CHIEF):
         print(

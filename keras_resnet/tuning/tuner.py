@@ -16,6 +16,7 @@ import keras_tuner
 from keras_resnet import files, workarounds
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.console import duration
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.rundir import RunDir
 from keras_resnet.training import procedure
 from keras_resnet.training.signals import STOP
@@ -114,7 +115,7 @@ class Tuner(keras_tuner.Tuner):
         try:
             summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False)
         except procedure.TrainingStopped as err:
-            if err.exit_code == 3:  # diverged: this configuration fails, the search goes on
+            if err.exit_code == ExitCode.DIVERGED:  # diverged: this configuration fails, the search goes on
                 # The run's advice (lower the rate, run again) is for a run of one's own, not a trial.
                 raise keras_tuner.errors.FailedTrialError(str(err).split(". ")[0] + ".") from None
             raise SearchStopped(str(err)) from None
@@ -190,7 +191,7 @@ class NoTrialCompleted(procedure.TrainingStopped):
     """Every trial of a search failed: there is no winner to report, train or export (exit 1)."""
 
     def __init__(self, message: str):
-        super().__init__(message, exit_code=1)
+        super().__init__(message, exit_code=ExitCode.ERROR)
 
 
 class SearchStopped(keras_tuner.errors.FatalError):
