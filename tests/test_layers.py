@@ -1,4 +1,5 @@
-"""Imports run one way: the package's layers (its docstring's table) and no cycle between modules.
+"""Imports run one way: the package's layers (its docstring's table) and no cycle between modules;
+and only the commands and the progress display print (the library logs).
 
 Every import of every module is read with `ast`, function-local and `TYPE_CHECKING` ones too, and
 the names a package's `_lazy.exports` maps to modules. An import names the module it reaches (a
@@ -16,6 +17,9 @@ import shutil
 from conftest import REPO
 
 PACKAGE = "keras_resnet"
+# The modules that own what the user reads: the commands, the progress display, and the one line a
+# command ends with on a signal. The rest of the package logs (`runtime.show_logs` shows it).
+PRINTING = ("predict", "reproduce", "__main__", "training.progress", "console", "interrupts")
 
 
 def layer_table(root: pathlib.Path) -> list[tuple[str, list[str]]]:
@@ -131,3 +135,29 @@ def test_an_upward_import_or_a_cycle_is_caught_function_local_too(tmp_path):
         "keras_resnet.serving.loading (serving) imports keras_resnet.training.procedure (training)",
         "keras_resnet.models.builder -> keras_resnet.models.network -> keras_resnet.models.builder",
     ]
+
+
+def printing(root: pathlib.Path) -> list[str]:
+    """Every `print(` call in a module of the package outside PRINTING, as `module:line`."""
+    allowed = {f"{PACKAGE}.{name}" for name in PRINTING}
+    return [
+        f"{name}:{node.lineno}"
+        for name, path in module_names(root).items()
+        if name not in allowed
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print"
+    ]
+
+
+def test_only_the_commands_and_the_progress_display_print():
+    assert printing(REPO / PACKAGE) == []
+
+
+def test_a_print_in_a_library_module_is_caught_but_not_in_a_command(tmp_path):
+    root = tmp_path / PACKAGE
+    shutil.copytree(REPO / PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    for module in ("training/steps.py", "predict.py"):
+        path = root / module
+        path.write_text(f"{path.read_text()}\n\ndef later():\n    print('done')\n")
+    line = len((root / "training/steps.py").read_text().splitlines())
+    assert printing(root) == [f"{PACKAGE}.training.steps:{line}"]

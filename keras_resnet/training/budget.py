@@ -32,6 +32,7 @@ The probes this replaced took 52-73 s of the hour.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -44,6 +45,8 @@ from keras_resnet.rundir import RunDir, Summary, claimed, refuse_config_changes
 from keras_resnet.training import distribution, procedure, steps
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
+
+log = logging.getLogger(__name__)
 
 # The first pause: 20 steps of tracing and filling the input pipeline, then 80 steady ones (25-45 s
 # of training on 2 cores, none thrown away). Over the first 40 steps one core measured 281 img/s at
@@ -240,10 +243,9 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
             steps.restore_carry(cfg, ignore=PLANNED)
     saved = _saved(cfg, minutes)
     if saved and saved["stage"] != MEASURING:
-        print(
+        log.info(
             f"--time_budget: continuing the plan in {RunDir(cfg.run.model_dir).budget}: "
-            f"{_describe(cfg, saved['plan'], saved['measured'])}",
-            flush=True,
+            f"{_describe(cfg, saved['plan'], saved['measured'])}"
         )
         return _segment(cfg, saved["plan"], started=started)[0]
 
@@ -254,7 +256,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     plan = {**{k: cfg.flags()[k] for k in PLANNED}, "precision": resolve_precision(cfg.run.precision)}
     plan["eval_test_every"] = 10**9  # no test set before the end
     _save(cfg, minutes, MEASURING, plan, {})
-    print(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps", flush=True)
+    log.info(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps")
     until = steps.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
     paused, timeline, wall = _segment(cfg, plan, until, started=started)
     if isinstance(paused, Summary):  # a run shorter than the measurement
@@ -419,7 +421,7 @@ def _announce(cfg, minutes: float, stage: str, plan, measured, started: float) -
         if stage == PLANNED_STAGE
         else f"predicted to end at {predicted / 60:.1f} min"
     )
-    print(f"--time_budget={minutes:g}: {low}{full}; {_describe(cfg, plan, measured)}; {then}", flush=True)
+    log.info(f"--time_budget={minutes:g}: {low}{full}; {_describe(cfg, plan, measured)}; {then}")
 
 
 def _describe(cfg: TrainConfig, plan: dict[str, Any], measured: dict[str, Any]) -> str:

@@ -188,9 +188,7 @@ class LearningRateControl(keras.callbacks.Callback):
                 self._apply()
                 self.changes.append(self.step)
                 if self.verbose:
-                    print(
-                        f"\nwarmup over at step {self.step} (running training error {error:.1%})", flush=True
-                    )
+                    log.info(f"\nwarmup over at step {self.step} (running training error {error:.1%})")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -209,7 +207,7 @@ class LearningRateControl(keras.callbacks.Callback):
                         self._apply()
                         self.changes.append(self.step)
                         if self.verbose:
-                            print(f"\nplateau: learning rate x{self.decay} at step {self.step}", flush=True)
+                            log.info(f"\nplateau: learning rate x{self.decay} at step {self.step}")
         if self.schedule.kind == "step":
             # Iteration m (0-based) is the first at the new rate, i.e. after m steps.
             self.changes += [m for m in self.schedule.milestones if self.logged_step < m <= self.step]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import pathlib
 import shutil
 import sys
@@ -41,6 +42,8 @@ from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.signals import STOP
 from keras_resnet.training.steps import build_model, finished_run, load_data, restore_carry, resumes_at
+
+log = logging.getLogger(__name__)
 
 
 class TrainingStopped(RuntimeError):
@@ -220,7 +223,7 @@ class Run:
             files.write_json(self.dir.config, self.cfg.to_json())
             files.write_text(self.dir.flags, self.cfg.to_flags())
             datarecord.record(self.dir, self.info, self.data_change, self.restored_step)
-            print(self.header(), flush=True)
+            log.info(self.header())
         if STOP.requested:
             raise TrainingStopped(
                 f"{STOP.requested} before training started; nothing was trained.", ExitCode.INTERRUPTED
@@ -329,11 +332,10 @@ class Run:
                 if summary.resumed_from_step
                 else ""
             )
-            print(
+            log.info(
                 f"done: test error {percent(summary.test_error)} after {summary.steps} steps in "
                 f"{duration(summary.wall_time_s)}{this} ({summary.images_per_sec:.0f} img/s); outputs in "
-                f"{self.dir.path} (model.keras, history.csv, curves.png, summary.json)",
-                flush=True,
+                f"{self.dir.path} (model.keras, history.csv, curves.png, summary.json)"
             )
         if STOP.requested:
             # Asked to stop at the last step or after it: the run is complete, and whoever runs
@@ -386,11 +388,10 @@ def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:
     those decays never happen."""
     late = [m for m in cfg.optim.lr_milestones if m >= total_steps]
     if late and cfg.optim.lr_schedule == "step" and chief:
-        print(
+        log.info(
             f"note: --lr_milestones {','.join(map(str, late))} lie at or beyond this run's last step "
             f"({total_steps:,}): the learning rate does not drop there. Give milestones inside the run, "
-            "or --lr_milestones= (empty) to decay at 50% and 75% of it.",
-            flush=True,
+            "or --lr_milestones= (empty) to decay at 50% and 75% of it."
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import pathlib
 from typing import Any
@@ -16,6 +17,8 @@ import keras_tuner
 from keras_resnet import files, plots
 from keras_resnet.console import duration
 from keras_resnet.tuning.space import SEARCHABLE
+
+log = logging.getLogger(__name__)
 
 OBJECTIVE = "val_error"
 
@@ -64,7 +67,7 @@ def write_results(
     try:
         _plot(rows, paths["png"], title)
     except Exception as err:  # the table is the result; the figure only shows it
-        print(f"[tune] could not draw {paths['png']} ({type(err).__name__}: {err})", flush=True)
+        log.info(f"[tune] could not draw {paths['png']} ({type(err).__name__}: {err})")
     return paths
 
 

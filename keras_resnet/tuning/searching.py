@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -50,6 +51,8 @@ from keras_resnet.tuning.tuner import (
     make_tuner,
     values_text,
 )
+
+log = logging.getLogger(__name__)
 
 # Every name a search writes at the top of its --tune_dir (module docstring): anything else is the user's.
 SEARCH_NAMES = frozenset(
@@ -132,7 +135,7 @@ def search(
     if tuner != "hyperband" and (max_trials is None or max_trials > size):
         max_trials = size
     elif tuner == "grid" and max_trials < size:
-        print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
+        log.info(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.")
     strategy = distribution.strategy_for(tune_cfg)
     if distribution.is_multi_worker(strategy):
         raise ConfigError(
@@ -191,10 +194,9 @@ def _search(
         else:
             where = f"; worker {role} of the chief at {cluster.chief_address()}"
         trials = f"at most {max_trials} trials" if max_trials else "Hyperband's trials (no cap)"
-        print(
+        log.info(
             f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, {trials} of "
-            f"{total_steps} steps; {strategy.num_replicas_in_sync} replica(s); in {tune_dir}{where}",
-            flush=True,
+            f"{total_steps} steps; {strategy.num_replicas_in_sync} replica(s); in {tune_dir}{where}"
         )
         try:
             with workarounds.keras_tuner_rpc_timeout(wait_for_chief):
@@ -223,10 +225,7 @@ def _search(
                 exit_code=ExitCode.INTERRUPTED,
             ) from None
     if role not in (None, cluster.CHIEF):
-        print(
-            f"[tune] worker {role}: the chief has no trial left; {kt.trained} trial(s) trained here.",
-            flush=True,
-        )
+        log.info(f"[tune] worker {role}: the chief has no trial left; {kt.trained} trial(s) trained here.")
         return None
     return _finish(kt, cfg, hypermodel, data, strategy, tuner, tune_dir)
 
@@ -261,14 +260,13 @@ def _finish(
     export_path = _export_winner(best_dir, best_cfg, export_base, previous, best.trial_id)
     summary["export"] = str(export_path)
     files.write_json(best_dir.summary, summary)
-    print(tables["md"].read_text(), flush=True)
-    print(
+    log.info(tables["md"].read_text())
+    log.info(
         f"[tune] best: trial {best.trial_id} ({values_text(best_values)}): validation error "
         f"{best.score:.2%}, test error {summary['test_error']:.2%}\n"
         f"[tune] results: {tables['md']} (also .csv, .png)\n"
         f"[tune] train it: python train.py --flagfile={flagfile} --model_dir=...\n"
-        f"[tune] best model: {best_dir.model}\n[tune] exported for TF Serving: {export_path}",
-        flush=True,
+        f"[tune] best model: {best_dir.model}\n[tune] exported for TF Serving: {export_path}"
     )
     return SearchResult(
         rows=rows,
@@ -418,4 +416,4 @@ def report_failures(kt: keras_tuner.Tuner) -> None:
         if trial.status in ("FAILED", "INVALID") and trial.message:
             reason = trial.message.strip().splitlines()[-1]
             reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith("Error") else reason
-            print(f"[tune] trial {trial.trial_id} failed: {reason}", flush=True)
+            log.info(f"[tune] trial {trial.trial_id} failed: {reason}")

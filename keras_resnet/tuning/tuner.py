@@ -4,6 +4,7 @@ whose every trial is an ordinary `training.run` in the trial's own folder."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -23,6 +24,8 @@ from keras_resnet.training.signals import STOP
 from keras_resnet.tuning import cluster
 from keras_resnet.tuning.report import OBJECTIVE, format_value
 from keras_resnet.tuning.space import apply_values
+
+log = logging.getLogger(__name__)
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 # keras-tuner's project folder inside --tune_dir (its trial_*/ directories live there).
@@ -141,7 +144,7 @@ class Tuner(keras_tuner.Tuner):
         super().on_trial_begin(trial)
         if self._is_worker():  # the trials' records live in the chief
             values = values_text(trial.hyperparameters.values)
-            print(f"[tune] worker {self.tuner_id}: trial {trial.trial_id} ({values})", flush=True)
+            log.info(f"[tune] worker {self.tuner_id}: trial {trial.trial_id} ({values})")
             return
         done = [t for t in self.oracle.trials.values() if t.status == "COMPLETED"]
         times = [t.metrics.get_last_value("train_time_s") for t in done if t.metrics.exists("train_time_s")]
@@ -153,7 +156,7 @@ class Tuner(keras_tuner.Tuner):
             line += f" of {self.total_trials}"
             if times:
                 line += f", ETA {duration(left * sum(times) / len(times))}"
-        print(line, flush=True)
+        log.info(line)
 
     def search(self, *fit_args, **fit_kwargs):
         if cluster.distributed_role() == cluster.CHIEF:
