@@ -379,6 +379,7 @@ def make_callbacks(
     model: keras.Model,
     *,
     total_steps: int,
+    rate: LearningRate,
     evaluated: keras.Model,
     validation: tf.data.Dataset | None,
     test: tf.data.Dataset | None,
@@ -390,7 +391,8 @@ def make_callbacks(
     steps_per_epoch: int | None = None,
     live: bool = False,
 ) -> RunCallbacks:
-    """The callbacks of a run of `cfg`; `evaluated` is the model the evaluations score.
+    """The callbacks of a run of `cfg`; `rate` is the schedule `model` was compiled with
+    (`optimization.compile_model`), `evaluated` the model the evaluations score.
 
     `steps_per_epoch` (one pass over the training data) numbers the history's epochs.
 
@@ -399,7 +401,7 @@ def make_callbacks(
     """
     run_dir = RunDir(cfg.run.model_dir)
     out = RunDir(scratch_dir) if scratch_dir else run_dir
-    lr = LearningRateControl(cfg.optim, model.optimizer._learning_rate, verbose=verbose)
+    lr = LearningRateControl(cfg.optim, rate, verbose=verbose)
     low_res = cfg.data.low_res_size
     progress = Progress(
         total_steps,

@@ -176,7 +176,8 @@ class Run:
                 sample = self.datasets.train_sample(whitening.IMAGES)
                 whitening.whiten_stem(model, (x.numpy() for x, _ in sample))
             finetune.freeze(model, cfg.model.freeze)
-            self.model = optimization.compile_model(model, cfg.optim, self.total_steps)
+            self.rate = optimization.schedule(cfg.optim, self.total_steps)
+            self.model = optimization.compile_model(model, cfg.optim, self.total_steps, self.rate)
             self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
             scored = self.average.average if self.average else self.model
             self.evaluated = models.with_test_time_augmentation(scored, cfg.run.tta)
@@ -187,6 +188,7 @@ class Run:
             cfg,
             self.model,
             total_steps=self.total_steps,
+            rate=self.rate,
             evaluated=self.evaluated,
             validation=self.datasets.validation,
             test=self.datasets.test if self.score_test else None,

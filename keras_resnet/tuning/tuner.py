@@ -234,9 +234,7 @@ def make_tuner(
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
         }[tuner]
         oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed, **failures)
-    # Random draws of a new configuration give up after 20 repeats in a row: on a small space the
-    # search (or a Hyperband round) ended with configurations left. Draws are cheap; trials are not.
-    oracle._max_collisions = max(oracle._max_collisions, 1000)
+    workarounds.allow_repeated_draws(oracle, 1000)  # else a small space ends with configurations left
     tuner_ = Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name=PROJECT)
     workarounds.drop_ended_trials_from_retry_queue(oracle, ENDED)
     tuner_.run_steps = run_steps
@@ -259,7 +257,7 @@ def check_hyperband_fits(size: int, total_steps: int, chunk: int) -> None:
     """
     max_epochs = math.ceil(total_steps / chunk)
     oracle = _hyperband_oracle(max_epochs)
-    needed = oracle._get_size(oracle._get_num_brackets() - 1, 0)
+    needed = workarounds.hyperband_first_round(oracle)
     if size < needed:
         raise ConfigError(
             f"--tuner=hyperband over {max_epochs} checkpoint intervals starts with {needed} configurations, "
