@@ -1,5 +1,6 @@
 """Imports run one way: the package's layers (its docstring's table) and no cycle between modules;
-and only the commands and the progress display print (the library logs).
+only the commands and the progress display print (the library logs); and no module of the
+package, the commands or the bench scripts is over 450 lines, no function over 80.
 
 Every import of every module is read with `ast`, function-local and `TYPE_CHECKING` ones too, and
 the names a package's `_lazy.exports` maps to modules. An import names the module it reaches (a
@@ -20,6 +21,7 @@ PACKAGE = "keras_resnet"
 # The modules that own what the user reads: the commands, the progress display, and the one line a
 # command ends with on a signal. The rest of the package logs (`runtime.show_logs` shows it).
 PRINTING = ("predict", "reproduce", "__main__", "training.progress", "console", "interrupts")
+MODULE_LINES, FUNCTION_LINES = 450, 80  # a function counts from its `def` to its last line
 
 
 def layer_table(root: pathlib.Path) -> list[tuple[str, list[str]]]:
@@ -161,3 +163,36 @@ def test_a_print_in_a_library_module_is_caught_but_not_in_a_command(tmp_path):
         path.write_text(f"{path.read_text()}\n\ndef later():\n    print('done')\n")
     line = len((root / "training/steps.py").read_text().splitlines())
     assert printing(root) == [f"{PACKAGE}.training.steps:{line}"]
+
+
+def too_long(repo: pathlib.Path) -> list[str]:
+    """Every module over MODULE_LINES and function over FUNCTION_LINES, as `path: n lines` or
+    `path:line name: n lines`."""
+    paths = [*(repo / PACKAGE).rglob("*.py"), *(repo / "bench").glob("*.py"), *(repo / "export").glob("*.py")]
+    found = []
+    for path in sorted([*paths, repo / "train.py"]):
+        text, name = path.read_text(), path.relative_to(repo)
+        if len(text.splitlines()) > MODULE_LINES:
+            found.append(f"{name}: {len(text.splitlines())} lines")
+        found += [
+            f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > FUNCTION_LINES
+        ]
+    return found
+
+
+def test_no_module_over_450_lines_and_no_function_over_80():
+    assert too_long(REPO) == []
+
+
+def test_a_long_function_and_a_long_module_are_caught(tmp_path):
+    for folder in (PACKAGE, "bench", "export"):
+        shutil.copytree(
+            REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "weights")
+        )
+    shutil.copy(REPO / "train.py", tmp_path / "train.py")
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))  # with its `def`: 81 lines
+    (tmp_path / "bench" / "long.py").write_text(f"def long():\n{body}" + "\n" * 370)
+    assert too_long(tmp_path) == ["bench/long.py: 451 lines", "bench/long.py:1 long: 81 lines"]

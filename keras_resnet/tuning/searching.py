@@ -143,18 +143,7 @@ def search(
             "unset TF_CONFIG or pass --distribution=mirrored."
         )
     role = cluster.distributed_role()
-    try:
-        files.refuse_foreign(tune_dir, "--tune_dir", SEARCH_NAMES.__contains__)
-        if cfg.run.export_dir:
-            files.refuse_foreign(cfg.run.export_dir, "--export_dir", str.isdigit)
-        files.check_writable(tune_dir, "--tune_dir")
-        if cfg.run.export_dir and role in (None, cluster.CHIEF):
-            files.check_writable(cfg.run.export_dir, "--export_dir")
-        # One search per directory; on a cluster the chief holds it, and each worker id its own.
-        locked = tune_dir if role in (None, cluster.CHIEF) else tune_dir / "workers" / role
-        lock = files.DirLock(locked, purpose=f"keras-tuner {role or 'search'}").acquire()
-    except (files.NotWritable, files.Locked, files.ForeignFiles) as err:
-        raise ConfigError(str(err)) from None
+    lock = _claimed(cfg, tune_dir, role)
     try:
         if role not in (None, cluster.CHIEF):
             cluster.wait_for_chief(wait_for_chief)
@@ -163,6 +152,22 @@ def search(
         )
     finally:
         lock.release()
+
+
+def _claimed(cfg: TrainConfig, tune_dir: pathlib.Path, role: str | None) -> files.DirLock:
+    """The search's lock, once --tune_dir (and --export_dir) hold nothing of the user's and are
+    writable. One search per directory; on a cluster the chief holds it, and each worker id its own."""
+    try:
+        files.refuse_foreign(tune_dir, "--tune_dir", SEARCH_NAMES.__contains__)
+        if cfg.run.export_dir:
+            files.refuse_foreign(cfg.run.export_dir, "--export_dir", str.isdigit)
+        files.check_writable(tune_dir, "--tune_dir")
+        if cfg.run.export_dir and role in (None, cluster.CHIEF):
+            files.check_writable(cfg.run.export_dir, "--export_dir")
+        locked = tune_dir if role in (None, cluster.CHIEF) else tune_dir / "workers" / role
+        return files.DirLock(locked, purpose=f"keras-tuner {role or 'search'}").acquire()
+    except (files.NotWritable, files.Locked, files.ForeignFiles) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _search(
