@@ -5,9 +5,9 @@ read and before TensorFlow is imported, because two things are only decided at t
 (a library import changes neither; a notebook sets `TF_ENABLE_ONEDNN_OPTS=1` itself):
 
 - oneDNN kernels: TensorFlow enables them by default only on x86 CPUs with AVX-512 VNNI/BF16 or
-  AMX; on AVX2-only CPUs (AMD Zen 3, older Intel) they stay off although they still pay. Measured
-  here (2-core AMD EPYC Zen 3, ResNet-20, batch 128, interleaved runs): 125-144 img/s without,
-  248-275 img/s with. `TF_ENABLE_ONEDNN_OPTS=0` in the environment keeps TensorFlow's choice.
+  AMX; on AVX2-only CPUs they stay off although they still pay (about twice the training speed
+  on a Zen 3; results/README.md's Zen3 rows are with them on, its `onednn_off` serving row
+  without). `TF_ENABLE_ONEDNN_OPTS=0` in the environment keeps TensorFlow's choice.
 - start-up noise: on a machine without a GPU, the import and the first device query print CUDA
   probe messages (`cudart_stub.cc`, `cuInit`), an absl notice and CPU-feature advice to stderr
   from C++, where neither `TF_CPP_MIN_LOG_LEVEL` nor Python logging reaches them. They are
