@@ -139,6 +139,11 @@ def _plot(rows, path: pathlib.Path, title: str) -> None:
     files.save_figure(fig, path)
 
 
+def space_text(space: dict[str, tuple]) -> str:
+    """`shortcut=A/B/C, depth=20/56`: a search space in one line."""
+    return ", ".join(f"{k}={'/'.join(format_value(v) for v in vs)}" for k, vs in space.items())
+
+
 def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -151,3 +156,12 @@ def _count_text(n) -> str:
 
 def _millions(n) -> str:
     return "" if n is None else f"{n / 1e6:.1f}M"
+
+
+def report_failures(kt: keras_tuner.Tuner) -> None:
+    """One line per failed trial: its reason, the last line of the traceback keras-tuner kept."""
+    for trial in kt.oracle.trials.values():
+        if trial.status in ("FAILED", "INVALID") and trial.message:
+            reason = trial.message.strip().splitlines()[-1]
+            reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith("Error") else reason
+            log.info(f"[tune] trial {trial.trial_id} failed: {reason}")
