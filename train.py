@@ -21,13 +21,12 @@ import sys
 import textwrap
 import time
 
-from absl import app, flags
+from absl import flags
 
 from keras_resnet.config import ConfigError, TrainConfig, define_absl_flags, flag_fields, from_absl_flags
 
 STARTED = time.time()  # --time_budget counts the whole command (Python's own start: ~0.1 s before)
 FLAGS = flags.FLAGS
-HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 SECTION_TITLES = {
     "model": "model: the network",
     "data": "data: the images and their augmentation",
@@ -114,7 +113,6 @@ def _run(cfg: TrainConfig) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         sys.exit(f"train.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.")
-    code = 0
     try:
         _check_command_flags()
         cfg = from_absl_flags(FLAGS)
@@ -122,31 +120,39 @@ def main(argv: list[str]) -> None:
             cfg.check()  # bad flags are refused before TensorFlow starts
     except ConfigError as err:
         sys.exit(f"train.py: error: {err}")
-    from keras_resnet import files, interrupts, runtime
+    from keras_resnet.interrupts import run_command
 
     # A signal outside training's own handling (which checkpoints first): one line, 130/143.
-    with interrupts.ending_the_command("train.py") as ending:
-        runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)
-        from keras_resnet.training.procedure import TrainingStopped
+    run_command("train.py", lambda: _work(cfg))
 
-        try:
-            _run(cfg)
-        except ConfigError as err:
-            print(f"train.py: error: {err}", file=sys.stderr)
-            code = 1
-        except TrainingStopped as err:
-            print(f"train.py: {err}", file=sys.stderr)
-            code = err.exit_code
-        except Exception as err:  # a full disk is the user's to fix: one line, not h5py's traceback
-            if not files.disk_full(err):
-                raise
-            print(f"train.py: error: {files.no_space(f'--model_dir={cfg.run.model_dir}')}", file=sys.stderr)
-            code, _full = 1, err  # kept: freeing h5py's open files in its frames prints their own traceback
-    code = ending.exit_code or code
-    from keras_resnet import workarounds
 
-    workarounds.exit_before_finalization(code)
-    sys.exit(code)
+_KEPT: list[BaseException] = []  # freeing h5py's open files in a full disk's frames prints their traceback
+
+
+def _work(cfg: TrainConfig) -> int:
+    """`_run`, with the errors the user fixes (bad data or location, a full disk) as one line on
+    stderr and their exit status."""
+    from keras_resnet import files, runtime
+    from keras_resnet.interrupts import ExitCode
+
+    runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)
+    from keras_resnet.training.procedure import TrainingStopped
+
+    try:
+        _run(cfg)
+    except ConfigError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return ExitCode.ERROR
+    except TrainingStopped as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # a full disk is the user's to fix: one line, not h5py's traceback
+        if not files.disk_full(err):
+            raise
+        print(f"train.py: error: {files.no_space(f'--model_dir={cfg.run.model_dir}')}", file=sys.stderr)
+        _KEPT.append(err)
+        return ExitCode.ERROR
+    return ExitCode.OK
 
 
 def _flag_help(name: str) -> str:
@@ -177,8 +183,11 @@ def grouped_help() -> str:
     return "\n\n".join([*parts, tail])
 
 
+def _help() -> str:
+    return __doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else grouped_help())
+
+
 if __name__ == "__main__":
-    if HELP & set(sys.argv[1:]):  # absl's --help exits 1; asking for help is no error
-        print(__doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else grouped_help()))
-        sys.exit(0)
-    app.run(main)
+    from keras_resnet.interrupts import run_absl_command
+
+    run_absl_command(main, _help)

@@ -33,6 +33,9 @@ import pathlib
 import subprocess
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from keras_resnet.interrupts import ExitCode  # noqa: E402
+
 # Each lever of the fast preset and the flags that set it back to the paper's recipe (or to
 # train.py's default where the paper has no such thing); then the levers the preset leaves off and
 # the flags that turn each on.
@@ -92,9 +95,9 @@ def main() -> int:
                 code = child.wait()
             except KeyboardInterrupt:  # the terminal's Ctrl-C reached train.py too: let it checkpoint
                 code = child.wait()
-            if code == 130:
+            if code == ExitCode.INTERRUPTED:
                 print("[ablate] interrupted; run the same command again to resume", flush=True)
-                return 130
+                return ExitCode.INTERRUPTED
             if code != 0:
                 print(f"[ablate] {lever}, seed {seed}: train.py exited {code}; row left out", flush=True)
                 continue

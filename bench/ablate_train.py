@@ -81,8 +81,9 @@ def main() -> None:
         scope = mirrored.scope() if row >= 3 else tf.distribute.get_strategy().scope()
         with scope:
             model = models.build_model("resnet20", fused_bn=row >= 1)
+            rate = optimization.schedule(cfg.optim, 64_000)
             if row >= 5:
-                optimization.compile_model(model, cfg.optim, total_steps=64_000)
+                optimization.compile_model(model, cfg.optim, 64_000, rate)
             else:
                 metrics = [compiled.TopKError(1)] if row >= 4 else None
                 model.compile(
@@ -93,7 +94,14 @@ def main() -> None:
         callbacks = []
         if row >= 6:
             made = run_callbacks.make_callbacks(
-                cfg, model, total_steps=10**6, evaluated=model, validation=None, test=None, verbose=False
+                cfg,
+                model,
+                total_steps=10**6,
+                rate=rate,
+                evaluated=model,
+                validation=None,
+                test=None,
+                verbose=False,
             )
             callbacks = [cb for cb in made.ordered() if cb is not made.checkpointer]
         return model, (datasets.train if row >= 2 else arrays), callbacks

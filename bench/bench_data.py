@@ -66,7 +66,7 @@ def save_preview(ds: data.Datasets, path: pathlib.Path, rows: int = 4, cols: int
     print(f"  wrote {path}")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,7 +81,11 @@ def main() -> None:
     parser.add_argument("--skip_imagenette", action="store_true")
     parser.add_argument("--json", default=None, help="write the rows here as JSON")
     parser.add_argument("--preview", default=None, help="write PNG grids of training views into this folder")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.data_dir:
         os.environ[tfds_source.DATA_ENV] = args.data_dir
     root = tfds_source.default_tfds_dir().parent
@@ -153,6 +157,11 @@ def main() -> None:
     elif not args.skip_imagenette:
         print(f"imagenette not found under {root}: skipped")
 
+    _report(rows, b, args.json)
+
+
+def _report(rows: list[dict], b: int, json_path: str | None) -> None:
+    """The rows as a table, and as JSON in `json_path` with the machine's CPU and the command."""
     load = os.getloadavg()
     width = max(len(r["pipeline"]) for r in rows) if rows else 10
     print(f"\n{'pipeline':<{width}}  {'img/s':>9}  {'load s':>6}  target")
@@ -160,10 +169,10 @@ def main() -> None:
         verdict = f">= {r['target']:,}: {'ok' if r['ok'] else 'MISSED'}" if "target" in r else ""
         print(f"{r['pipeline']:<{width}}  {r['img_per_s']:>9,.0f}  {r['load_s']:>6.1f}  {verdict}")
     print(f"\nbatch {b}, {os.cpu_count()} CPU cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if args.json:
+    if json_path:
         out = {"batch_size": b, "cpu_count": os.cpu_count(), "loadavg": load, "rows": rows}
         out |= {"cpu": runtime.cpu_description(), "command": runtime.command_line()}
-        path = pathlib.Path(args.json)
+        path = pathlib.Path(json_path)
         files.write_json(path, out)
         print(f"wrote {path}")
 

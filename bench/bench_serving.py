@@ -44,17 +44,10 @@ decoding and preprocessing (which flatters the others).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import pathlib
-import resource
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from typing import Any
 
 from keras_resnet import runtime
 
@@ -76,6 +69,16 @@ from keras_resnet.serving import signatures, warmup
 
 BENCH = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))  # torch_serving.py and the PyTorch nets beside this script
+from serving_timing import (  # noqa: E402
+    Path,
+    batches_of,
+    own_peak_rss_mb,
+    peak_rss_mb,
+    print_table,
+    rows,
+    run_rounds,
+)
+
 AGAINST = ("none", "keras", "torch")
 NO_TORCH = "torch not installed: pip install -e '.[bench]' to compare; timing the export alone"
 
@@ -128,16 +131,6 @@ print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 """
 
 
-@dataclasses.dataclass
-class Path:
-    """One way to serve the net: `call(x)` on each of `inputs[batch]` (distinct batches, cycled)."""
-
-    framework: str
-    name: str
-    call: Callable[[Any], Any]
-    inputs: dict[int, list]
-
-
 def _real_images(recipe: str, data: pathlib.Path, n: int) -> tuple[list[bytes], list[str]]:
     """`n` encoded real images and the dataset's class names."""
     if recipe == CIFAR_RECIPE:
@@ -182,16 +175,6 @@ def _data_info(recipe: str, class_names: list[str], size: int, pixels: list[np.n
     )
 
 
-def calls_at(batch: int, calls_batch1: int, calls_batch64: int) -> int:
-    """Timed calls at `batch`: log-linear in the batch through (1, calls_batch1), (64, calls_batch64)."""
-    return max(1, round(calls_batch1 * (calls_batch64 / calls_batch1) ** (math.log(batch) / math.log(64))))
-
-
-def _batches_of(items, batch: int) -> list:
-    """Consecutive distinct batches of `items` (at least one), to cycle through."""
-    return [items[i : i + batch] for i in range(0, max(1, len(items) - batch + 1), batch)]
-
-
 def replay_warmup(served, export_dir: pathlib.Path) -> int:
     """Calls the export's signatures with its TF Serving warmup requests, as the server does on load."""
     records = tf.data.TFRecordDataset(str(export_dir / "assets.extra" / warmup.WARMUP_FILE))
@@ -214,13 +197,13 @@ def export_paths(served, batches, encoded: list[bytes], same_size: np.ndarray) -
             "tensorflow",
             signatures.PIXELS_UINT8_SIGNATURE,
             lambda x: pixels_fn(**{signatures.PIXELS: x})[probabilities].numpy(),
-            {b: [tf.constant(x) for x in _batches_of(same_size, b)] for b in batches},
+            {b: [tf.constant(x) for x in batches_of(same_size, b)] for b in batches},
         ),
         Path(
             "tensorflow",
             signatures.IMAGES_SIGNATURE,
             lambda x: images_fn(**{signatures.IMAGES: x})[probabilities].numpy(),
-            {b: [tf.constant(x) for x in _batches_of(encoded, b)] for b in batches},
+            {b: [tf.constant(x) for x in batches_of(encoded, b)] for b in batches},
         ),
     ]
 
@@ -233,20 +216,20 @@ def keras_paths(model: keras.Model, info: DataInfo, batches, views, same_size) -
             "keras",
             "model.predict",
             lambda x: model.predict(x, batch_size=len(x), verbose=0),
-            {b: _batches_of(views, b) for b in batches},
+            {b: batches_of(views, b) for b in batches},
         ),
         Path(
             "keras",
             "kr.load predict",
             lambda x: classifier.predict(x, batch_size=len(x)),
-            {b: _batches_of(same_size, b) for b in batches},
+            {b: batches_of(same_size, b) for b in batches},
         ),
     ]
 
 
 def torch_paths(ts, net, batches, views: np.ndarray) -> list[Path]:
     """PyTorch's three paths (`ts` is bench/torch_serving.py), checked to give the same probabilities."""
-    inputs = {b: [ts.as_input(x) for x in _batches_of(views, b)] for b in batches}
+    inputs = {b: [ts.as_input(x) for x in batches_of(views, b)] for b in batches}
     example = inputs[min(batches)][0]
     calls = ts.paths(net, example)
     expected = calls[ts.EAGER](example)
@@ -284,96 +267,6 @@ def _twin(ts, model: keras.Model, num_classes: int):
             f"the Keras one {keras_params:,}: not the same network."
         )
     return net, torch_params
-
-
-def _time_path(path: Path, batch: int, calls: int, warmup_calls: int) -> list[float]:
-    """Seconds of each of `calls` timed calls at `batch`, after `warmup_calls` untimed ones."""
-    xs = path.inputs[batch]
-    for i in range(warmup_calls):
-        path.call(xs[i % len(xs)])
-    times = []
-    for i in range(calls):
-        x = xs[i % len(xs)]
-        start = time.perf_counter()
-        path.call(x)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def run_rounds(paths: list[Path], batches, rounds: int) -> dict[tuple[str, str, int], list[list[float]]]:
-    """Every path at every batch, --rounds times over; the frameworks take turns at each batch."""
-    times = {(p.framework, p.name, b): [] for b in batches for p in paths}
-    total, done, start = rounds * len(times), 0, time.perf_counter()
-    for r in range(rounds):
-        for b in batches:
-            calls = -(-calls_at(b, FLAGS.calls_batch1, FLAGS.calls_batch64) // rounds)
-            for p in paths:
-                eta = (time.perf_counter() - start) / done * (total - done) if done else float("nan")
-                print(
-                    f"[{done + 1}/{total}, ETA {eta:.0f} s] round {r + 1}: {p.framework} {p.name} "
-                    f"x{b} ({calls} calls)...",
-                    flush=True,
-                )
-                times[(p.framework, p.name, b)].append(_time_path(p, b, calls, FLAGS.warmup_calls))
-                done += 1
-    return times
-
-
-def _rows(times: dict[tuple[str, str, int], list[list[float]]]) -> list[dict]:
-    rows = []
-    for (framework, path, batch), per_round in times.items():
-        t = np.concatenate(per_round)
-        rows.append(
-            {
-                "framework": framework,
-                "path": path,
-                "batch": batch,
-                "p50_ms": float(np.percentile(t, 50) * 1e3),
-                "p99_ms": float(np.percentile(t, 99) * 1e3),
-                "images_per_s": float(batch * len(t) / t.sum()),
-                "calls": len(t),
-                "rounds_images_per_s": [round(batch * len(r) / sum(r), 1) for r in per_round],
-            }
-        )
-    reference = {
-        r["batch"]: r["images_per_s"] for r in rows if r["path"] == signatures.PIXELS_UINT8_SIGNATURE
-    }
-    for r in rows:
-        r["vs_export_pixels"] = r["images_per_s"] / reference[r["batch"]]
-    return rows
-
-
-def _peak_rss_mb(cmd: list[str]) -> float:
-    """The peak RSS (MB) that `cmd`, a Python process printing its own, reports on its last line."""
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
-    return round(float(out.strip().splitlines()[-1]), 1)
-
-
-def _own_peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
-def _print_table(result: dict) -> None:
-    load = result["load_average_at_end"]
-    print(
-        f"\n{result['model']}, {result['recipe']} recipe, {result['image_size']}x{result['image_size']}; "
-        f"{result['cpu']}, {result['cpus']} CPUs, load average {load:.2f} at the end"
-    )
-    params = ", ".join(f"{k} {v:,}" for k, v in result["params"].items())
-    print(f"parameters: {params}; {result['rounds']} interleaved rounds, calls pooled")
-    memory = f"peak RSS: a process holding only the export {result['export_peak_rss_mb']:.0f} MB"
-    if result["torch_peak_rss_mb"] is not None:
-        memory += f", only the eager PyTorch net {result['torch_peak_rss_mb']:.0f} MB"
-    print(memory)
-    print("x export: images/s relative to predict_pixels_uint8 at the same batch")
-    header = ("framework", "path", "batch", "p50 ms", "p99 ms", "img/s", "x export")
-    print("{:<10} {:<20} {:>5} {:>8} {:>8} {:>8} {:>8}  runs".format(*header))
-    for r in result["rows"]:
-        rounds = ", ".join(f"{v:.0f}" for v in r["rounds_images_per_s"])
-        print(
-            f"{r['framework']:<10} {r['path']:<20} {r['batch']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r['images_per_s']:>8.1f} {r['vs_export_pixels']:>8.2f}  {rounds}"
-        )
 
 
 def _check_flags() -> tuple[set[str], list[int]]:
@@ -419,7 +312,7 @@ def _peak_memory(export_dir: pathlib.Path, ts, info: DataInfo) -> dict[str, floa
     """Peak RSS of a process holding only the export, and of one holding only the eager PyTorch net."""
     warmup_file = export_dir / "assets.extra" / warmup.WARMUP_FILE
     memory = {
-        "export_peak_rss_mb": _peak_rss_mb(
+        "export_peak_rss_mb": peak_rss_mb(
             [sys.executable, "-c", _HOLD_EXPORT, str(export_dir), str(warmup_file)]
         ),
         "torch_peak_rss_mb": None,
@@ -429,7 +322,7 @@ def _peak_memory(export_dir: pathlib.Path, ts, info: DataInfo) -> dict[str, floa
         repeats = ",".join(str(n) for _, _, n in spec.stages)
         holder = [sys.executable, str(BENCH / "torch_serving.py"), f"--family={spec.family}"]
         holder += [f"--repeats={repeats}", f"--classes={info.num_classes}", f"--size={info.image_size}"]
-        memory["torch_peak_rss_mb"] = _peak_rss_mb(holder)
+        memory["torch_peak_rss_mb"] = peak_rss_mb(holder)
     return memory
 
 
@@ -484,7 +377,9 @@ def main(argv: list[str]) -> None:
         if ts is not None:
             paths += torch_paths(ts, net, batches, views)
         memory = _peak_memory(export_dir, ts, info)
-        times = run_rounds(paths, batches, FLAGS.rounds)
+        times = run_rounds(
+            paths, batches, FLAGS.rounds, (FLAGS.calls_batch1, FLAGS.calls_batch64), FLAGS.warmup_calls
+        )
     result = {
         "model": FLAGS.model,
         "recipe": recipe,
@@ -497,10 +392,10 @@ def main(argv: list[str]) -> None:
         "warmup_calls": FLAGS.warmup_calls,
         "params": params,
         **memory,
-        "bench_peak_rss_mb": _own_peak_rss_mb(),
-        "rows": _rows(times),
+        "bench_peak_rss_mb": own_peak_rss_mb(),
+        "rows": rows(times),
     }
-    _print_table(result)
+    print_table(result)
     if FLAGS.json:
         path = pathlib.Path(FLAGS.json)
         path.parent.mkdir(parents=True, exist_ok=True)

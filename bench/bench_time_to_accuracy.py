@@ -111,7 +111,7 @@ def _draw_panel(ax, plt, title: str, runs: list) -> None:
     ax.legend(fontsize=7, loc="lower right")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flagfile")
     parser.add_argument("--model_dir", help="a new directory (the run must start from scratch)")
@@ -119,6 +119,21 @@ def main() -> None:
     parser.add_argument("--log", default="results/time_to_accuracy/runs.csv")
     parser.add_argument("--plot", metavar="FOLDER", help=f"only redraw FOLDER/{FIGURE}")
     parser.add_argument("train_flags", nargs="*", help="more train.py flags, after --")
+    return parser
+
+
+def _make_result_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The result folders are made before the run: a bad path fails now, not after an hour."""
+    for flag, path in (("--json", args.json), ("--log", args.log)):
+        try:
+            if path:
+                pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"{flag}={path}: cannot make its folder ({err.strerror}); give a writable path")
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     if args.plot:
         png = plot_folder(pathlib.Path(args.plot))
@@ -131,13 +146,7 @@ def main() -> None:
     model_dir = pathlib.Path(args.model_dir)
     if model_dir.exists() and any(model_dir.iterdir()):
         parser.error(f"--model_dir={model_dir} is not empty: a timed run must start from scratch")
-    # The result folders are made before the run: a bad path fails now, not after an hour.
-    for flag, path in (("--json", args.json), ("--log", args.log)):
-        try:
-            if path:
-                pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            parser.error(f"{flag}={path}: cannot make its folder ({err.strerror}); give a writable path")
+    _make_result_folders(parser, args)
     repo = pathlib.Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(repo / "train.py"), f"--flagfile={args.flagfile}", f"--model_dir={model_dir}"]
     cmd += args.train_flags

@@ -131,8 +131,7 @@ PATHS = {
 }
 
 
-def main() -> None:
-    global BATCH
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="training iterations per run")
     parser.add_argument("--batch", type=int, default=BATCH, help="batch size of every path")
@@ -144,6 +143,33 @@ def main() -> None:
     parser.add_argument(
         "--torch_python", default=None, help="a Python with PyTorch: adds the path `pytorch` (interleaved)"
     )
+    return parser
+
+
+def _rows(combos, runs: dict[tuple[str, str], list[float]], params: dict[str, int]) -> list[dict]:
+    """One row per path and precision: the median rate, and its ratio to the reference's."""
+    rows = []
+    for path, precision in combos:
+        rates = runs[(path, precision)]
+        median = statistics.median(rates)
+        reference = runs.get(("pytorch", precision)) or runs.get(("plain keras", precision))
+        rows.append(
+            {
+                "path": path,
+                "precision": precision,
+                "params": params[path],
+                "median_img_per_sec": median,
+                "ms_per_step": BATCH * 1000 / median,
+                "runs_img_per_sec": [round(v, 1) for v in rates],
+                "vs_reference": median / statistics.median(reference) if reference else None,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    global BATCH
+    parser = _parser()
     args = parser.parse_args()
     BATCH = args.batch  # every path reads the module's batch size
     if args.torch_python:
@@ -177,22 +203,7 @@ def main() -> None:
             params[path] = result["params"]
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    rows = []
-    for path, precision in combos:
-        rates = runs[(path, precision)]
-        median = statistics.median(rates)
-        reference = runs.get(("pytorch", precision)) or runs.get(("plain keras", precision))
-        rows.append(
-            {
-                "path": path,
-                "precision": precision,
-                "params": params[path],
-                "median_img_per_sec": median,
-                "ms_per_step": BATCH * 1000 / median,
-                "runs_img_per_sec": [round(v, 1) for v in rates],
-                "vs_reference": median / statistics.median(reference) if reference else None,
-            }
-        )
+    rows = _rows(combos, runs, params)
     print(f"\nResNet-20, batch {BATCH}, CIFAR-10; {os.cpu_count()} CPUs, load average {load:.1f}")
     print(f"medians of {args.repeats} interleaved runs of {args.steps} steps")
     reference = "pytorch" if args.torch_python else "plain keras"

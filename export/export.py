@@ -37,7 +37,6 @@ flags.DEFINE_enum(
 )
 flags.mark_flags_as_required(["export_base"])
 FLAGS = flags.FLAGS
-HELP = {"-h", "-?", "--help", "--helpshort", "--helpfull"}
 
 
 def main(argv: list[str]) -> None:
@@ -45,39 +44,46 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if (FLAGS.model_dir is None) == (FLAGS.model is None) or (FLAGS.model is None) != (FLAGS.weights is None):
         raise app.UsageError("Give --model_dir=RUN, or --model=NAME with --weights=cifar10 (a shipped net).")
-    from keras_resnet import files, interrupts, runtime
+    from keras_resnet.interrupts import run_command
 
     # Ctrl-C or SIGTERM: one line, 130/143; the version being built is removed (`files.staging_dir`).
-    with interrupts.ending_the_command("export.py") as ending:
-        runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
-        from keras_resnet.serving import exporting
+    run_command("export.py", _export)
 
-        try:
-            options = dict(
-                version=FLAGS.version, top_k=FLAGS.top_k, max_pixels=FLAGS.max_pixels, tta=FLAGS.tta
-            )
-            if FLAGS.model_dir is not None:
-                path = exporting.export_run(FLAGS.model_dir, FLAGS.export_base, **options)
-            else:
-                path = exporting.export_shipped(
-                    FLAGS.model, FLAGS.export_base, weights=FLAGS.weights, **options
-                )
-        except Exception as err:  # missing run, unwritable base, version taken, full disk: one line
-            full = files.disk_full(err)
-            if not (full or isinstance(err, (OSError, ValueError, files.Locked))):
-                raise
-            sys.exit(f"export.py: error: {files.no_space(FLAGS.export_base) if full else err}")
-    if ending.exit_code:
-        sys.exit(ending.exit_code)
+
+def _export() -> int:
+    """Writes the next version (of a run, or of a shipped net); a missing run, an unwritable base, a
+    version taken or a full disk is one line on stderr and exit status 1."""
+    from keras_resnet import files, runtime
+    from keras_resnet.interrupts import ExitCode
+
+    runtime.start_command(FLAGS.verbosity if FLAGS["verbosity"].present else None)  # no save chatter
+    from keras_resnet.serving import exporting
+
+    try:
+        options = dict(version=FLAGS.version, top_k=FLAGS.top_k, max_pixels=FLAGS.max_pixels, tta=FLAGS.tta)
+        if FLAGS.model_dir is not None:
+            path = exporting.export_run(FLAGS.model_dir, FLAGS.export_base, **options)
+        else:
+            path = exporting.export_shipped(FLAGS.model, FLAGS.export_base, weights=FLAGS.weights, **options)
+    except Exception as err:
+        full = files.disk_full(err)
+        if not (full or isinstance(err, (OSError, ValueError, files.Locked))):
+            raise
+        print(f"export.py: error: {files.no_space(FLAGS.export_base) if full else err}", file=sys.stderr)
+        return ExitCode.ERROR
     base, name = path.parent.resolve(), path.parent.resolve().name
     print(f"Exported {path}")
     print(f"  signatures: {', '.join(exporting.SIGNATURES)} (inputs and outputs: export/README.md)")
     print(f"  serve it:   docker run --rm -p 8500:8500 -p 8501:8501 -v {base}:/models/{name} \\")
     print(f"                -e MODEL_NAME={name} tensorflow/serving")
+    return ExitCode.OK
+
+
+def _help() -> str:
+    return __doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else FLAGS.main_module_help())
 
 
 if __name__ == "__main__":
-    if HELP & set(sys.argv[1:]):  # absl's --help exits 1; asking for help is no error
-        print(__doc__ + "\n" + (FLAGS.get_help() if "--helpfull" in sys.argv else FLAGS.main_module_help()))
-        sys.exit(0)
-    app.run(main)
+    from keras_resnet.interrupts import run_absl_command
+
+    run_absl_command(main, _help)

@@ -1,7 +1,10 @@
-"""Ctrl-C and SIGTERM in a command's work outside training (loading, evaluation, export, predict).
+"""Ctrl-C and SIGTERM in a command's work outside training, and how every command ends.
 
-    with interrupts.ending_the_command("export.py") as ending:
-        ...                         # SIGINT or SIGTERM: one line, `Ending.exit_code` 130 or 143
+    if __name__ == "__main__":
+        interrupts.run_command("predict", main)   # SIGINT or SIGTERM: one line, exit 130 or 143
+
+`ExitCode` names the exit statuses the commands share (one home for them). `run_command` runs a
+command's work under `ending_the_command` and leaves through `workarounds.exit_before_finalization`.
 
 The signal becomes `Interrupted`, a BaseException like KeyboardInterrupt, so `except Exception`
 blocks let it through and every writer's own clean-up runs (`files.replacing` and
@@ -14,12 +17,27 @@ before TensorFlow is imported.
 from __future__ import annotations
 
 import contextlib
+import enum
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NoReturn
+
+from keras_resnet import workarounds
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HELP = frozenset({"-h", "-?", "--help", "--helpshort", "--helpfull"})
+
+
+class ExitCode(enum.IntEnum):
+    """The exit statuses of the commands (train.py, export.py, predict, reproduce)."""
+
+    OK = 0
+    ERROR = 1  # bad flags, data or output location, or a search with no trial completed: one line
+    DIVERGED = 3  # the loss diverged; the last good checkpoint is kept
+    INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's convention: Ctrl-C (a checkpoint is written)
+    TERMINATED = 128 + signal.SIGTERM  # 143: SIGTERM
 
 
 class Interrupted(BaseException):
@@ -28,7 +46,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.name = signal.Signals(signum).name
-        self.exit_code = 128 + signum
+        self.exit_code = ExitCode(128 + signum)
 
 
 def _raise(signum, frame) -> None:
@@ -40,7 +58,7 @@ def _raise(signum, frame) -> None:
 class Ending:
     """What `ending_the_command` saw: the exit code of the signal that ended the block (0: none)."""
 
-    exit_code: int = 0
+    exit_code: ExitCode = ExitCode.OK
 
 
 @contextlib.contextmanager
@@ -61,3 +79,26 @@ def ending_the_command(command: str, redo: str = "run the same command again") -
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def run_command(command: str, work: Callable[[], int]) -> NoReturn:
+    """Runs a command's `work` (which returns its exit status) under `ending_the_command`, then exits
+    with that status, or 130/143 when a signal ended it, through `workarounds.exit_before_finalization`
+    (TensorFlow can otherwise block the exit)."""
+    code = ExitCode.OK
+    with ending_the_command(command) as ending:
+        code = work()
+    code = ending.exit_code or code
+    workarounds.exit_before_finalization(code)
+    raise SystemExit(code)
+
+
+def run_absl_command(main: Callable[[list[str]], None], help_text: Callable[[], str]) -> None:
+    """absl's `app.run(main)` for train.py and export.py, but asking for help prints `help_text()`
+    and exits 0 (absl's own --help exits 1, and asking for help is no error)."""
+    if HELP & set(sys.argv[1:]):
+        print(help_text())
+        raise SystemExit(ExitCode.OK)
+    from absl import app
+
+    app.run(main)

@@ -24,6 +24,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from keras_resnet.interrupts import ExitCode
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = load(args.model_dir)
     except (OSError, ValueError) as err:
         print(f"predict: error: {err}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     refused = 0
     for path in args.files:
         best, reason = None, ""
@@ -109,17 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_line(path, best, reason, args.json), flush=True)
     if refused:
         print(f"predict: {refused} of {len(args.files)} files refused", file=sys.stderr)
-    return 1 if refused else 0
+    return ExitCode.ERROR if refused else ExitCode.OK
 
 
 if __name__ == "__main__":
-    from keras_resnet import interrupts
+    from keras_resnet.interrupts import run_command
 
-    code = 0
-    with interrupts.ending_the_command("predict") as ending:  # one line, 130/143, nothing half-written
-        code = main()
-    code = ending.exit_code or code
-    from keras_resnet import workarounds
-
-    workarounds.exit_before_finalization(code)
-    raise SystemExit(code)
+    run_command("predict", main)  # a signal: one line, 130/143, nothing half-written

@@ -37,6 +37,7 @@ from keras_resnet.experiments.options import (
     QUICK_DATASET,
     Options,
 )
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.models import specs
 
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_locations(cfg)
     except (ConfigError, files.NotWritable) as err:
         print(f"reproduce: error: {err}", file=sys.stderr, flush=True)
-        return 1
+        return ExitCode.ERROR
     print(
         f"[reproduce] {options.experiment}: {len(cfgs)} run(s) of {options.budget:,} iterations "
         f"({', '.join(dict.fromkeys(c.model.name for c in cfgs))}) on {options.dataset}; estimated "
@@ -131,27 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if dry_run:
         print(plan.describe(cfgs))
-        return 0
+        return ExitCode.OK
     try:
         outputs = paper.RUNNERS[options.experiment](options)
     except ConfigError as err:
         print(f"reproduce: error: {err}", file=sys.stderr, flush=True)
-        return 1
+        return ExitCode.ERROR
     except TrainingStopped as err:
         print(f"reproduce: {err}", file=sys.stderr, flush=True)
         return err.exit_code
     print("[reproduce] wrote " + ", ".join(str(p) for p in outputs.values()), flush=True)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
-    from keras_resnet import interrupts
+    from keras_resnet.interrupts import run_command
 
-    code = 0
-    with interrupts.ending_the_command("reproduce") as ending:  # one line, 130/143, nothing half-written
-        code = main()
-    code = ending.exit_code or code
-    from keras_resnet import workarounds
-
-    workarounds.exit_before_finalization(code)
-    raise SystemExit(code)
+    run_command("reproduce", main)  # a signal: one line, 130/143, nothing half-written

@@ -5,9 +5,9 @@ read and before TensorFlow is imported, because two things are only decided at t
 (a library import changes neither; a notebook sets `TF_ENABLE_ONEDNN_OPTS=1` itself):
 
 - oneDNN kernels: TensorFlow enables them by default only on x86 CPUs with AVX-512 VNNI/BF16 or
-  AMX; on AVX2-only CPUs (AMD Zen 3, older Intel) they stay off although they still pay. Measured
-  here (2-core AMD EPYC Zen 3, ResNet-20, batch 128, interleaved runs): 125-144 img/s without,
-  248-275 img/s with. `TF_ENABLE_ONEDNN_OPTS=0` in the environment keeps TensorFlow's choice.
+  AMX; on AVX2-only CPUs they stay off although they still pay (about twice the training speed
+  on a Zen 3; results/README.md's Zen3 rows are with them on, its `onednn_off` serving row
+  without). `TF_ENABLE_ONEDNN_OPTS=0` in the environment keeps TensorFlow's choice.
 - start-up noise: on a machine without a GPU, the import and the first device query print CUDA
   probe messages (`cudart_stub.cc`, `cuInit`), an absl notice and CPU-feature advice to stderr
   from C++, where neither `TF_CPP_MIN_LOG_LEVEL` nor Python logging reaches them. They are
@@ -63,8 +63,9 @@ def filtered_stderr(noise: re.Pattern = NOISE) -> Iterator[None]:
                 for line in capture.read().decode(errors="replace").splitlines()
                 if not noise.search(line)
             ]
-            if kept:
-                print("\n".join(kept), file=sys.stderr, flush=True)
+            if kept:  # the process's own stream, given back: not a line of this package's
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
 
 
 def import_tensorflow() -> None:
@@ -154,7 +155,7 @@ def quiet(verbosity: int | None = None) -> None:
     )
     for name in ("tensorflow", "absl", "keras_tuner", "tensorflow_datasets", "h5py"):
         logging.getLogger(name).setLevel(level)
-    logging.getLogger("keras_resnet").setLevel(min(level, logging.WARNING))
+    show_logs(min(level, logging.INFO))
     from absl import logging as absl_logging  # its verbosity flag overrides the logger's level
 
     absl_logging.set_verbosity(absl_logging.converter.standard_to_absl(level))
@@ -167,3 +168,32 @@ def quiet(verbosity: int | None = None) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r".*__array__ implementation doesn't accept a copy keyword")
+
+
+class PlainLines(logging.Handler):
+    """This package's log as a command shows it: each record's message as a plain line, on the
+    stdout of the moment below warnings (a test's captured stdout too), on stderr from them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            warn = record.levelno >= logging.WARNING
+            stream = sys.stderr if warn else sys.stdout
+            stream.write(("warning: " if warn else "") + self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Shows the `keras_resnet` loggers' records from `level` up as plain lines (`PlainLines`).
+
+    The library only logs (a notebook or a script sees Python's default: warnings); the commands
+    call this through `start_command`, so that a run's lines (its header, the budget's plan, the
+    result) are on stdout. absl's handler on the root logger would print each record a second
+    time, with its own prefix: the package's records stop here.
+    """
+    package = logging.getLogger("keras_resnet")
+    package.setLevel(level)
+    package.propagate = False
+    if not any(isinstance(h, PlainLines) for h in package.handlers):
+        package.addHandler(PlainLines())

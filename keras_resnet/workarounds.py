@@ -189,6 +189,23 @@ def _resumable_grid_oracle_class():
     return ResumableGridSearchOracle
 
 
+def allow_repeated_draws(oracle, draws: int) -> None:
+    """Lets a keras-tuner oracle draw a configuration already tried up to `draws` times in a row
+    before it ends the search (keras-tuner#901: the limit, 20, is no parameter; 1.0-1.4.8).
+
+    A random draw on a small space (or a Hyperband round) repeats configurations often: the
+    search ended with configurations left. Draws are cheap; trials are not.
+    """
+    if hasattr(oracle, "_max_collisions"):
+        oracle._max_collisions = max(oracle._max_collisions, draws)
+
+
+def hyperband_first_round(oracle) -> int:
+    """How many configurations the first round of keras-tuner's largest Hyperband bracket draws:
+    keras-tuner (1.0-1.4.8) computes it in private methods only (no public API; no upstream issue)."""
+    return oracle._get_size(oracle._get_num_brackets() - 1, 0)
+
+
 def drop_ended_trials_from_retry_queue(oracle, final: tuple[str, ...]) -> None:
     """Keeps a reloaded keras-tuner oracle from running an ended trial again (keras-tuner 1.0-1.4.8).
 

@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_resnet.config import TrainConfig  # noqa: E402
+from keras_resnet.runtime import show_logs  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The tiny run: ResNet-8 on the digits, 32 per batch, a checkpoint (and evaluation) every 10 steps.
@@ -31,6 +32,7 @@ DATA_ROOT = pathlib.Path(os.environ["KERAS_RESNET_DATA"]) if os.environ.get("KER
 # in-process tests take the MirroredStrategy path that a multi-GPU machine would.
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+show_logs()  # the package's lines on stdout, as a command shows them (`runtime.start_command`)
 
 
 def image_folder(root: pathlib.Path, value: int = 0, size: int = 12) -> None:

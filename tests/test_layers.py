@@ -1,4 +1,6 @@
-"""Imports run one way: the package's layers (its docstring's table) and no cycle between modules.
+"""Imports run one way: the package's layers (its docstring's table) and no cycle between modules;
+only the commands and the progress display print (the library logs); and no module of the
+package, the commands or the bench scripts is over 450 lines, no function over 80.
 
 Every import of every module is read with `ast`, function-local and `TYPE_CHECKING` ones too, and
 the names a package's `_lazy.exports` maps to modules. An import names the module it reaches (a
@@ -16,6 +18,10 @@ import shutil
 from conftest import REPO
 
 PACKAGE = "keras_resnet"
+# The modules that own what the user reads: the commands, the progress display, and the one line a
+# command ends with on a signal. The rest of the package logs (`runtime.show_logs` shows it).
+PRINTING = ("predict", "reproduce", "__main__", "training.progress", "console", "interrupts")
+MODULE_LINES, FUNCTION_LINES = 450, 80  # a function counts from its `def` to its last line
 
 
 def layer_table(root: pathlib.Path) -> list[tuple[str, list[str]]]:
@@ -131,3 +137,62 @@ def test_an_upward_import_or_a_cycle_is_caught_function_local_too(tmp_path):
         "keras_resnet.serving.loading (serving) imports keras_resnet.training.procedure (training)",
         "keras_resnet.models.builder -> keras_resnet.models.network -> keras_resnet.models.builder",
     ]
+
+
+def printing(root: pathlib.Path) -> list[str]:
+    """Every `print(` call in a module of the package outside PRINTING, as `module:line`."""
+    allowed = {f"{PACKAGE}.{name}" for name in PRINTING}
+    return [
+        f"{name}:{node.lineno}"
+        for name, path in module_names(root).items()
+        if name not in allowed
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print"
+    ]
+
+
+def test_only_the_commands_and_the_progress_display_print():
+    assert printing(REPO / PACKAGE) == []
+
+
+def test_a_print_in_a_library_module_is_caught_but_not_in_a_command(tmp_path):
+    root = tmp_path / PACKAGE
+    shutil.copytree(REPO / PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    for module in ("training/steps.py", "predict.py"):
+        path = root / module
+        path.write_text(f"{path.read_text()}\n\ndef later():\n    print('done')\n")
+    line = len((root / "training/steps.py").read_text().splitlines())
+    assert printing(root) == [f"{PACKAGE}.training.steps:{line}"]
+
+
+def too_long(repo: pathlib.Path) -> list[str]:
+    """Every module over MODULE_LINES and function over FUNCTION_LINES, as `path: n lines` or
+    `path:line name: n lines`."""
+    paths = [*(repo / PACKAGE).rglob("*.py"), *(repo / "bench").glob("*.py"), *(repo / "export").glob("*.py")]
+    found = []
+    for path in sorted([*paths, repo / "train.py"]):
+        text, name = path.read_text(), path.relative_to(repo)
+        if len(text.splitlines()) > MODULE_LINES:
+            found.append(f"{name}: {len(text.splitlines())} lines")
+        found += [
+            f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > FUNCTION_LINES
+        ]
+    return found
+
+
+def test_no_module_over_450_lines_and_no_function_over_80():
+    assert too_long(REPO) == []
+
+
+def test_a_long_function_and_a_long_module_are_caught(tmp_path):
+    for folder in (PACKAGE, "bench", "export"):
+        shutil.copytree(
+            REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "weights")
+        )
+    shutil.copy(REPO / "train.py", tmp_path / "train.py")
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))  # with its `def`: 81 lines
+    (tmp_path / "bench" / "long.py").write_text(f"def long():\n{body}" + "\n" * 370)
+    assert too_long(tmp_path) == ["bench/long.py: 451 lines", "bench/long.py:1 long: 81 lines"]

@@ -204,7 +204,10 @@ def test_lr_applied_per_step_with_warmup():
         model="resnet8", train_steps=12, lr_milestones=(8, 10), warmup=True, warmup_max_steps=4, model_dir="x"
     )
     ds = data.load("digits", batch_size=16)
-    model = optimization.compile_model(training.build_model(cfg, ds.info), cfg.optim, cfg.optim.train_steps)
+    rate = optimization.schedule(cfg.optim, cfg.optim.train_steps)
+    model = optimization.compile_model(
+        training.build_model(cfg, ds.info), cfg.optim, cfg.optim.train_steps, rate
+    )
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -214,7 +217,7 @@ def test_lr_applied_per_step_with_warmup():
         def on_train_batch_end(self, batch, logs=None):
             seen.append(float(logs["error"]))
 
-    control = callbacks.LearningRateControl(cfg.optim, model.optimizer._learning_rate, verbose=False)
+    control = callbacks.LearningRateControl(cfg.optim, rate, verbose=False)
     model.fit(ds.train, steps_per_epoch=12, epochs=1, shuffle=False, callbacks=[control, Record()], verbose=0)
     lrs, errors = seen[0::2], seen[1::2]
     # Rule: 0.01 while warming; warming ends after the step whose running error < 0.8, or step 4.

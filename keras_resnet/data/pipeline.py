@@ -138,17 +138,10 @@ def load_config(
     """
     batch_size = config.batch_size
     eval_batch_size = config.eval_batch_size or batch_size
-    if batch_size < 1 or eval_batch_size < 1:
-        raise ValueError(
-            f"batch_size and eval_batch_size must be positive, got {batch_size}, {eval_batch_size}."
-        )
-    if not 0 <= worker_index < num_workers:
-        raise ValueError(f"worker_index must be in [0, num_workers={num_workers}), got {worker_index}.")
+    _check_arguments(batch_size, eval_batch_size, num_workers, worker_index)
     row = registry.lookup(config.dataset)
     size = config.image_size or row.default_size
-    recipe = RECIPES[row.recipe](
-        config, size, row.mirror, config.dataset
-    )  # refuses options before any decoding
+    recipe = RECIPES[row.recipe](config, size, row.mirror, config.dataset)  # refuses options before decoding
     src = registry.resolve(
         config.dataset,
         data_dir=config.data_dir or None,
@@ -161,13 +154,7 @@ def load_config(
         verbose=verbose,
     )
     info = _info(src, row, size, subtract_mean)
-    if info.num_classes < 2:
-        raise ValueError(f"{src.name} has {info.num_classes} class: a classifier needs at least 2.")
-    if src.train.num_examples < batch_size:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {src.train.num_examples} training examples of "
-            f"{src.name}: lower --batch_size."
-        )
+    _check_source(src, info, batch_size)
     w, i = num_workers, worker_index
 
     def evaluation(split: Split | None, ten: bool = False) -> tf.data.Dataset | None:
@@ -190,6 +177,26 @@ def load_config(
         _train_sample=functools.partial(_train_sample, src.train, info, eval_batch_size),
         _test_split=src.test,
     )
+
+
+def _check_arguments(batch_size: int, eval_batch_size: int, num_workers: int, worker_index: int) -> None:
+    if batch_size < 1 or eval_batch_size < 1:
+        raise ValueError(
+            f"batch_size and eval_batch_size must be positive, got {batch_size}, {eval_batch_size}."
+        )
+    if not 0 <= worker_index < num_workers:
+        raise ValueError(f"worker_index must be in [0, num_workers={num_workers}), got {worker_index}.")
+
+
+def _check_source(src, info: DataInfo, batch_size: int) -> None:
+    """A classifier needs two classes, and a batch no larger than the training split."""
+    if info.num_classes < 2:
+        raise ValueError(f"{src.name} has {info.num_classes} class: a classifier needs at least 2.")
+    if src.train.num_examples < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {src.train.num_examples} training examples of "
+            f"{src.name}: lower --batch_size."
+        )
 
 
 def _info(src, row: registry.Dataset, size: int, subtract_mean: bool) -> DataInfo:

@@ -9,6 +9,7 @@ prepared by TFDS unless `download=False`; an unreachable download host is found 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pathlib
 import socket
@@ -20,6 +21,8 @@ import tensorflow as tf
 from keras_resnet.data import splits
 from keras_resnet.data.info import IMAGENET_MEAN
 from keras_resnet.data.storage import ImageArray, RaggedImages, Source, SourceRequest, TFDSStream, pack
+
+log = logging.getLogger(__name__)
 
 DATA_ENV = "KERAS_RESNET_DATA"
 TFDS_ENV = "TFDS_DATA_DIR"
@@ -107,7 +110,7 @@ def tfds_builder(name: str, data_dir: str, download: bool):
                     f"this machine. Prepare it where there is internet (python train.py --dataset={name} "
                     f"--data_dir=DIR) and copy DIR here, {elsewhere}; or train offline on --dataset=digits."
                 )
-        print(f"Downloading and preparing {name} into {data_dir} (once)...", flush=True)
+        log.info(f"Downloading and preparing {name} into {data_dir} (once)...")
     try:
         builder.download_and_prepare()
     except Exception as err:

@@ -12,6 +12,7 @@ Every CSV row names its dataset and the fingerprint of the training data it was 
 from __future__ import annotations
 
 import csv
+import logging
 import pathlib
 
 import keras
@@ -25,6 +26,8 @@ from keras_resnet.rundir import RunDir, Summary
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.tuning.searching import search
 from keras_resnet.tuning.tuner import trials_on_disk
+
+log = logging.getLogger(__name__)
 
 
 def _finished(cfgs) -> list[tuple[object, RunDir, Summary]]:
@@ -62,7 +65,7 @@ def degradation(options: Options) -> dict[str, pathlib.Path]:
     out["png"] = figures.plot_degradation(
         curves, results / "degradation.png", options.budget, options.dataset
     )
-    print(figures.table(rows), flush=True)
+    log.info(figures.table(rows))
     return out
 
 
@@ -100,7 +103,7 @@ def shortcuts(options: Options) -> dict[str, pathlib.Path]:
     for model in options.models:
         for seed in range(options.seeds):
             cfg = paper_config(model, options, seed=seed, name=search_name(model, seed))
-            print(f"[reproduce] shortcut search: {model}, seed {seed}", flush=True)
+            log.info(f"[reproduce] shortcut search: {model}, seed {seed}")
             result = search(cfg, tuner="grid", search=["shortcut"])
             trial_dirs = {values.get("shortcut"): d for values, _, d in trials_on_disk(result.tune_dir)}
             for row in result.rows:
@@ -121,7 +124,7 @@ def shortcuts(options: Options) -> dict[str, pathlib.Path]:
     out = {"csv": figures.write_csv(results / "shortcuts.csv", rows)}
     summary_md = figures.shortcut_summary(rows)
     out["md"] = files.write_text(results / "shortcuts.md", summary_md)
-    print(summary_md, flush=True)
+    log.info(summary_md)
     return out
 
 
@@ -147,7 +150,7 @@ def table6(options: Options) -> dict[str, pathlib.Path]:
         for cfg, _, summary in _finished(cfgs)
     ]
     out = {"csv": figures.write_csv(options.results_dir / f"table6-{options.budget_name}.csv", rows)}
-    print(figures.table(rows), flush=True)
+    log.info(figures.table(rows))
     return out
 
 

@@ -4,6 +4,7 @@ runs an experiment makes, what is left of them, and the paper's own numbers to c
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ from keras_resnet.training import carry, procedure
 from keras_resnet.training.steps import resumes_at
 from keras_resnet.tuning.searching import default_tune_dir
 from keras_resnet.tuning.tuner import trials_on_disk
+
+log = logging.getLogger(__name__)
 
 
 def paper_config(
@@ -107,10 +110,10 @@ def estimate_seconds(cfgs: Sequence[TrainConfig]) -> float:
 
 def train_all(cfgs: Sequence[TrainConfig], label: str) -> list[Summary]:
     left = estimate_seconds(cfgs)
-    print(f"[reproduce] {label}: {len(cfgs)} run(s), about {duration(left)} left", flush=True)
+    log.info(f"[reproduce] {label}: {len(cfgs)} run(s), about {duration(left)} left")
     summaries = []
     for i, cfg in enumerate(cfgs, 1):
-        print(f"[reproduce] run {i}/{len(cfgs)}: {cfg.run.model_dir}", flush=True)
+        log.info(f"[reproduce] run {i}/{len(cfgs)}: {cfg.run.model_dir}")
         summaries.append(procedure.run(cfg))
     return summaries
 

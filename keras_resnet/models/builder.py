@@ -84,7 +84,7 @@ def build_model(
         A `keras.Model` named after the network.
     """
     spec = specs.get_spec(name, family)
-    option = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
+    shortcut = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
     network.check_arguments(
         bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum, sync_bn
     )
@@ -94,24 +94,9 @@ def build_model(
     # Before any layer is built: refusals and a missing download cost no graph.
     source = None
     if weights is not None:
-        build = {"shortcut": option, "bottleneck_stride": bottleneck_stride, "padding": padding}
+        build = {"shortcut": shortcut, "bottleneck_stride": bottleneck_stride, "padding": padding}
         source = pretrained.resolve(weights, spec, build, include_top=include_top, num_classes=num_classes)
-    options = network.Options(
-        shortcut=option,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        include_top=include_top,
-        pooling=pooling,
-        weight_decay=weight_decay,
-        bottleneck_stride=bottleneck_stride,
-        classifier_activation=classifier_activation,
-        sync_bn=sync_bn,
-        fused_bn=fused_bn,
-        zero_init_residual=zero_init_residual,
-        padding=padding,
-        bn_momentum=bn_momentum,
-        ghost_batch_size=ghost_batch_size,
-    )
+    options = network.Options.named(locals())  # the arguments, checked
     model = network.build_network(spec, options, source.normalize if source is not None else None)
     if source is not None:
         source.load(model)

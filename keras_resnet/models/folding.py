@@ -13,6 +13,9 @@ model's training precision. Batch norms that do not follow a convolution stay as
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -45,11 +48,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
 
 def _conv_bn_pairs(model: keras.Model) -> dict[str, keras.layers.BatchNormalization]:
     """Each convolution of `model` whose only reader is a batch norm, by the convolution's name."""
+    by_name = {layer.name: layer for layer in model.layers}
     readers: dict[str, list[keras.layers.Layer]] = {}
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for parent in node.parent_nodes:
-                readers.setdefault(parent.operation.name, []).append(layer)
+    for entry in model.get_config().get("layers", []):  # the functional graph, as Keras saves it
+        for parent in set(_inputs(entry.get("inbound_nodes", []))):
+            readers.setdefault(parent, []).append(by_name[entry["name"]])
     pairs = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -66,6 +69,19 @@ def _conv_bn_pairs(model: keras.Model) -> dict[str, keras.layers.BatchNormalizat
         ):
             pairs[layer.name] = below[0]
     return pairs
+
+
+def _inputs(value: Any) -> Iterator[str]:
+    """The names of the layers whose outputs a saved call's arguments refer to (`keras_history`)."""
+    if isinstance(value, dict):
+        history = value.get("keras_history")
+        if history:
+            yield history[0]
+        for item in value.values():
+            yield from _inputs(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _inputs(item)
 
 
 def _per_channel(bn: keras.layers.BatchNormalization) -> bool:

@@ -44,13 +44,12 @@ class ZeroPadShortcut(keras.layers.Layer):
             x = inputs
         elif training:
             # A 1x1 average pool with stride s is exactly inputs[:, ::s, ::s, :], for odd sizes too,
-            # but runs as one oneDNN pooling op: TensorFlow's strided-slice gradient is a slow scatter.
-            # Measured here (Xeon, batch 256, float32): ResNet-20's two strided shortcuts, forward and
-            # backward, 25.4 ms per step sliced, 7.5 pooled; train.py 688 -> 724 img/s (4 interleaved runs).
+            # but runs as one oneDNN pooling op: TensorFlow's strided-slice gradient is a slow scatter
+            # (the pooled shortcuts train faster; the commit that made them has the measurements).
             x = ops.average_pool(inputs, 1, strides=s)
         else:
-            # Without a gradient the slice is the cheaper op: the pool costs about 70 us per call
-            # at batch 1 (2-core Zen 4, profiled), most of it dispatching to the thread pool.
+            # Without a gradient the slice is the cheaper op: at batch 1 the pool's cost is mostly
+            # dispatching to the thread pool.
             x = inputs[:, ::s, ::s, :]
         extra = self.filters - x.shape[-1]
         if extra:

@@ -9,7 +9,8 @@ arguments, builds here and then loads the weights (`pretrained`) into the result
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 
@@ -39,6 +40,11 @@ class Options:
     padding: str
     bn_momentum: float
     ghost_batch_size: int
+
+    @classmethod
+    def named(cls, arguments: Mapping[str, Any]) -> Options:
+        """The options among `arguments` (`build_model`'s, by name): the fields name them once."""
+        return cls(**{field.name: arguments[field.name] for field in dataclasses.fields(cls)})
 
 
 def check_arguments(

@@ -3,9 +3,8 @@
 Keras 3 normalizes a batch with `tf.nn.moments` and `tf.nn.batch_normalization`: about a dozen
 elementwise and reduction kernels forward and more backward, each a pass over the activations,
 in float32 even under mixed bfloat16. TensorFlow's fused kernel (`FusedBatchNormV3`, oneDNN on
-x86 CPUs) does each direction in one pass and reads bfloat16 directly. Measured on the 2-core
-EPYC with bench/bench_train.py (ResNet-20, batch 128, train.py's path, medians of 3 interleaved
-runs): 447 -> 610 img/s in float32 and 535 -> 883 img/s in bfloat16.
+x86 CPUs) does each direction in one pass and reads bfloat16 directly: training is faster in
+both precisions (the `fused BN` row of results/README.md, "Where the step time goes").
 """
 
 from __future__ import annotations

@@ -20,18 +20,15 @@ Each plan is written to `<model_dir>/budget.json` before the run goes on. Runnin
 command again continues the newest plan there (the time an interruption cost is not known, so it
 is not re-planned), or measures again if it was interrupted while measuring.
 
-Measured on 2 AMD Zen 3 cores (float32), the fast preset, `--time_budget=30` (results/README.md:
-`zen3_30`): the first 100 steps measured 439 img/s at 24 px (the run went on at ~587: a start is
-slow for a few hundred steps), so the first plan was 11 epochs (6 at 24 px); the first full-size
-epoch measured 300 img/s and the last plan 2,465 steps (12.6 epochs), predicted to end at 29.1 min;
-the command ended at 27.1 min (89.09%). At --time_budget=60 (`zen3_60`): 6,380 steps predicted to
-end at 58.2 min, ended at 59.8 (91.92%): full-size chunks varied 287-367 img/s.
-The probes this replaced took 52-73 s of the hour.
+How close the runs end to their budget, and at what accuracy, on which CPU: results/README.md
+(the time-budget table, with each run's command); the measurements behind the constants below are
+in the commit messages that set them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -45,21 +42,20 @@ from keras_resnet.training import distribution, procedure, steps
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
 
-# The first pause: 20 steps of tracing and filling the input pipeline, then 80 steady ones (25-45 s
-# of training on 2 cores, none thrown away). Over the first 40 steps one core measured 281 img/s at
-# 24 px where the run went on at 328.
+log = logging.getLogger(__name__)
+
+# The first pause: steps of tracing and filling the input pipeline, then steady ones, none thrown
+# away (a run's first few dozen steps are slower than the rest: too few measure a speed too low).
 MEASURE_STEPS, WARMUP_STEPS = 100, 20
-# Full-size over 24-px images/s, for the first plan only (the second measures it): 0.62-0.65 in
-# the probes of the 30- and 60-minute runs (AMD Zen 4 bfloat16, Intel Xeon float32).
+# Full-size over low-resolution images/s, for the first plan only (the second measures it).
 PRIOR_FULL_OVER_LOW = 0.63
 # Kept free of the budget: the last plan's speeds are measured over a whole epoch (+-2%), and the
 # machine's spread is about +-5%.
 MARGIN = 0.03
-# An evaluation image (one view, forward only) costs at most half a training image: measured
-# 1,300-2,000 test views/s against 680 training images/s at 32 px on the Intel Xeon.
+# An evaluation image (one view, forward only) costs at most half a training image.
 EVAL_SPEEDUP = 2.0
-# A checkpoint's own cost before one was timed (the first plan): the probes of earlier versions
-# measured 0.4-2.4 s; a held-out split's evaluation comes on top.
+# A checkpoint's own cost before one was timed (the first plan), in seconds; a held-out split's
+# evaluation comes on top.
 CHECKPOINT_S = 2.0
 PLANNED = ("epochs", "train_steps", "low_res_epochs", "lr_warmup_steps", "eval_test_every", "precision")
 MEASURING, PLANNED_STAGE, FINAL = "measuring", "planned", "final"
@@ -240,10 +236,9 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
             steps.restore_carry(cfg, ignore=PLANNED)
     saved = _saved(cfg, minutes)
     if saved and saved["stage"] != MEASURING:
-        print(
+        log.info(
             f"--time_budget: continuing the plan in {RunDir(cfg.run.model_dir).budget}: "
-            f"{_describe(cfg, saved['plan'], saved['measured'])}",
-            flush=True,
+            f"{_describe(cfg, saved['plan'], saved['measured'])}"
         )
         return _segment(cfg, saved["plan"], started=started)[0]
 
@@ -254,7 +249,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     plan = {**{k: cfg.flags()[k] for k in PLANNED}, "precision": resolve_precision(cfg.run.precision)}
     plan["eval_test_every"] = 10**9  # no test set before the end
     _save(cfg, minutes, MEASURING, plan, {})
-    print(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps", flush=True)
+    log.info(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps")
     until = steps.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
     paused, timeline, wall = _segment(cfg, plan, until, started=started)
     if isinstance(paused, Summary):  # a run shorter than the measurement
@@ -419,7 +414,7 @@ def _announce(cfg, minutes: float, stage: str, plan, measured, started: float) -
         if stage == PLANNED_STAGE
         else f"predicted to end at {predicted / 60:.1f} min"
     )
-    print(f"--time_budget={minutes:g}: {low}{full}; {_describe(cfg, plan, measured)}; {then}", flush=True)
+    log.info(f"--time_budget={minutes:g}: {low}{full}; {_describe(cfg, plan, measured)}; {then}")
 
 
 def _describe(cfg: TrainConfig, plan: dict[str, Any], measured: dict[str, Any]) -> str:

@@ -188,9 +188,7 @@ class LearningRateControl(keras.callbacks.Callback):
                 self._apply()
                 self.changes.append(self.step)
                 if self.verbose:
-                    print(
-                        f"\nwarmup over at step {self.step} (running training error {error:.1%})", flush=True
-                    )
+                    log.info(f"\nwarmup over at step {self.step} (running training error {error:.1%})")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -209,7 +207,7 @@ class LearningRateControl(keras.callbacks.Callback):
                         self._apply()
                         self.changes.append(self.step)
                         if self.verbose:
-                            print(f"\nplateau: learning rate x{self.decay} at step {self.step}", flush=True)
+                            log.info(f"\nplateau: learning rate x{self.decay} at step {self.step}")
         if self.schedule.kind == "step":
             # Iteration m (0-based) is the first at the new rate, i.e. after m steps.
             self.changes += [m for m in self.schedule.milestones if self.logged_step < m <= self.step]
@@ -381,6 +379,7 @@ def make_callbacks(
     model: keras.Model,
     *,
     total_steps: int,
+    rate: LearningRate,
     evaluated: keras.Model,
     validation: tf.data.Dataset | None,
     test: tf.data.Dataset | None,
@@ -392,7 +391,8 @@ def make_callbacks(
     steps_per_epoch: int | None = None,
     live: bool = False,
 ) -> RunCallbacks:
-    """The callbacks of a run of `cfg`; `evaluated` is the model the evaluations score.
+    """The callbacks of a run of `cfg`; `rate` is the schedule `model` was compiled with
+    (`optimization.compile_model`), `evaluated` the model the evaluations score.
 
     `steps_per_epoch` (one pass over the training data) numbers the history's epochs.
 
@@ -401,7 +401,7 @@ def make_callbacks(
     """
     run_dir = RunDir(cfg.run.model_dir)
     out = RunDir(scratch_dir) if scratch_dir else run_dir
-    lr = LearningRateControl(cfg.optim, model.optimizer._learning_rate, verbose=verbose)
+    lr = LearningRateControl(cfg.optim, rate, verbose=verbose)
     low_res = cfg.data.low_res_size
     progress = Progress(
         total_steps,

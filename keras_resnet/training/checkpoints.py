@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
 import re
@@ -15,6 +16,8 @@ import tensorflow as tf
 
 from keras_resnet import files
 from keras_resnet.training.optimization import global_step
+
+log = logging.getLogger(__name__)
 
 _CKPT = re.compile(r"^ckpt-(\d+)\.json$")
 _WEIGHTS = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
@@ -122,7 +125,7 @@ class Checkpointer(keras.callbacks.Callback):
     def _skip(self, why: str) -> None:
         self.skipped.append(why)
         if self.verbose:
-            print(f"checkpoints: {why}", flush=True)
+            log.info(f"checkpoints: {why}")
 
     def _verify(self, manifest: dict) -> str | None:
         """Why the checkpoint cannot be used, or None."""

@@ -24,26 +24,42 @@ CHANGES = RunDir.DATA_CHANGES
 
 
 @dataclasses.dataclass(frozen=True)
+class DataIdentity:
+    """What a change compares of a run's data: its name, files, examples and classes."""
+
+    name: str
+    data_sha256: str
+    train_examples: int
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, info: DataInfo) -> DataIdentity:
+        return cls(info.name, info.data_sha256, info.train_examples, tuple(info.class_names))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "class_names": list(self.class_names)}
+
+
+@dataclasses.dataclass(frozen=True)
 class DataChange:
-    """One change of a run's data that the user allowed: at which step, from what to what."""
+    """One change of a run's data that the user allowed: at which step, from what (None: the record
+    was unreadable) to what."""
 
     step: int
     time: str
-    before: dict[str, Any]
-    after: dict[str, Any]
+    before: DataIdentity | None
+    after: DataIdentity
     differences: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "differences": list(self.differences)}
-
-
-def _identity(info: DataInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "data_sha256": info.data_sha256,
-        "train_examples": info.train_examples,
-        "class_names": list(info.class_names),
-    }
+        """The entry of `data_changes.json` (an unreadable record's `before` is `{}`)."""
+        return {
+            "step": self.step,
+            "time": self.time,
+            "before": self.before.to_json() if self.before else {},
+            "after": self.after.to_json(),
+            "differences": list(self.differences),
+        }
 
 
 def differences(saved: DataInfo, loaded: DataInfo) -> list[str]:
@@ -80,7 +96,7 @@ def check(cfg: TrainConfig, loaded: DataInfo, step: int) -> DataChange | None:
         saved = DataInfo.load(run.path)
     except ValueError as err:
         if cfg.run.allow_data_change:
-            return DataChange(step, _now(), {}, _identity(loaded), (f"{run.DATA_INFO} unreadable",))
+            return DataChange(step, _now(), None, DataIdentity.of(loaded), (f"{run.DATA_INFO} unreadable",))
         raise ConfigError(
             f"--model_dir: {err} Or pass --allow_data_change to record the data loaded now."
         ) from None
@@ -95,7 +111,7 @@ def check(cfg: TrainConfig, loaded: DataInfo, step: int) -> DataChange | None:
             f"trained on until step {step} ({'; '.join(found)}): restore that data, use a new --model_dir, "
             f"or pass --allow_data_change to go on with this data (recorded in {CHANGES})."
         )
-    return DataChange(step, _now(), _identity(saved), _identity(loaded), tuple(found))
+    return DataChange(step, _now(), DataIdentity.of(saved), DataIdentity.of(loaded), tuple(found))
 
 
 def _now() -> str:

@@ -8,6 +8,7 @@ S/224, and their flips, softmax averaged), beside the single center crop.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from typing import Any
@@ -22,6 +23,8 @@ from keras_resnet.data.info import IMAGENET_RECIPE
 from keras_resnet.rundir import DamagedFile, RunDir
 from keras_resnet.training import optimization
 from keras_resnet.training.precision import precision_policy
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_model(model: keras.Model, batches: tf.data.Dataset) -> dict[str, float]:
@@ -42,11 +45,11 @@ def export_model(
     from keras_resnet.serving import exporting, warmup  # the TF Serving code is only needed here
 
     exported = exporting.export_run(run_dir, export_dir, tta=tta)
-    print(f"exported for TF Serving: {exported}", flush=True)
+    log.info(f"exported for TF Serving: {exported}")
     if example is not None:
         image, label = example
         names = data.DataInfo.load(run_dir).class_names
-        print(warmup.example_prediction(exported, image, names[label]), flush=True)
+        log.info(warmup.example_prediction(exported, image, names[label]))
     return exported
 
 
@@ -78,7 +81,7 @@ def evaluate_run(model_dir: str | os.PathLike) -> dict[str, float]:
         line += f", 10-crop {results['ten_crop_error']:.2%}"
     if "ten_crop_top5_error" in results:
         line += f" (top-5 {results['ten_crop_top5_error']:.2%})"
-    print(line + f" on {datasets.test_examples:,} images of {datasets.info.name}", flush=True)
+    log.info(line + f" on {datasets.test_examples:,} images of {datasets.info.name}")
     return results
 
 

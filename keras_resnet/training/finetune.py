@@ -16,6 +16,7 @@ resumed from its checkpoints does not load the source again.
 from __future__ import annotations
 
 import functools
+import logging
 import pathlib
 
 import keras
@@ -26,6 +27,8 @@ from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.data.info import DataInfo
 from keras_resnet.models import pretrained
 from keras_resnet.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 NORMALIZATION = "input_normalization"  # the layer `pretrained.Weights.normalize` adds
 CLASSIFIER = "fc"
@@ -118,7 +121,7 @@ def _copy_by_name(source: keras.Model, flag: str, target: keras.Model) -> None:
             )
     classes = target.output_shape[-1]
     detail = f"; a new classifier for {classes} classes" if new else ""
-    print(f"--weights={flag}: every layer copied from {source.name}{detail}", flush=True)
+    log.info(f"--weights={flag}: every layer copied from {source.name}{detail}")
 
 
 def stage_names(spec) -> tuple[str, ...]:

@@ -21,10 +21,10 @@ def bn_lr_multipliers(optim: OptimConfig) -> dict[str, float]:
     return {k: v for k, v in (("beta", optim.bn_lr_multiplier), ("gamma", gamma)) if v != 1.0}
 
 
-def optimizer(optim: OptimConfig, total_steps: int) -> keras.optimizers.SGD:
-    """SGD with momentum on the schedule of `optim`; `ScaledRateSGD` when the BN parameters'
-    learning rate differs (so that a default run saves the very optimizer it always did)."""
-    rate = schedule(optim, total_steps)
+def optimizer(optim: OptimConfig, total_steps: int, rate: LearningRate | None = None) -> keras.optimizers.SGD:
+    """SGD with momentum on `rate` (default: the schedule of `optim`); `ScaledRateSGD` when the BN
+    parameters' learning rate differs (so that a default run saves the very optimizer it always did)."""
+    rate = rate or schedule(optim, total_steps)
     multipliers = bn_lr_multipliers(optim)
     if not multipliers:
         return keras.optimizers.SGD(rate, momentum=optim.momentum, nesterov=optim.nesterov)
@@ -62,15 +62,18 @@ def metrics(num_classes: int) -> list[keras.metrics.Metric]:
     return found
 
 
-def compile_model(model: keras.Model, optim: OptimConfig, total_steps: int) -> keras.Model:
+def compile_model(
+    model: keras.Model, optim: OptimConfig, total_steps: int, rate: LearningRate | None = None
+) -> keras.Model:
     """SGD with momentum (`optimizer`), the learning-rate schedule by iterations, cross-entropy and
-    top-1 error.
+    top-1 error. A caller that steers the rate (`callbacks.LearningRateControl`: warmup, plateau)
+    passes the schedule `rate` it steers: Keras has no public getter for an optimizer's schedule.
 
     Call inside strategy.scope(). Weight decay is not here: it is an L2 penalty on the kernels,
     part of the model (`models.build_model(weight_decay=...)`).
     """
     model.compile(
-        optimizer=optimizer(optim, total_steps),
+        optimizer=optimizer(optim, total_steps, rate),
         loss=loss(optim),
         metrics=metrics(model.output_shape[-1]),
     )

@@ -24,9 +24,9 @@ def resolve_precision(precision: str) -> str:
     That is a GPU of compute capability 8.0 or more, or a CPU whose flags claim bfloat16
     (AVX512_BF16 or AMX) and on which a convolution of ResNet-20's first stage, forward and
     backward, measures at least `BFLOAT16_MIN_SPEEDUP` (1.15x) faster in bfloat16 than in
-    float32: the flag alone is no promise (an AMD EPYC with AVX512_BF16 trains ResNet-20 1.45x
-    faster in bfloat16, an Intel Xeon with AVX512_BF16 but no AMX 0.67x as fast). The
-    measurement takes about half a second, once per process; each worker of a cluster decides
+    float32: the flag alone is no promise (a CPU with AVX512_BF16 but no AMX can train slower in
+    bfloat16 than in float32: the Xeon's rows in results/README.md, "Training speed"). The measurement takes
+    about half a second, once per process; each worker of a cluster decides
     for itself, which changes speed, not results' meaning (variables and gradients stay float32
     either way).
     """

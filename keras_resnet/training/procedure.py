@@ -5,21 +5,20 @@
 `run` is the one path every run takes, whoever starts it: `train.py`, a keras-tuner trial (with
 its own model_dir, no test set and extra callbacks) and the paper's experiments. It checks the
 flags and the saved configuration of --model_dir (a finished run returns its summary), proves
-every output location writable and locks --model_dir, then takes the steps of `Run`, in order
-(the shape of TF Model Garden's `train_lib`): `prepare`, `load_data`, `build`, `restore`, `fit`,
-`evaluate`, `save`, `export`, `finish`. Their evaluation and export are `evaluation.evaluate_model`
-and `evaluation.export_model`, which every caller shares (the tuner scores and exports its winner
-with them).
+every output location writable and locks --model_dir, makes the run's `RunContext` once, then
+takes the steps of `Run`, in order (the shape of TF Model Garden's `train_lib`): `prepare`,
+`load_data`, `build`, `restore`, `fit`, `evaluate`, `save`, `export`, `finish`; each returns what
+it made (`runparts`: `Loaded`, `Built`, the step) for the next. Their evaluation and export are
+`evaluation.evaluate_model` and `evaluation.export_model`, which every caller shares (the tuner
+scores and exports its winner with them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import pathlib
+import logging
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
@@ -30,22 +29,26 @@ import tensorflow as tf
 from keras_resnet import files, models, runtime, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration, percent
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.models import whitening
 from keras_resnet.rundir import RunDir, Summary, check_space, claimed
 from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
-from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
+from keras_resnet.training.callbacks import WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import precision_policy
+from keras_resnet.training.runparts import Built, Loaded, Paused, RunContext
 from keras_resnet.training.signals import STOP
 from keras_resnet.training.steps import build_model, finished_run, load_data, restore_carry, resumes_at
+
+log = logging.getLogger(__name__)
 
 
 class TrainingStopped(RuntimeError):
     """Training ended early (interrupted, or the loss diverged); the message says how to go on."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: ExitCode):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -92,219 +95,228 @@ def run(
         # Re-checked under the lock: another run may have finished it meanwhile.
         if summary := finished_run(cfg, again=True):
             return summary
-        steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
-        return steps.execute()
-
-
-@dataclasses.dataclass(frozen=True)
-class Paused:
-    """What `run(..., until_step=N)` returns when it paused there: the step, and the data's sizes."""
-
-    step: int
-    total_steps: int
-    train_examples: int
-    validation_examples: int
-    test_examples: int
+        context = RunContext.make(
+            cfg,
+            strategy,
+            chief=chief,
+            precision=precision,
+            start=start,
+            verbose=verbose,
+            extra=callbacks,
+            score_test=score_test,
+            until_step=until_step,
+        )
+        return Run(context).execute()
 
 
 class Run:
-    """The steps of one run, in the order `execute` takes them; each may be overridden."""
+    """The steps of one run, in the order `execute` takes them; each returns what it made."""
 
-    def __init__(self, cfg, strategy, chief, precision, start, verbose, extra, score_test, until_step=0):
-        self.cfg, self.strategy, self.chief, self.precision = cfg, strategy, chief, precision
-        self.start, self.extra, self.score_test = start, extra, score_test
-        self.until_step = until_step  # pause there (`run`'s until_step); 0: train to the end
-        self.dir = RunDir(cfg.run.model_dir)
-        # Saving may involve collectives every worker must join, so the other workers write too:
-        # into a scratch directory that goes away at the end.
-        self.scratch = None if chief else pathlib.Path(tempfile.mkdtemp(prefix="keras_resnet_worker_"))
-        self.verbose = (1 if sys.stdout.isatty() else 0) if verbose == "auto" else verbose
-        self.carries = bool(chief and cfg.run.carry_dir)
+    def __init__(self, context: RunContext):
+        self.ctx = context
 
     def execute(self) -> Summary | Paused:
+        ctx = self.ctx
         try:
             self.prepare()
-            self.load_data()
-            self.build()
-            self.restore()
-            with _distributed(self.strategy, self.model, self.evaluated, self.datasets.test):
-                self.fit()
-                if self.until_step and self.step < self.total_steps:
-                    data = self.info, self.datasets
-                    examples = data[0].train_examples, data[1].validation_examples, data[1].test_examples
-                    return Paused(self.step, self.total_steps, *examples)
-                test = self.evaluate()
-            summary = self.summarize(test)
-            self.save()
-            if self.cfg.run.export_dir and self.chief:
-                summary = self.export(summary)
+            loaded = self.load_data()
+            built = self.build(loaded)
+            restored_step = self.restore(loaded, built)
+            with _distributed(ctx.strategy, built.model, built.evaluated, loaded.datasets.test):
+                step = self.fit(loaded, built, restored_step)
+                if ctx.until_step and step < loaded.total_steps:
+                    datasets = loaded.datasets
+                    examples = (
+                        loaded.info.train_examples,
+                        datasets.validation_examples,
+                        datasets.test_examples,
+                    )
+                    return Paused(step, loaded.total_steps, *examples)
+                test = self.evaluate(loaded, built, step)
+            summary = self.summarize(loaded, built, restored_step, step, test)
+            self.save(built)
+            if ctx.cfg.run.export_dir and ctx.chief:
+                summary = self.export(loaded, summary)
             self.finish(summary)
             return summary
         finally:
-            if self.scratch:
-                shutil.rmtree(self.scratch, ignore_errors=True)
+            if ctx.scratch:
+                shutil.rmtree(ctx.scratch, ignore_errors=True)
 
     def prepare(self) -> None:
-        keras.utils.set_random_seed(self.cfg.run.seed)
-        if self.cfg.run.deterministic:
+        ctx = self.ctx
+        keras.utils.set_random_seed(ctx.cfg.run.seed)
+        if ctx.cfg.run.deterministic:
             tf.config.experimental.enable_op_determinism()
-        if self.chief:
-            files.remove_stale_temporaries(self.dir.path)
-            files.remove_stale_temporaries(self.dir.checkpoints)
+        if ctx.chief:
+            files.remove_stale_temporaries(ctx.dir.path)
+            files.remove_stale_temporaries(ctx.dir.checkpoints)
 
-    def load_data(self) -> None:
+    def load_data(self) -> Loaded:
         """The data from the step the run resumes at (a resumed run must not replay its batches)."""
-        self.start_step = resumes_at(self.dir.path)
-        self.datasets = load_data(self.cfg, self.strategy, start_step=self.start_step)
-        self.info = self.datasets.info
-        self.data_change = datarecord.check(self.cfg, self.info, self.start_step)
-        self.total_steps, self.chunk, _ = run_length(self.cfg, self.datasets.steps_per_epoch)
-        _check_schedule(self.cfg, self.total_steps, self.chief)
-        _check_tta(self.cfg, self.datasets)
+        cfg, ctx = self.ctx.cfg, self.ctx
+        start_step = resumes_at(ctx.dir.path)
+        datasets = load_data(cfg, ctx.strategy, start_step=start_step)
+        data_change = datarecord.check(cfg, datasets.info, start_step)
+        total_steps, chunk, _ = run_length(cfg, datasets.steps_per_epoch)
+        _check_schedule(cfg, total_steps, ctx.chief)
+        _check_tta(cfg, datasets)
+        return Loaded(start_step, datasets, data_change, total_steps, chunk)
 
-    def build(self) -> None:
+    def build(self, loaded: Loaded) -> Built:
         """The compiled model inside the strategy's scope, its weight average, the evaluated model."""
-        cfg = self.cfg
-        with self.strategy.scope():
-            weights = finetune.weights_for(cfg, self.info, resuming=self.start_step > 0)
-            model = build_model(cfg, self.info, weights)
-            if cfg.model.stem_init == "pca" and not self.start_step:  # resumed: the checkpoint has it
-                sample = self.datasets.train_sample(whitening.IMAGES)
+        cfg, ctx = self.ctx.cfg, self.ctx
+        with ctx.strategy.scope():
+            weights = finetune.weights_for(cfg, loaded.info, resuming=loaded.start_step > 0)
+            model = build_model(cfg, loaded.info, weights)
+            if cfg.model.stem_init == "pca" and not loaded.start_step:  # resumed: the checkpoint has it
+                sample = loaded.datasets.train_sample(whitening.IMAGES)
                 whitening.whiten_stem(model, (x.numpy() for x, _ in sample))
             finetune.freeze(model, cfg.model.freeze)
-            self.model = optimization.compile_model(model, cfg.optim, self.total_steps)
-            self.average = WeightAverage(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
-            scored = self.average.average if self.average else self.model
-            self.evaluated = models.with_test_time_augmentation(scored, cfg.run.tta)
-            if self.evaluated is not self.model:
-                optimization.compile_for_evaluation(self.evaluated, cfg.optim)
-        self.counts = models.count(self.model)
-        self.callbacks: RunCallbacks = make_callbacks(
+            rate = optimization.schedule(cfg.optim, loaded.total_steps)
+            model = optimization.compile_model(model, cfg.optim, loaded.total_steps, rate)
+            average = WeightAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+            evaluated = models.with_test_time_augmentation(average.average if average else model, cfg.run.tta)
+            if evaluated is not model:
+                optimization.compile_for_evaluation(evaluated, cfg.optim)
+        callbacks = make_callbacks(
             cfg,
-            self.model,
-            total_steps=self.total_steps,
-            evaluated=self.evaluated,
-            validation=self.datasets.validation,
-            test=self.datasets.test if self.score_test else None,
-            average=self.average,
-            scratch_dir=self.scratch,
-            verbose=self.chief,
-            intra_epoch_log=not self.verbose,
-            live=bool(self.verbose),
+            model,
+            total_steps=loaded.total_steps,
+            rate=rate,
+            evaluated=evaluated,
+            validation=loaded.datasets.validation,
+            test=loaded.datasets.test if ctx.score_test else None,
+            average=average,
+            scratch_dir=ctx.scratch,
+            verbose=ctx.chief,
+            intra_epoch_log=not ctx.verbose,
+            live=bool(ctx.verbose),
             # After the checkpointer: a carry copies the checkpoint just written.
-            extra=(*self.extra, *([carry.Carrier(self.dir, cfg.run.carry_dir)] if self.carries else [])),
-            steps_per_epoch=self.datasets.steps_per_epoch,
+            extra=(*ctx.extra, *([carry.Carrier(ctx.dir, cfg.run.carry_dir)] if ctx.carries else [])),
+            steps_per_epoch=loaded.datasets.steps_per_epoch,
         )
-        self.callbacks.checkpointer.stop_requested = lambda: STOP.requested is not None
-        self.callbacks.progress.command_started = self.start  # before `restore` reads its state
-        if 0 < self.until_step < self.total_steps:
-            self.callbacks.stop.total_steps = self.until_step
+        callbacks.checkpointer.stop_requested = lambda: STOP.requested is not None
+        callbacks.progress.command_started = ctx.start  # before `restore` reads its state
+        if 0 < ctx.until_step < loaded.total_steps:
+            callbacks.stop.total_steps = ctx.until_step
+        return Built(rate, model, average, evaluated, models.count(model), callbacks)
 
-    def restore(self) -> None:
-        checkpointer = self.callbacks.checkpointer
-        if self.chief:  # room for a checkpoint and the model, before any step
-            check_space(self.cfg, _state_bytes(self.model, self.average))
-        with self.strategy.scope():  # restoring may build the optimizer's variables
+    def restore(self, loaded: Loaded, built: Built) -> int:
+        """The newest checkpoint's state in the model and callbacks; returns its step (0: none)."""
+        cfg, ctx = self.ctx.cfg, self.ctx
+        checkpointer = built.callbacks.checkpointer
+        if ctx.chief:  # room for a checkpoint and the model, before any step
+            check_space(cfg, _state_bytes(built.model, built.average))
+        with ctx.strategy.scope():  # restoring may build the optimizer's variables
             try:
-                checkpointer.restore(self.model)
+                checkpointer.restore(built.model)
             except RuntimeError as err:
-                raise ConfigError(f"--model_dir={self.cfg.run.model_dir}: {err}") from None
-        self.restored_step = checkpointer.restored_step
-        finished = self.dir.read_summary()  # an extended run: its time goes past its last checkpoint
-        if finished and finished.steps == self.restored_step:
-            self.callbacks.progress.continues_finished_run(finished.wall_time_s)
-        if self.chief:
+                raise ConfigError(f"--model_dir={cfg.run.model_dir}: {err}") from None
+        restored_step = checkpointer.restored_step
+        finished = ctx.dir.read_summary()  # an extended run: its time goes past its last checkpoint
+        if finished and finished.steps == restored_step:
+            built.callbacks.progress.continues_finished_run(finished.wall_time_s)
+        if ctx.chief:
             # Recorded once the checkpoint accepted this configuration: a change that a checkpoint
             # refuses (--allow_config_change to another depth) must leave the old record standing.
-            files.write_json(self.dir.config, self.cfg.to_json())
-            files.write_text(self.dir.flags, self.cfg.to_flags())
-            datarecord.record(self.dir, self.info, self.data_change, self.restored_step)
-            print(self.header(), flush=True)
+            files.write_json(ctx.dir.config, cfg.to_json())
+            files.write_text(ctx.dir.flags, cfg.to_flags())
+            datarecord.record(ctx.dir, loaded.info, loaded.data_change, restored_step)
+            log.info(self.header(loaded, built, restored_step))
         if STOP.requested:
-            raise TrainingStopped(f"{STOP.requested} before training started; nothing was trained.", 130)
+            raise TrainingStopped(
+                f"{STOP.requested} before training started; nothing was trained.", ExitCode.INTERRUPTED
+            )
+        return restored_step
 
-    def fit(self) -> None:
+    def fit(self, loaded: Loaded, built: Built, restored_step: int) -> int:
         """`model.fit` until exactly the run's last step, in chunks of --checkpoint_steps counted
-        from the step it resumed at (so a run extended from mid-chunk trains its extra steps)."""
-        first = self.restored_step // self.chunk
-        self.model.fit(
-            self.datasets.train,
-            epochs=first + -(-(self.total_steps - self.restored_step) // self.chunk),
+        from the step it resumed at (so a run extended from mid-chunk trains its extra steps);
+        returns the global step reached."""
+        chunk, total_steps = loaded.chunk, loaded.total_steps
+        first = restored_step // chunk
+        built.model.fit(
+            loaded.datasets.train,
+            epochs=first + -(-(total_steps - restored_step) // chunk),
             initial_epoch=first,
-            steps_per_epoch=self.chunk,
+            steps_per_epoch=chunk,
             shuffle=False,  # the dataset shuffles itself
-            callbacks=self.callbacks.ordered(),
+            callbacks=built.callbacks.ordered(),
             verbose=0,  # `progress.Progress` is the one display
         )
-        self.step = global_step(self.model)
-        _stopped_early(self.callbacks.checkpointer, self.step, self.total_steps)
+        step = global_step(built.model)
+        _stopped_early(built.callbacks.checkpointer, step, total_steps)
+        return step
 
-    def evaluate(self) -> dict[str, float] | None:
+    def evaluate(self, loaded: Loaded, built: Built, step: int) -> dict[str, float] | None:
         """The final model's test metrics: the last history row's when it was scored at this step."""
-        if not self.score_test:
+        if not self.ctx.score_test:
             return None
-        rows = self.callbacks.history.rows
+        rows = built.callbacks.history.rows
         last = rows[-1] if rows else {}
-        if last.get("test_error") not in (None, "") and int(last.get("step", -1)) == self.step:
+        if last.get("test_error") not in (None, "") and int(last.get("step", -1)) == step:
             return {k[len("test_") :]: float(v) for k, v in last.items() if k.startswith("test_")}
-        return evaluate_model(self.evaluated, self.datasets.test)
+        return evaluate_model(built.evaluated, loaded.datasets.test)
 
-    def summarize(self, test: dict[str, float] | None) -> Summary:
-        cfg, info, progress = self.cfg, self.info, self.callbacks.progress
-        rows = self.callbacks.history.rows
+    def summarize(
+        self, loaded: Loaded, built: Built, restored_step: int, step: int, test: dict[str, float] | None
+    ) -> Summary:
+        ctx, cfg, info, progress = self.ctx, self.ctx.cfg, loaded.info, built.callbacks.progress
+        rows = built.callbacks.history.rows
         last = rows[-1] if rows else {}
 
         def logged(key: str) -> float | None:
             return float(last[key]) if last.get(key) not in (None, "") else None
 
         return Summary(
-            model=self.model.name,
+            model=built.model.name,
             dataset=info.name,
-            steps=self.step,
-            total_steps=self.total_steps,
+            steps=step,
+            total_steps=loaded.total_steps,
             test_error=float(test["error"]) if test else None,
             test_loss=float(test["loss"]) if test else None,
             test_top5_error=float(test["top5_error"]) if test and "top5_error" in test else None,
             val_error=logged("val_error"),
             train_error=logged("error"),
             shortcut=cfg.model.resolved_shortcut if cfg.model.spec.residual else None,
-            params=self.counts.params,
-            macs=self.counts.macs,
+            params=built.counts.params,
+            macs=built.counts.macs,
             batch_size=cfg.data.batch_size,
-            epochs=self.step * cfg.data.batch_size / info.train_examples,
+            epochs=step * cfg.data.batch_size / info.train_examples,
             train_examples=info.train_examples,
-            test_examples=self.datasets.test_examples,
+            test_examples=loaded.datasets.test_examples,
             data_sha256=info.data_sha256,
-            weight_average=bool(self.average),
+            weight_average=bool(built.average),
             tta=cfg.run.tta,
             wall_time_s=progress.run_wall_time(),
             command_time_s=progress.command_time(),
             train_time_s=progress.total_train_time,
             images_per_sec=progress.images_per_sec(),
-            resumed_from_step=self.restored_step if progress.command_step is None else progress.command_step,
-            replicas=self.strategy.num_replicas_in_sync,
-            workers=distribution.num_workers(self.strategy),
-            precision=self.precision,
+            resumed_from_step=restored_step if progress.command_step is None else progress.command_step,
+            replicas=ctx.strategy.num_replicas_in_sync,
+            workers=distribution.num_workers(ctx.strategy),
+            precision=ctx.precision,
             cpu=runtime.cpu_description(),
             tensorflow=tf.__version__,
             keras=keras.__version__,
         )
 
-    def save(self) -> None:
+    def save(self, built: Built) -> None:
         """`model.keras`: the weight average's weights when averaging (what was scored)."""
-        if self.average:
-            self.model.set_weights(self.average.average.get_weights())
-        with files.replacing((self.scratch or self.dir.path) / RunDir.MODEL) as tmp:
-            self.model.save(tmp)
+        if built.average:
+            built.model.set_weights(built.average.average.get_weights())
+        with files.replacing((self.ctx.scratch or self.ctx.dir.path) / RunDir.MODEL) as tmp:
+            built.model.save(tmp)
 
-    def export(self, summary: Summary) -> Summary:
+    def export(self, loaded: Loaded, summary: Summary) -> Summary:
         """The next TF Serving version of the saved model under --export_dir. An export that fails
         (a full disk, another export holding the base) keeps the finished run: summary.json is
         written, and one line gives the command that exports it."""
-        example = self.datasets.test_example(0)
-        export_dir = self.cfg.run.export_dir
+        ctx, example = self.ctx, loaded.datasets.test_example(0)
+        export_dir = ctx.cfg.run.export_dir
         try:
-            exported = export_model(self.dir.path, export_dir, self.cfg.run.tta, example)
+            exported = export_model(ctx.dir.path, export_dir, ctx.cfg.run.tta, example)
         except Exception as err:
             if not (files.disk_full(err) or isinstance(err, (OSError, ValueError, files.Locked))):
                 raise
@@ -312,55 +324,56 @@ class Run:
             why = "no space left on its device" if files.disk_full(err) else str(err)[:200]
             raise ConfigError(
                 f"--export_dir={export_dir}: the export failed ({why}); the run is trained and kept in "
-                f"{self.dir.path}. Export it with: python export/export.py --model_dir={self.dir.path} "
+                f"{ctx.dir.path}. Export it with: python export/export.py --model_dir={ctx.dir.path} "
                 f"--export_base={export_dir}"
             ) from None
         return dataclasses.replace(summary, export_path=str(exported))
 
     def finish(self, summary: Summary) -> None:
-        if self.chief:
-            self.dir.write_summary(summary)  # last: its presence marks a finished run
-            if self.carries:
-                carry.finish(self.dir, self.cfg.run.carry_dir)
+        ctx = self.ctx
+        if ctx.chief:
+            ctx.dir.write_summary(summary)  # last: its presence marks a finished run
+            if ctx.carries:
+                carry.finish(ctx.dir, ctx.cfg.run.carry_dir)
             this = (
                 f", {duration(summary.command_time_s)} of them in this command"
                 if summary.resumed_from_step
                 else ""
             )
-            print(
+            log.info(
                 f"done: test error {percent(summary.test_error)} after {summary.steps} steps in "
                 f"{duration(summary.wall_time_s)}{this} ({summary.images_per_sec:.0f} img/s); outputs in "
-                f"{self.dir.path} (model.keras, history.csv, curves.png, summary.json)",
-                flush=True,
+                f"{ctx.dir.path} (model.keras, history.csv, curves.png, summary.json)"
             )
         if STOP.requested:
             # Asked to stop at the last step or after it: the run is complete, and whoever runs
             # several (reproduce, a search, a script) must still stop.
             raise TrainingStopped(
-                f"{STOP.requested} after the last step: the run is complete ({self.dir.summary}).", 130
+                f"{STOP.requested} after the last step: the run is complete ({ctx.dir.summary}).",
+                ExitCode.INTERRUPTED,
             )
 
-    def header(self) -> str:
+    def header(self, loaded: Loaded, built: Built, restored_step: int) -> str:
         """The first line of a run: what trains on what, how, and where it starts."""
-        cfg, info, datasets = self.cfg, self.info, self.datasets
+        ctx, cfg, info, datasets, counts = self.ctx, self.ctx.cfg, loaded.info, loaded.datasets, built.counts
         shortcut = f", shortcut {cfg.model.resolved_shortcut}" if cfg.model.spec.residual else ""
         sizes = f"{info.train_examples:,} train"
         if datasets.validation_examples:
             sizes += f" / {datasets.validation_examples:,} validation"
         sizes += f" / {datasets.test_examples:,} test images"
-        workers = distribution.num_workers(self.strategy)
-        where = f"{self.strategy.num_replicas_in_sync} replica(s)" + (
+        workers = distribution.num_workers(ctx.strategy)
+        where = f"{ctx.strategy.num_replicas_in_sync} replica(s)" + (
             f" on {workers} workers" if workers > 1 else ""
         )
-        start = f"resuming at step {self.restored_step}" if self.restored_step else "starting"
+        start = f"resuming at step {restored_step}" if restored_step else "starting"
         px = f"{info.image_size} px"
         if cfg.data.low_res_size:
             px += f", the first {cfg.data.low_res_epochs} epochs resized to {cfg.data.low_res_size} px"
         return (
-            f"Training {self.model.name} ({self.counts.params:,} parameters, "
-            f"{self.counts.macs / 1e6:,.1f}M multiply-adds{shortcut}) on {info.name} ({sizes}, "
-            f"{info.num_classes} classes, {px}), {self.precision}, {where}: {self.total_steps:,} steps of "
-            f"{cfg.data.batch_size} ({self.datasets.steps_per_epoch} per epoch); {start}; outputs in "
+            f"Training {built.model.name} ({counts.params:,} parameters, "
+            f"{counts.macs / 1e6:,.1f}M multiply-adds{shortcut}) on {info.name} ({sizes}, "
+            f"{info.num_classes} classes, {px}), {ctx.precision}, {where}: {loaded.total_steps:,} steps of "
+            f"{cfg.data.batch_size} ({datasets.steps_per_epoch} per epoch); {start}; outputs in "
             f"{cfg.run.model_dir}"
         )
 
@@ -383,11 +396,10 @@ def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:
     those decays never happen."""
     late = [m for m in cfg.optim.lr_milestones if m >= total_steps]
     if late and cfg.optim.lr_schedule == "step" and chief:
-        print(
+        log.info(
             f"note: --lr_milestones {','.join(map(str, late))} lie at or beyond this run's last step "
             f"({total_steps:,}): the learning rate does not drop there. Give milestones inside the run, "
-            "or --lr_milestones= (empty) to decay at 50% and 75% of it.",
-            flush=True,
+            "or --lr_milestones= (empty) to decay at 50% and 75% of it."
         )
 
 
@@ -426,11 +438,11 @@ def _stopped_early(checkpointer: Checkpointer, step: int, total_steps: int) -> N
         raise TrainingStopped(
             f"training diverged at step {diverged_at} ({seen}); {kept}. Lower --learning_rate or use "
             "--warmup, then run again with --allow_config_change.",
-            exit_code=3,
+            exit_code=ExitCode.DIVERGED,
         )
     if checkpointer.interrupted:
         raise TrainingStopped(
             f"interrupted at step {step}/{total_steps}; checkpoint saved in {checkpointer.read_dir}. "
             "Run the same command again to resume.",
-            exit_code=130,
+            exit_code=ExitCode.INTERRUPTED,
         )

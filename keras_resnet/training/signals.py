@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class StopSignals:
@@ -49,9 +52,7 @@ class StopSignals:
             os.kill(os.getpid(), signum)
             return
         self.requested = signal.Signals(signum).name
-        print(
-            f"\n{self.requested}: checkpointing after this step, then stopping (again to kill)...", flush=True
-        )
+        log.info(f"\n{self.requested}: checkpointing after this step, then stopping (again to kill)...")
 
 
 STOP = StopSignals()

@@ -7,6 +7,7 @@ they measure or score is what a run trains.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Collection
 
@@ -19,6 +20,8 @@ from keras_resnet.console import percent
 from keras_resnet.rundir import RunDir, Summary, check_model_dir, refuse_config_changes
 from keras_resnet.training import carry, distribution, finetune
 from keras_resnet.training.checkpoints import Checkpointer
+
+log = logging.getLogger(__name__)
 
 
 def load_data(cfg: TrainConfig, strategy: tf.distribute.Strategy, start_step: int = 0) -> data.Datasets:
@@ -83,14 +86,13 @@ def finished_run(cfg: TrainConfig, again: bool = False) -> Summary | None:
                 "from: restore it from a backup, or move the folder away and train again."
             )
         if not again:
-            print(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.", flush=True)
+            log.info(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.")
         return None
     if cfg.run.carry_dir:  # a run that died between its summary and its final carry
         carry.finish(run, cfg.run.carry_dir)
-    print(
+    log.info(
         f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
-        f"{percent(summary.test_error)}); nothing to do.",
-        flush=True,
+        f"{percent(summary.test_error)}); nothing to do."
     )
     return summary
 
@@ -111,4 +113,4 @@ def restore_carry(cfg: TrainConfig, ignore: Collection[str] = ()) -> None:
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
     if restored is not None:
-        print(f"restored step {restored.step:,} from {restored.path} into {run.path}", flush=True)
+        log.info(f"restored step {restored.step:,} from {restored.path} into {run.path}")

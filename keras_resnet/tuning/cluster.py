@@ -8,12 +8,15 @@ All share the search's directory. Standard keras-tuner variables: `KERASTUNER_TU
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import time
 
 from keras_resnet import files
 from keras_resnet.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 SEARCH_ENDED = "search_ended.json"  # in the project folder: the chief's oracle stopped handing out trials
 
@@ -57,7 +60,7 @@ def wait_for_chief(seconds: float) -> None:
             grpc.channel_ready_future(channel).result(timeout=min(5.0, seconds))
             return
         except grpc.FutureTimeoutError:
-            print(f"[tune] waiting up to {seconds:.0f} s for the chief's oracle at {address}...", flush=True)
+            log.info(f"[tune] waiting up to {seconds:.0f} s for the chief's oracle at {address}...")
         try:
             grpc.channel_ready_future(channel).result(timeout=max(seconds - 5.0, 0.1))
         except grpc.FutureTimeoutError:
@@ -105,7 +108,7 @@ def serve_oracle(oracle, project_dir: str, stop_requested) -> str | None:
             f"Set {ORACLE_PORT} to a free port, on the chief and every worker."
         )
     server.start()
-    print(f"[tune] chief: serving the oracle at {chief_address()}", flush=True)
+    log.info(f"[tune] chief: serving the oracle at {chief_address()}")
     reported = None
     try:
         while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
@@ -116,7 +119,7 @@ def serve_oracle(oracle, project_dir: str, stop_requested) -> str | None:
             counts = (sum(t.status == "COMPLETED" for t in trials), len(oracle.ongoing_trials))
             if counts != reported:
                 reported = counts
-                print(f"[tune] chief: {counts[0]} trial(s) done, {counts[1]} running", flush=True)
+                log.info(f"[tune] chief: {counts[0]} trial(s) done, {counts[1]} running")
         files.write_json(pathlib.Path(project_dir) / SEARCH_ENDED, {"max_trials": oracle.max_trials})
         return None
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import pathlib
 from typing import Any
@@ -16,6 +17,8 @@ import keras_tuner
 from keras_resnet import files, plots
 from keras_resnet.console import duration
 from keras_resnet.tuning.space import SEARCHABLE
+
+log = logging.getLogger(__name__)
 
 OBJECTIVE = "val_error"
 
@@ -64,7 +67,7 @@ def write_results(
     try:
         _plot(rows, paths["png"], title)
     except Exception as err:  # the table is the result; the figure only shows it
-        print(f"[tune] could not draw {paths['png']} ({type(err).__name__}: {err})", flush=True)
+        log.info(f"[tune] could not draw {paths['png']} ({type(err).__name__}: {err})")
     return paths
 
 
@@ -136,6 +139,11 @@ def _plot(rows, path: pathlib.Path, title: str) -> None:
     files.save_figure(fig, path)
 
 
+def space_text(space: dict[str, tuple]) -> str:
+    """`shortcut=A/B/C, depth=20/56`: a search space in one line."""
+    return ", ".join(f"{k}={'/'.join(format_value(v) for v in vs)}" for k, vs in space.items())
+
+
 def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -148,3 +156,12 @@ def _count_text(n) -> str:
 
 def _millions(n) -> str:
     return "" if n is None else f"{n / 1e6:.1f}M"
+
+
+def report_failures(kt: keras_tuner.Tuner) -> None:
+    """One line per failed trial: its reason, the last line of the traceback keras-tuner kept."""
+    for trial in kt.oracle.trials.values():
+        if trial.status in ("FAILED", "INVALID") and trial.message:
+            reason = trial.message.strip().splitlines()[-1]
+            reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith("Error") else reason
+            log.info(f"[tune] trial {trial.trial_id} failed: {reason}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -28,16 +29,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import keras_tuner
 
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.rundir import RunDir
 from keras_resnet.training import distribution, evaluation, optimization, procedure, steps
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.signals import STOP
 from keras_resnet.tuning import cluster
-from keras_resnet.tuning.report import format_value, trial_rows, write_results
+from keras_resnet.tuning.report import report_failures, space_text, trial_rows, write_results
 from keras_resnet.tuning.space import apply_values, make_space, space_size
 from keras_resnet.tuning.tuner import (
     PROJECT,
@@ -49,6 +50,8 @@ from keras_resnet.tuning.tuner import (
     make_tuner,
     values_text,
 )
+
+log = logging.getLogger(__name__)
 
 # Every name a search writes at the top of its --tune_dir (module docstring): anything else is the user's.
 SEARCH_NAMES = frozenset(
@@ -71,6 +74,23 @@ class SearchResult:
     model_path: pathlib.Path
     tables: dict[str, pathlib.Path]
     export_path: pathlib.Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchContext:
+    """What one search stands on, made once by `search` and passed to each of its steps."""
+
+    cfg: TrainConfig  # the caller's: the winner's flags and export
+    tune_cfg: TrainConfig  # each trial's: the held-out split, no test set
+    space: dict[str, tuple]
+    size: int  # configurations in `space`
+    tuner: str
+    max_trials: int | None  # None: Hyperband's own count
+    tune_dir: pathlib.Path
+    strategy: Any  # tf.distribute.Strategy
+    callbacks: tuple[keras.callbacks.Callback, ...]
+    role: str | None  # None: one machine; else `cluster.CHIEF` or a worker's id
+    wait_for_chief: float
 
 
 def default_tune_dir(cfg: TrainConfig) -> pathlib.Path:
@@ -123,22 +143,50 @@ def search(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     cfg.check()
-    # Tune on held-out training images; the test set only scores the winner.
+    ctx = _context(cfg, space, tuner, max_trials, tune_dir, callbacks, wait_for_chief)
+    lock = _claimed(cfg, ctx.tune_dir, ctx.role)
+    try:
+        if ctx.role not in (None, cluster.CHIEF):
+            cluster.wait_for_chief(wait_for_chief)
+        return _search(ctx)
+    finally:
+        lock.release()
+
+
+def _context(
+    cfg: TrainConfig,
+    space: dict[str, tuple],
+    tuner: str,
+    max_trials: int | None,
+    tune_dir: str | os.PathLike | None,
+    callbacks: Sequence[keras.callbacks.Callback],
+    wait: float,
+) -> SearchContext:
+    """The search's context: trials on held-out training images (the test set only scores the
+    winner), --max_trials capped by the space, one machine's strategy, this process's role."""
     tune_cfg = cfg.replace(validation_split=True, eval_test=False)
-    tune_dir = pathlib.Path(tune_dir or default_tune_dir(cfg))
     size = space_size(space)
     # Hyperband's trials include continuations of earlier ones: only --max_trials caps them.
     if tuner != "hyperband" and (max_trials is None or max_trials > size):
         max_trials = size
     elif tuner == "grid" and max_trials < size:
-        print(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.", flush=True)
+        log.info(f"[tune] --max_trials={max_trials} < {size} configurations: the grid stops early.")
     strategy = distribution.strategy_for(tune_cfg)
     if distribution.is_multi_worker(strategy):
         raise ConfigError(
             "--tune runs on one machine (keras-tuner supports single-worker strategies only): "
             "unset TF_CONFIG or pass --distribution=mirrored."
         )
+    tune_dir = pathlib.Path(tune_dir or default_tune_dir(cfg))
     role = cluster.distributed_role()
+    return SearchContext(
+        cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, tuple(callbacks), role, wait
+    )
+
+
+def _claimed(cfg: TrainConfig, tune_dir: pathlib.Path, role: str | None) -> files.DirLock:
+    """The search's lock, once --tune_dir (and --export_dir) hold nothing of the user's and are
+    writable. One search per directory; on a cluster the chief holds it, and each worker id its own."""
     try:
         files.refuse_foreign(tune_dir, "--tune_dir", SEARCH_NAMES.__contains__)
         if cfg.run.export_dir:
@@ -146,95 +194,88 @@ def search(
         files.check_writable(tune_dir, "--tune_dir")
         if cfg.run.export_dir and role in (None, cluster.CHIEF):
             files.check_writable(cfg.run.export_dir, "--export_dir")
-        # One search per directory; on a cluster the chief holds it, and each worker id its own.
         locked = tune_dir if role in (None, cluster.CHIEF) else tune_dir / "workers" / role
-        lock = files.DirLock(locked, purpose=f"keras-tuner {role or 'search'}").acquire()
+        return files.DirLock(locked, purpose=f"keras-tuner {role or 'search'}").acquire()
     except (files.NotWritable, files.Locked, files.ForeignFiles) as err:
         raise ConfigError(str(err)) from None
-    try:
-        if role not in (None, cluster.CHIEF):
-            cluster.wait_for_chief(wait_for_chief)
-        return _search(
-            cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks, role, wait_for_chief
-        )
-    finally:
-        lock.release()
 
 
-def _search(
-    cfg, tune_cfg, space, size, tuner, max_trials, tune_dir, strategy, callbacks, role, wait_for_chief
-) -> SearchResult | None:
-    settings = check_same_search(tune_dir, tune_cfg, tuner, space, chief=role in (None, cluster.CHIEF))
-    data = steps.load_data(tune_cfg, strategy)  # checks the data before any trial; scores the winner
-    total_steps, chunk, _ = run_length(tune_cfg, data.steps_per_epoch)
-    if tuner == "hyperband":
-        check_hyperband_fits(size, total_steps, chunk)
+def _search(ctx: SearchContext) -> SearchResult | None:
+    chief = ctx.role in (None, cluster.CHIEF)
+    settings = check_same_search(ctx.tune_dir, ctx.tune_cfg, ctx.tuner, ctx.space, chief=chief)
+    data = steps.load_data(ctx.tune_cfg, ctx.strategy)  # checks the data before any trial; scores the winner
+    total_steps, chunk, _ = run_length(ctx.tune_cfg, data.steps_per_epoch)
+    if ctx.tuner == "hyperband":
+        check_hyperband_fits(ctx.size, total_steps, chunk)
     if settings is not None:  # a new search, recorded once its data loads (a typo must not pin it)
-        tune_dir.mkdir(parents=True, exist_ok=True)
-        files.write_json(tune_dir / "search.json", settings)
-    hypermodel = ResNetHyperModel(tune_cfg, space)
+        ctx.tune_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(ctx.tune_dir / "search.json", settings)
+    hypermodel = ResNetHyperModel(ctx.tune_cfg, ctx.space)
     with STOP.handling():
         kt = make_tuner(
             hypermodel,
-            tuner,
-            max_trials=max_trials,
-            directory=tune_dir,
-            seed=cfg.run.seed,
+            ctx.tuner,
+            max_trials=ctx.max_trials,
+            directory=ctx.tune_dir,
+            seed=ctx.cfg.run.seed,
             run_steps=(total_steps, chunk),
         )
-        kt.total_trials = max_trials if tuner != "hyperband" else None
-        if role is None:
-            where = ""
-        elif role == cluster.CHIEF:
-            where = "; this process is the chief: it serves the oracle and trains nothing"
-        else:
-            where = f"; worker {role} of the chief at {cluster.chief_address()}"
-        trials = f"at most {max_trials} trials" if max_trials else "Hyperband's trials (no cap)"
-        print(
-            f"[tune] {tuner} search over {_space_text(space)}: {size} configurations, {trials} of "
-            f"{total_steps} steps; {strategy.num_replicas_in_sync} replica(s); in {tune_dir}{where}",
-            flush=True,
-        )
-        try:
-            with workarounds.keras_tuner_rpc_timeout(wait_for_chief):
-                # keras-tuner's own display counts trials from 1 ("Trial #1") where their ids, folders
-                # and this package's lines count from 0: off, so that a search has one numbering.
-                kt.search(callbacks=list(callbacks), verbose=0)
-        except cluster.rpc_error() as err:
-            raise procedure.TrainingStopped(
-                f"lost the chief's oracle at {cluster.chief_address()} ({err.code().name} after at most "
-                f"{wait_for_chief:.0f} s): start this worker again when the chief is back; its unfinished "
-                "trial resumes from its last checkpoint.",
-                exit_code=1,
-            ) from None
-        except (KeyboardInterrupt, SearchStopped) as err:
-            why = str(err) or "KeyboardInterrupt"
-            done = (
-                ""
-                if role not in (None, cluster.CHIEF)
-                else (
-                    f" with {sum(t.status == 'COMPLETED' for t in kt.oracle.trials.values())} trial(s) done"
-                )
-            )
-            raise procedure.TrainingStopped(
-                f"search interrupted ({why.splitlines()[0][:200]}){done}, kept in {tune_dir}; run the same "
-                "command again to continue it (an unfinished trial resumes from its last checkpoint).",
-                exit_code=130,
-            ) from None
-    if role not in (None, cluster.CHIEF):
-        print(
-            f"[tune] worker {role}: the chief has no trial left; {kt.trained} trial(s) trained here.",
-            flush=True,
+        kt.total_trials = ctx.max_trials if ctx.tuner != "hyperband" else None
+        log.info(_announcement(ctx, total_steps))
+        _run_trials(ctx, kt)
+    if not chief:
+        log.info(
+            f"[tune] worker {ctx.role}: the chief has no trial left; {kt.trained} trial(s) trained here."
         )
         return None
-    return _finish(kt, cfg, hypermodel, data, strategy, tuner, tune_dir)
+    return _finish(kt, ctx, hypermodel, data)
 
 
-def _finish(
-    kt, cfg: TrainConfig, hypermodel: ResNetHyperModel, data, strategy, tuner: str, tune_dir: pathlib.Path
-) -> SearchResult:
+def _announcement(ctx: SearchContext, total_steps: int) -> str:
+    if ctx.role is None:
+        where = ""
+    elif ctx.role == cluster.CHIEF:
+        where = "; this process is the chief: it serves the oracle and trains nothing"
+    else:
+        where = f"; worker {ctx.role} of the chief at {cluster.chief_address()}"
+    trials = f"at most {ctx.max_trials} trials" if ctx.max_trials else "Hyperband's trials (no cap)"
+    return (
+        f"[tune] {ctx.tuner} search over {space_text(ctx.space)}: {ctx.size} configurations, {trials} of "
+        f"{total_steps} steps; {ctx.strategy.num_replicas_in_sync} replica(s); in {ctx.tune_dir}{where}"
+    )
+
+
+def _run_trials(ctx: SearchContext, kt) -> None:
+    """keras-tuner's search; a lost chief or an interruption ends it as `TrainingStopped`."""
+    try:
+        with workarounds.keras_tuner_rpc_timeout(ctx.wait_for_chief):
+            # keras-tuner's own display counts trials from 1 ("Trial #1") where their ids, folders
+            # and this package's lines count from 0: off, so that a search has one numbering.
+            kt.search(callbacks=list(ctx.callbacks), verbose=0)
+    except cluster.rpc_error() as err:
+        raise procedure.TrainingStopped(
+            f"lost the chief's oracle at {cluster.chief_address()} ({err.code().name} after at most "
+            f"{ctx.wait_for_chief:.0f} s): start this worker again when the chief is back; its unfinished "
+            "trial resumes from its last checkpoint.",
+            exit_code=ExitCode.ERROR,
+        ) from None
+    except (KeyboardInterrupt, SearchStopped) as err:
+        why = str(err) or "KeyboardInterrupt"
+        done = (
+            ""
+            if ctx.role not in (None, cluster.CHIEF)
+            else f" with {sum(t.status == 'COMPLETED' for t in kt.oracle.trials.values())} trial(s) done"
+        )
+        raise procedure.TrainingStopped(
+            f"search interrupted ({why.splitlines()[0][:200]}){done}, kept in {ctx.tune_dir}; run the same "
+            "command again to continue it (an unfinished trial resumes from its last checkpoint).",
+            exit_code=ExitCode.INTERRUPTED,
+        ) from None
+
+
+def _finish(kt, ctx: SearchContext, hypermodel: ResNetHyperModel, data) -> SearchResult:
     """Results table, best flags, best model (scored once on the test set) and its export."""
-    space = hypermodel.space
+    cfg, strategy, tuner, tune_dir, space = ctx.cfg, ctx.strategy, ctx.tuner, ctx.tune_dir, hypermodel.space
     title = f"{cfg.model.name} on {data.info.name}: {tuner} search over {', '.join(space)}"
     rows = trial_rows(kt, space)
     tables = write_results(rows, tune_dir, title)
@@ -260,14 +301,13 @@ def _finish(
     export_path = _export_winner(best_dir, best_cfg, export_base, previous, best.trial_id)
     summary["export"] = str(export_path)
     files.write_json(best_dir.summary, summary)
-    print(tables["md"].read_text(), flush=True)
-    print(
+    log.info(tables["md"].read_text())
+    log.info(
         f"[tune] best: trial {best.trial_id} ({values_text(best_values)}): validation error "
         f"{best.score:.2%}, test error {summary['test_error']:.2%}\n"
         f"[tune] results: {tables['md']} (also .csv, .png)\n"
         f"[tune] train it: python train.py --flagfile={flagfile} --model_dir=...\n"
-        f"[tune] best model: {best_dir.model}\n[tune] exported for TF Serving: {export_path}",
-        flush=True,
+        f"[tune] best model: {best_dir.model}\n[tune] exported for TF Serving: {export_path}"
     )
     return SearchResult(
         rows=rows,
@@ -341,10 +381,6 @@ def _export_winner(best: RunDir, best_cfg: TrainConfig, base: pathlib.Path, prev
     return evaluation.export_model(best.path, base, best_cfg.run.tta)
 
 
-def _space_text(space: dict[str, tuple]) -> str:
-    return ", ".join(f"{k}={'/'.join(format_value(v) for v in vs)}" for k, vs in space.items())
-
-
 def _flagfile_text(cfg: TrainConfig, values: dict[str, Any], trial) -> str:
     header = (
         f"# The best of a keras-tuner search: trial {trial.trial_id} ({values_text(values)}), "
@@ -409,12 +445,3 @@ def _read_settings(path: pathlib.Path) -> dict:
             "delete it to continue the search with this command's flags (its trials are kept)."
         )
     return saved
-
-
-def report_failures(kt: keras_tuner.Tuner) -> None:
-    """One line per failed trial: its reason, the last line of the traceback keras-tuner kept."""
-    for trial in kt.oracle.trials.values():
-        if trial.status in ("FAILED", "INVALID") and trial.message:
-            reason = trial.message.strip().splitlines()[-1]
-            reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith("Error") else reason
-            print(f"[tune] trial {trial.trial_id} failed: {reason}", flush=True)

@@ -4,6 +4,7 @@ whose every trial is an ordinary `training.run` in the trial's own folder."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -16,12 +17,15 @@ import keras_tuner
 from keras_resnet import files, workarounds
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.console import duration
+from keras_resnet.interrupts import ExitCode
 from keras_resnet.rundir import RunDir
 from keras_resnet.training import procedure
 from keras_resnet.training.signals import STOP
 from keras_resnet.tuning import cluster
 from keras_resnet.tuning.report import OBJECTIVE, format_value
 from keras_resnet.tuning.space import apply_values
+
+log = logging.getLogger(__name__)
 
 TUNERS = ("grid", "random", "bayesian", "hyperband")
 # keras-tuner's project folder inside --tune_dir (its trial_*/ directories live there).
@@ -114,7 +118,7 @@ class Tuner(keras_tuner.Tuner):
         try:
             summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False)
         except procedure.TrainingStopped as err:
-            if err.exit_code == 3:  # diverged: this configuration fails, the search goes on
+            if err.exit_code == ExitCode.DIVERGED:  # diverged: this configuration fails, the search goes on
                 # The run's advice (lower the rate, run again) is for a run of one's own, not a trial.
                 raise keras_tuner.errors.FailedTrialError(str(err).split(". ")[0] + ".") from None
             raise SearchStopped(str(err)) from None
@@ -140,7 +144,7 @@ class Tuner(keras_tuner.Tuner):
         super().on_trial_begin(trial)
         if self._is_worker():  # the trials' records live in the chief
             values = values_text(trial.hyperparameters.values)
-            print(f"[tune] worker {self.tuner_id}: trial {trial.trial_id} ({values})", flush=True)
+            log.info(f"[tune] worker {self.tuner_id}: trial {trial.trial_id} ({values})")
             return
         done = [t for t in self.oracle.trials.values() if t.status == "COMPLETED"]
         times = [t.metrics.get_last_value("train_time_s") for t in done if t.metrics.exists("train_time_s")]
@@ -152,7 +156,7 @@ class Tuner(keras_tuner.Tuner):
             line += f" of {self.total_trials}"
             if times:
                 line += f", ETA {duration(left * sum(times) / len(times))}"
-        print(line, flush=True)
+        log.info(line)
 
     def search(self, *fit_args, **fit_kwargs):
         if cluster.distributed_role() == cluster.CHIEF:
@@ -190,7 +194,7 @@ class NoTrialCompleted(procedure.TrainingStopped):
     """Every trial of a search failed: there is no winner to report, train or export (exit 1)."""
 
     def __init__(self, message: str):
-        super().__init__(message, exit_code=1)
+        super().__init__(message, exit_code=ExitCode.ERROR)
 
 
 class SearchStopped(keras_tuner.errors.FatalError):
@@ -230,9 +234,7 @@ def make_tuner(
             "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
         }[tuner]
         oracle = oracle_class(objective=objective, max_trials=max_trials, seed=seed, **failures)
-    # Random draws of a new configuration give up after 20 repeats in a row: on a small space the
-    # search (or a Hyperband round) ended with configurations left. Draws are cheap; trials are not.
-    oracle._max_collisions = max(oracle._max_collisions, 1000)
+    workarounds.allow_repeated_draws(oracle, 1000)  # else a small space ends with configurations left
     tuner_ = Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(directory), project_name=PROJECT)
     workarounds.drop_ended_trials_from_retry_queue(oracle, ENDED)
     tuner_.run_steps = run_steps
@@ -255,7 +257,7 @@ def check_hyperband_fits(size: int, total_steps: int, chunk: int) -> None:
     """
     max_epochs = math.ceil(total_steps / chunk)
     oracle = _hyperband_oracle(max_epochs)
-    needed = oracle._get_size(oracle._get_num_brackets() - 1, 0)
+    needed = workarounds.hyperband_first_round(oracle)
     if size < needed:
         raise ConfigError(
             f"--tuner=hyperband over {max_epochs} checkpoint intervals starts with {needed} configurations, "
