@@ -58,18 +58,16 @@ def build_model(
         bottleneck_stride: "1x1" puts a bottleneck's stride on its first 1x1 convolution as the
             paper does; "3x3" moves it to the 3x3 convolution ("ResNet v1.5" of other frameworks).
         classifier_activation: "softmax" (the paper) or None for logits.
-        sync_bn: compute batch statistics over the global batch across replicas (TensorFlow
-            only: refused on the other Keras backends); by default each replica normalises with its
-            own share of the batch, as the paper's multi-GPU training did. Moving statistics are
-            averaged across replicas either way.
+        sync_bn: batch statistics over the global batch across replicas (TensorFlow only); by
+            default each replica normalises its own share, as the paper's multi-GPU training did.
+            Moving statistics are averaged across replicas either way.
         fused_bn: train batch norm with TensorFlow's fused kernel where it applies (see
             `keras_resnet.models.layers.BatchNormalization`); False keeps Keras' own computation.
         zero_init_residual: start the last BN scale of every residual block at 0, so that each
             block starts as its shortcut (not in the paper; plain nets are unaffected).
         padding: of the strided 3x3 and 7x7 convolutions and the stem's max pool: "symmetric"
-            pads every side as the paper's nets (and Keras Applications' stem) do; "same" is
-            TensorFlow's bottom-and-right padding, which this package used before 0.3 (a run's
-            config.json without `padding` was made with it). Shapes and counts are the same.
+            pads every side as the paper's nets do; "same" is TensorFlow's bottom-and-right
+            padding (this package's before 0.3). Shapes and counts are the same.
         weights: None (random initialization); "imagenet" (Keras Applications' ResNet-50/101/152,
             fetched once into Keras' cache) or "cifar10" (the nets shipped here), both taking raw
             RGB pixels (0-255) with their input normalization inside; or the path of a
@@ -85,18 +83,14 @@ def build_model(
     """
     spec = specs.get_spec(name, family)
     shortcut = specs.check_shortcut(shortcut or specs.DEFAULT_SHORTCUT[spec.family])
-    network.check_arguments(
-        bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum, sync_bn
-    )
     num_classes = spec.default_num_classes if num_classes is None else num_classes
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    options = network.Options.named(locals())
+    network.check_arguments(options)
     # Before any layer is built: refusals and a missing download cost no graph.
     source = None
     if weights is not None:
         build = {"shortcut": shortcut, "bottleneck_stride": bottleneck_stride, "padding": padding}
         source = pretrained.resolve(weights, spec, build, include_top=include_top, num_classes=num_classes)
-    options = network.Options.named(locals())  # the arguments, checked
     model = network.build_network(spec, options, source.normalize if source is not None else None)
     if source is not None:
         source.load(model)

@@ -47,24 +47,24 @@ class Options:
         return cls(**{field.name: arguments[field.name] for field in dataclasses.fields(cls)})
 
 
-def check_arguments(
-    bottleneck_stride, padding, weight_decay, include_top, pooling, bn_momentum, sync_bn=False
-) -> None:
+def check_arguments(o: Options) -> None:
     """Raises a ValueError naming the first argument `build_model` cannot build with."""
-    if sync_bn and keras.backend.backend() != "tensorflow":
+    if o.sync_bn and keras.backend.backend() != "tensorflow":
         # Keras' synchronized batch norm is tf.distribute's; its own refusal names `synchronized`.
         raise ValueError(
             f"sync_bn=True is TensorFlow's (tf.distribute); on the {keras.backend.backend()} backend "
             "build with sync_bn=False, or train with KERAS_BACKEND=tensorflow."
         )
-    specs.check_choice("bottleneck_stride", bottleneck_stride, specs.BOTTLENECK_STRIDES)
-    specs.check_choice("padding", padding, specs.PADDINGS)
-    specs.check_bn_momentum(bn_momentum)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
-    specs.check_choice("pooling", pooling, POOLINGS)
-    if include_top and pooling:
-        raise ValueError(f"pooling={pooling!r} is for include_top=False; the top pools by averaging.")
+    if o.num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {o.num_classes}.")
+    specs.check_choice("bottleneck_stride", o.bottleneck_stride, specs.BOTTLENECK_STRIDES)
+    specs.check_choice("padding", o.padding, specs.PADDINGS)
+    specs.check_bn_momentum(o.bn_momentum)
+    if o.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {o.weight_decay}.")
+    specs.check_choice("pooling", o.pooling, POOLINGS)
+    if o.include_top and o.pooling:
+        raise ValueError(f"pooling={o.pooling!r} is for include_top=False; the top pools by averaging.")
 
 
 def build_network(spec: specs.ModelSpec, o: Options, normalize: Callable | None = None) -> keras.Model:
