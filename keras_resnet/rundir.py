@@ -278,9 +278,10 @@ def among_run_files(path: str | os.PathLike, model_dir: str | os.PathLike) -> bo
     )
 
 
-def check_locations(cfg: TrainConfig) -> None:
+def check_locations(cfg: TrainConfig, owned: Collection[str] = ()) -> None:
     """Refuses, before any work, a --model_dir or --export_dir holding files this project did not
-    write there, and an --export_dir that is --model_dir or one of its run files.
+    write there (but the names in `owned`, which the caller wrote there first: a search's trial
+    record), and an --export_dir that is --model_dir or one of its run files.
 
     Raises:
         ConfigError: one line naming the flag, a few of the files, and the fix.
@@ -309,7 +310,7 @@ def check_locations(cfg: TrainConfig) -> None:
                     f"--carry_dir={cfg.run.carry_dir} overlaps {flag}={where}: a carry is what survives "
                     "the run folder, so keep it apart (e.g. in the checkout's carry/)."
                 )
-    ours = RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG
+    ours = (RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG) | set(owned)
 
     def run_file(name: str) -> bool:  # an earlier --export_dir beside the run is the run's too
         return name in ours or name in beside or _export_base(model_dir / name)

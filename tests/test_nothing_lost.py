@@ -226,6 +226,25 @@ def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(t
         check_locations(cfg.replace(model_dir=str(tmp_path / "fresh")))
 
 
+def test_training_run_from_python_checks_its_folders_as_the_command_does(tmp_path):
+    from conftest import tiny
+
+    cfg = tiny(tmp_path / "run", train_steps=4, eval_test=False)
+    cases = {  # the folder holding the user's files -> the config and the flag named
+        "run": (cfg, "--model_dir"),
+        "export": (cfg.replace(export_dir=str(tmp_path / "export")), "--export_dir"),
+        "carry": (cfg.replace(carry_dir=str(tmp_path / "carry")), "--carry_dir"),
+    }
+    for folder, (config, flag) in cases.items():
+        kept = _mine(tmp_path / folder, "notes.txt")
+        with pytest.raises(ConfigError, match=rf"{flag}=.*{folder} holds files .*\(notes\.txt\)"):
+            training.run(config, verbose=0)
+        assert {p: p.read_bytes() for p in kept} == kept
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["notes.txt"]  # nothing added
+        assert not RunDir(cfg.run.model_dir).checkpoints.exists()  # nothing trained
+        shutil.rmtree(tmp_path / folder)
+
+
 # ------------------------------------------------------------------------- 4. outputs checked before work
 
 

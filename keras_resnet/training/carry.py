@@ -139,6 +139,15 @@ def restore(
     return carry
 
 
+def refuse_foreign(carry_dir: str | pathlib.Path) -> None:
+    """Refuses a --carry_dir holding anything but carries (`step-N`): a finished run empties it.
+
+    Raises:
+        files.ForeignFiles: one line naming a few of the user's files.
+    """
+    files.refuse_foreign(carry_dir, "--carry_dir", lambda name: bool(_STEP_DIR.match(name)))
+
+
 def discard(carry_dir: str | pathlib.Path) -> None:
     """Removes a finished run's carry (the run's results now say what it reached)."""
     root = pathlib.Path(carry_dir)

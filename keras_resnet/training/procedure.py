@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -32,7 +32,7 @@ from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.console import duration, percent
 from keras_resnet.models import whitening
 from keras_resnet.rundir import RunDir, Summary, check_space, claimed
-from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
+from keras_resnet.training import carry, datarecord, distribution, finetune, optimization, steps
 from keras_resnet.training.callbacks import RunCallbacks, WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
@@ -58,6 +58,7 @@ def run(
     score_test: bool = True,
     until_step: int = 0,
     started: float | None = None,
+    owned: Collection[str] = (),
 ) -> Summary | Paused:
     """Trains (or resumes) the run `cfg` describes; returns the summary also written to summary.json.
 
@@ -74,13 +75,15 @@ def run(
         started: when the command began (time.time(); default now). Calls with the same
             `started` are one command: the later ones continue its segments (no resume), and
             the summary's times count from it.
+        owned: names the caller wrote in model_dir before the run (a search's trial record).
 
     Raises:
         ConfigError: bad flags, an unusable output location, a --model_dir in use or holding a
-            different run, missing data (nothing was trained).
+            different run or files the project did not write, missing data (nothing was trained).
         TrainingStopped: interrupted (checkpoint written) or diverged (last good checkpoint kept).
     """
     cfg.check()
+    steps.check_locations(cfg, owned)  # the command's checks, whoever starts the run
     if summary := finished_run(cfg):
         return summary
     start = started or time.time()
@@ -92,8 +95,8 @@ def run(
         # Re-checked under the lock: another run may have finished it meanwhile.
         if summary := finished_run(cfg, again=True):
             return summary
-        steps = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
-        return steps.execute()
+        taken = Run(cfg, strategy, chief, precision, start, verbose, tuple(callbacks), score_test, until_step)
+        return taken.execute()
 
 
 @dataclasses.dataclass(frozen=True)

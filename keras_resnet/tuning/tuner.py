@@ -112,7 +112,9 @@ class Tuner(keras_tuner.Tuner):
             with files.staging_dir(checkpoints) as tmp:
                 shutil.copytree(RunDir(self.get_trial_dir(parent)).checkpoints, tmp, dirs_exist_ok=True)
         try:
-            summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False)
+            # keras-tuner wrote trial.json in the trial's folder, Hyperband the checkpoints it continues.
+            owned = {"trial.json", RunDir.CHECKPOINTS}
+            summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False, owned=owned)
         except procedure.TrainingStopped as err:
             if err.exit_code == 3:  # diverged: this configuration fails, the search goes on
                 # The run's advice (lower the rate, run again) is for a run of one's own, not a trial.
