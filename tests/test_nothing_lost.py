@@ -245,6 +245,50 @@ def test_training_run_from_python_checks_its_folders_as_the_command_does(tmp_pat
         shutil.rmtree(tmp_path / folder)
 
 
+def test_reproduce_refuses_out_results_and_carry_holding_the_users_files_or_inside_one_another(
+    tmp_path, capsys
+):
+    from keras_resnet import reproduce
+
+    out, results, carry = tmp_path / "out", tmp_path / "results", tmp_path / "carry"
+    args = ["table6", "--models=resnet8", "--budget=2", "--dataset=digits", f"--out={out}"]
+    args += [f"--results={results}", f"--carry={carry}"]
+    cases = {  # the user's file -> the flag named
+        out / "notes.txt": "--out",
+        out / "digits" / "2" / "notes.txt": "--out",  # beside the run folders
+        out / "digits" / "2" / "resnet8" / "notes.txt": "--model_dir",  # in the run's own
+        results / "plan.xlsx": "--results",
+        carry / "notes.txt": "--carry",
+        carry / "digits" / "2" / "resnet8" / "notes.txt": "--carry_dir",  # in the run's carry
+    }
+    for mine, flag in cases.items():
+        kept = _mine(mine.parent, mine.name)
+        before = sorted(tmp_path.rglob("*"))
+        assert reproduce.main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag}=" in err[0] and f"did not write ({mine.name})" in err[0], err
+        assert {p: p.read_bytes() for p in kept} == kept and sorted(tmp_path.rglob("*")) == before
+        shutil.rmtree(next(p for p in (out, results, carry) if mine.is_relative_to(p)))
+    # The project's own layout passes: another budget's and dataset's folders, earlier results.
+    (out / "cifar10-like" / "64k" / "resnet20").mkdir(parents=True)
+    (out / "16000" / "plain20").mkdir(parents=True)
+    (results / "table6-64k.csv").parent.mkdir(parents=True)
+    (results / "table6-64k.csv").write_text("model\n")
+    from keras_resnet.experiments import locations, plan
+
+    options_ = reproduce.parse(args)[0]
+    locations.check(options_, plan.plan(options_))
+    for clash in (  # folders inside one another
+        [f"--results={out / 'digits' / '2' / 'resnet8' / 'results'}"],
+        [f"--results={out}"],
+        [f"--carry={out / 'carry'}"],
+        [f"--carry={results / 'carry'}"],
+    ):
+        assert reproduce.main([*args, *clash]) == 1
+        assert "lie inside one another" in capsys.readouterr().err
+    assert not (out / "digits" / "2" / "resnet8").exists()  # nothing trained
+
+
 # ------------------------------------------------------------------------- 4. outputs checked before work
 
 

@@ -57,11 +57,8 @@ def degradation(options: Options) -> dict[str, pathlib.Path]:
         )
         with open(run.history) as f:
             curves[cfg.model.name] = list(csv.DictReader(f))
-    results = options.results_dir
-    out = {"csv": figures.write_csv(results / "degradation.csv", rows)}
-    out["png"] = figures.plot_degradation(
-        curves, results / "degradation.png", options.budget, options.dataset
-    )
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
+    out["png"] = figures.plot_degradation(curves, options.result_file(1), options.budget, options.dataset)
     print(figures.table(rows), flush=True)
     return out
 
@@ -88,9 +85,8 @@ def responses(options: Options) -> dict[str, pathlib.Path]:
             }
             for i, (n, s) in enumerate(stds.items())
         ]
-    results = options.results_dir
-    out = {"csv": figures.write_csv(results / "responses.csv", rows)}
-    out["png"] = figures.plot_responses(rows, results / "responses.png", options.dataset)
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
+    out["png"] = figures.plot_responses(rows, options.result_file(1), options.dataset)
     return out
 
 
@@ -117,10 +113,9 @@ def shortcuts(options: Options) -> dict[str, pathlib.Path]:
                         **_provenance(summary),
                     }
                 )
-    results = options.results_dir
-    out = {"csv": figures.write_csv(results / "shortcuts.csv", rows)}
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
     summary_md = figures.shortcut_summary(rows)
-    out["md"] = files.write_text(results / "shortcuts.md", summary_md)
+    out["md"] = files.write_text(options.result_file(1), summary_md)
     print(summary_md, flush=True)
     return out
 
@@ -146,7 +141,7 @@ def table6(options: Options) -> dict[str, pathlib.Path]:
         }
         for cfg, _, summary in _finished(cfgs)
     ]
-    out = {"csv": figures.write_csv(options.results_dir / f"table6-{options.budget_name}.csv", rows)}
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
     print(figures.table(rows), flush=True)
     return out
 
