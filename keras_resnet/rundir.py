@@ -317,8 +317,8 @@ def check_locations(cfg: TrainConfig, owned: Collection[str] = ()) -> None:
 
     try:
         files.refuse_foreign(model_dir, "--model_dir", run_file)
-        if export is not None:  # versions (digits) only
-            files.refuse_foreign(export, "--export_dir", str.isdigit)
+        if export is not None:
+            refuse_foreign_export(export, "--export_dir")
     except files.ForeignFiles as err:
         raise ConfigError(str(err)) from None
 
@@ -335,13 +335,23 @@ def check_space(cfg: TrainConfig, state_bytes: int) -> None:
     present = (
         sum(p.stat().st_size for p in run.checkpoints.glob("ckpt-*.h5")) if run.checkpoints.is_dir() else 0
     )
-    need, free = max(2 * state_bytes - present, state_bytes), shutil.disk_usage(run.path).free
-    if free < need:
-        raise ConfigError(
-            f"--model_dir={cfg.run.model_dir} has {free / 1e6:.1f} MB free on its device; this run needs at "
-            f"least {need / 1e6:.1f} MB (checkpoints of {state_bytes / 1e6:.1f} MB and the final model): "
-            "free some space or choose another --model_dir. Nothing was trained."
+    try:
+        files.check_room(
+            cfg.run.model_dir,
+            max(2 * state_bytes - present, state_bytes),
+            "--model_dir",
+            "this run",
+            f" (checkpoints of {state_bytes / 1e6:.1f} MB and the final model)",
+            " Nothing was trained.",
         )
+    except files.NoRoom as err:
+        raise ConfigError(str(err)) from None
+
+
+def refuse_foreign_export(base: str | os.PathLike, flag: str) -> None:
+    """Refuses an export base holding anything but versions (TF Serving reads every numeric folder
+    as one): `files.ForeignFiles`, naming a few of the user's files."""
+    files.refuse_foreign(base, flag, str.isdigit)
 
 
 def _export_base(path: pathlib.Path) -> bool:

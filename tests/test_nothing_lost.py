@@ -289,6 +289,51 @@ def test_reproduce_refuses_out_results_and_carry_holding_the_users_files_or_insi
     assert not (out / "digits" / "2" / "resnet8").exists()  # nothing trained
 
 
+def test_an_export_base_holding_the_users_files_is_refused_and_versions_are_only_added(tiny_run, tmp_path):
+    from keras_resnet import files
+    from keras_resnet.serving import exporting
+
+    cfg, _ = tiny_run
+    base = tmp_path / "models"
+    kept = _mine(base, "README.md", "models.config")
+    mine = r"--export_base=.* did not write \(README\.md, models\.config\)"
+    with pytest.raises(files.ForeignFiles, match=mine):
+        exporting.export_run(cfg.run.model_dir, base)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert sorted(p.name for p in base.iterdir()) == ["README.md", "models.config"]  # nothing added
+    for path in kept:
+        path.unlink()
+    (base / "1").mkdir()
+    (base / "1" / "saved_model.pb").write_bytes(b"version 1, served now")
+    assert exporting.export_run(cfg.run.model_dir, base) == base / "2"  # a new version beside it
+    assert (base / "1" / "saved_model.pb").read_bytes() == b"version 1, served now"
+
+
+@pytest.mark.slow
+def test_an_export_base_without_room_for_the_version_is_refused_before_writing(tiny_run, tmp_path):
+    from keras_resnet import build_model
+    from keras_resnet.data.info import DataInfo
+    from keras_resnet.serving import exporting
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
+    try:
+        # 1.5 MB free: room for the 1 MB writability probe, not for ResNet-20's 2 MB version.
+        (disk / "filler").write_bytes(bytes(4 * 1024 * 1024 - 1_500_000))
+        info = DataInfo.load(tiny_run[0].run.model_dir)
+        size = info.image_size
+        model = build_model("resnet20", num_classes=info.num_classes, input_shape=(size, size, 3))
+        with pytest.raises(OSError, match=r"--export_base=.* MB free .*this export needs at least"):
+            exporting.export(model, info, disk / "base")
+        assert [p.name for p in (disk / "base").iterdir()] == [".lock"]  # no version, no temporary
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 # ------------------------------------------------------------------------- 4. outputs checked before work
 
 
@@ -428,3 +473,4 @@ def test_a_disk_without_room_for_the_runs_checkpoints_is_refused_before_any_step
         assert not (disk / "run" / "checkpoints").exists()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+

@@ -32,7 +32,7 @@ import keras_tuner
 
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
-from keras_resnet.rundir import RunDir
+from keras_resnet.rundir import RunDir, refuse_foreign_export
 from keras_resnet.training import distribution, evaluation, optimization, procedure, steps
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.signals import STOP
@@ -142,7 +142,7 @@ def search(
     try:
         files.refuse_foreign(tune_dir, "--tune_dir", SEARCH_NAMES.__contains__)
         if cfg.run.export_dir:
-            files.refuse_foreign(cfg.run.export_dir, "--export_dir", str.isdigit)
+            refuse_foreign_export(cfg.run.export_dir, "--export_dir")
         files.check_writable(tune_dir, "--tune_dir")
         if cfg.run.export_dir and role in (None, cluster.CHIEF):
             files.check_writable(cfg.run.export_dir, "--export_dir")
