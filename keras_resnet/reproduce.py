@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from keras_resnet.config import ConfigError
     from keras_resnet.console import duration
     from keras_resnet.experiments import locations, paper, plan
+    from keras_resnet.rundir import DamagedFile
     from keras_resnet.training.procedure import TrainingStopped
 
     try:
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         outputs = paper.RUNNERS[options.experiment](options)
-    except ConfigError as err:
+    except (ConfigError, DamagedFile) as err:  # a run's model.keras damaged: named, with the way out
         print(f"reproduce: error: {err}", file=sys.stderr, flush=True)
         return 1
     except TrainingStopped as err:

@@ -42,9 +42,10 @@ class RunDir:
     BUDGET = "budget.json"
     TRAIN_ERROR = "train_error.json"
     TUNING = "tuning"
+    TRIAL = "trial.json"  # keras-tuner's record of a search's trial, in the trial's run folder
     # Every name a run writes at the top of its folder: anything else there is the user's. Before
     # its config.json (written before any other record) only these may be there: the rest is not ours.
-    BEFORE_CONFIG = frozenset((BUDGET, LOGS, TUNING))
+    BEFORE_CONFIG = frozenset((BUDGET, LOGS, TUNING, TRIAL))
     OWN = frozenset(
         (CONFIG, FLAGS, DATA_INFO, DATA_CHANGES, SUMMARY, HISTORY, CURVES, MODEL, CHECKPOINTS, TRAIN_ERROR)
         + tuple(BEFORE_CONFIG)

@@ -334,6 +334,27 @@ def test_an_export_base_without_room_for_the_version_is_refused_before_writing(t
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.slow
+def test_a_damaged_trial_model_is_named_by_the_search_and_the_way_out_it_gives_rebuilds_it(tmp_path):
+    from conftest import tiny
+
+    from keras_resnet import tuning
+
+    cfg = tiny(tmp_path / "run", train_steps=2, checkpoint_steps=2, distribution="one_device")
+    tune_dir = tmp_path / "tuning"
+    first = tuning.search(cfg, max_trials=1, tune_dir=tune_dir)
+    (model,) = tune_dir.glob("*/trial_*/model.keras")
+    best = first.model_path.read_bytes()
+    _damage(model, "half")
+    with pytest.raises(ConfigError, match=rf"best trial's {model} is damaged .*train\.py --flagfile="):
+        tuning.search(cfg, max_trials=1, tune_dir=tune_dir)
+    assert first.model_path.read_bytes() == best  # the winner's copy is not replaced by the damaged one
+    trial = RunDir(model.parent)
+    training.run(trial.read_config(), verbose=0)  # the way out the line gives: the trial's own flags
+    assert trial.model_damage() is None
+    assert tuning.search(cfg, max_trials=1, tune_dir=tune_dir).best_trial == first.best_trial
+
+
 # ------------------------------------------------------------------------- 4. outputs checked before work
 
 

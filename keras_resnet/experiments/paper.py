@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import pathlib
 
-import keras
-
 from keras_resnet import data, files
 from keras_resnet.experiments import figures
 from keras_resnet.experiments.measure import response_stds, train_error
@@ -73,7 +71,7 @@ def responses(options: Options) -> dict[str, pathlib.Path]:
             cfg.data.dataset, data_dir=cfg.data.data_dir or None, eval_batch_size=500, verbose=False
         )
         with precision_policy(cfg.run.precision):
-            model = keras.saving.load_model(run.model, safe_mode=True)
+            model = run.load_model()
             stds = response_stds(model, ds.test)
         rows += [
             {
