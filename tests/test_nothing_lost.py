@@ -495,3 +495,32 @@ def test_a_disk_without_room_for_the_runs_checkpoints_is_refused_before_any_step
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_during_reproduce_are_one_line_and_the_same_command_finishes(tmp_path):
+    import signal
+    import time
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    args = ["-m", "keras_resnet.reproduce", "table6", "--models=resnet8", "--budget=6", "--dataset=digits"]
+    args += [f"--out={out}", f"--results={results}"]  # a checkpoint at every step of the 6
+    run = RunDir(out / "digits" / "6" / "resnet8")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        launched = time.time()
+        proc = _spawn(*args)
+
+        def under_way(launched=launched) -> bool:  # a checkpoint this process wrote
+            return any(p.stat().st_mtime > launched for p in run.checkpoints.glob("ckpt-*.json"))
+
+        _until(under_way, proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 130 and len(lines) == 1, (signum, err[-2000:])  # train.py's status
+        assert lines[0].startswith("reproduce: interrupted at step ") and "same command again" in lines[0]
+        assert not list(tmp_path.rglob(".tmp-*")) and not run.summary.exists()  # nothing half-written
+        assert not results.exists() or not any(results.iterdir())
+    done = _command(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming at step" in done.stdout
+    assert run.read_summary().steps == 6 and (results / "table6-6.csv").is_file()
