@@ -281,8 +281,8 @@ def among_run_files(path: str | os.PathLike, model_dir: str | os.PathLike) -> bo
 
 def check_locations(cfg: TrainConfig, owned: Collection[str] = ()) -> None:
     """Refuses, before any work, a --model_dir or --export_dir holding files this project did not
-    write there (but the names in `owned`, which the caller wrote there first: a search's trial
-    record), and an --export_dir that is --model_dir or one of its run files.
+    write there (but the names in `owned`, which the caller wrote there first: the checkpoints a
+    Hyperband trial continues), and an --export_dir that is --model_dir or one of its run files.
 
     Raises:
         ConfigError: one line naming the flag, a few of the files, and the fix.
