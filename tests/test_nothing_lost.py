@@ -310,8 +310,10 @@ def test_an_export_base_holding_the_users_files_is_refused_and_versions_are_only
 
 
 @pytest.mark.slow
-def test_an_export_base_without_room_for_the_version_is_refused_before_writing(tiny_run, tmp_path):
-    from keras_resnet import build_model
+def test_an_export_base_without_room_for_the_version_is_refused_before_writing(
+    tiny_run, tmp_path, monkeypatch
+):
+    from keras_resnet import build_model, files
     from keras_resnet.data.info import DataInfo
     from keras_resnet.serving import exporting
 
@@ -330,6 +332,13 @@ def test_an_export_base_without_room_for_the_version_is_refused_before_writing(t
         with pytest.raises(OSError, match=r"--export_base=.* MB free .*this export needs at least"):
             exporting.export(model, info, disk / "base")
         assert [p.name for p in (disk / "base").iterdir()] == [".lock"]  # no version, no temporary
+        # Were the estimate short, the disk fills mid-write: still no partial version.
+        monkeypatch.setattr(exporting, "ROOM_PER_WEIGHT_BYTE", 0)
+        monkeypatch.setattr(exporting, "ROOM_FOR_GRAPH", 0)
+        with pytest.raises(Exception) as full:
+            exporting.export(model, info, disk / "base")
+        assert files.disk_full(full.value), full.value
+        assert [p.name for p in (disk / "base").iterdir()] == [".lock"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
