@@ -160,6 +160,8 @@ def check_writable(path: str | os.PathLike, flag: str) -> pathlib.Path:
                 os.fsync(f.fileno())
         finally:
             probe.unlink(missing_ok=True)
+    except NotWritable:
+        raise  # already the one line (a file where a directory goes)
     except OSError as err:
         raise NotWritable(
             f"{flag}={path} is not writable ({err.strerror or err}): choose a directory you can write to."

@@ -287,6 +287,11 @@ def test_reproduce_refuses_out_results_and_carry_holding_the_users_files_or_insi
         assert reproduce.main([*args, *clash]) == 1
         assert "lie inside one another" in capsys.readouterr().err
     assert not (out / "digits" / "2" / "resnet8").exists()  # nothing trained
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert reproduce.main([*args[:4], f"--out={blocker}"]) == 1  # named as --out, not its results
+    want = f"reproduce: error: --out={blocker} is a file, not a directory: pass a directory."
+    assert capsys.readouterr().err.strip() == want
 
 
 def test_an_export_base_holding_the_users_files_is_refused_and_versions_are_only_added(tiny_run, tmp_path):

@@ -43,7 +43,8 @@ def check(options: Options, cfgs: Sequence[TrainConfig]) -> None:
         raise ConfigError(str(err)) from None
     for cfg in cfgs:
         check_run(cfg)
-    writes = {"--results": options.results_dir, "--carry": options.carry, "--out": options.out}
+    # --out first: the default --results lies under it, and a bad --out is the one to name.
+    writes = {"--out": options.out, "--carry": options.carry, "--results": options.results_dir}
     for flag, folder in writes.items():
         if folder is not None:
             files.check_writable(folder, flag)
