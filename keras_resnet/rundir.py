@@ -324,10 +324,11 @@ def check_locations(cfg: TrainConfig, owned: Collection[str] = ()) -> None:
         raise ConfigError(str(err)) from None
 
 
-def check_space(cfg: TrainConfig, state_bytes: int) -> None:
+def check_space(cfg: TrainConfig, state_bytes: int, export_bytes: int = 0) -> None:
     """Refuses, before training, a --model_dir whose device cannot hold what the run must write:
     a checkpoint of `state_bytes` beside the kept ones and the final model (two states for a new
-    run; a resumed one reuses its checkpoints' room). A disk filling later still ends in one line.
+    run; a resumed one reuses its checkpoints' room), and an --export_dir without `export_bytes`
+    free for the export at the end. A disk filling later still ends in one line.
 
     Raises:
         ConfigError: too little space, with how much is free and needed.
@@ -345,6 +346,9 @@ def check_space(cfg: TrainConfig, state_bytes: int) -> None:
             f" (checkpoints of {state_bytes / 1e6:.1f} MB and the final model)",
             " Nothing was trained.",
         )
+        if cfg.run.export_dir and export_bytes:
+            what, fix = "the export at the end", " Nothing was trained."
+            files.check_room(cfg.run.export_dir, export_bytes, "--export_dir", what, "", fix)
     except files.NoRoom as err:
         raise ConfigError(str(err)) from None
 

@@ -314,38 +314,57 @@ def test_an_export_base_holding_the_users_files_is_refused_and_versions_are_only
     assert (base / "1" / "saved_model.pb").read_bytes() == b"version 1, served now"
 
 
+@pytest.fixture
+def disk_with_1_5_mb_free(tmp_path):
+    """A 4 MB tmpfs (as root; skipped elsewhere) with 1.5 MB free: room for the 1 MB writability
+    probe, not for ResNet-20's 1.56 MB export version (2.4 MB asked); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
+    (disk / "filler").write_bytes(bytes(4 * 1024 * 1024 - 1_500_000))
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 @pytest.mark.slow
 def test_an_export_base_without_room_for_the_version_is_refused_before_writing(
-    tiny_run, tmp_path, monkeypatch
+    tiny_run, disk_with_1_5_mb_free, monkeypatch
 ):
     from keras_resnet import build_model, files
     from keras_resnet.data.info import DataInfo
     from keras_resnet.serving import exporting
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)], capture_output=True
-    ).returncode:
-        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
-    try:
-        # 1.5 MB free: room for the 1 MB writability probe, not for ResNet-20's 2 MB version.
-        (disk / "filler").write_bytes(bytes(4 * 1024 * 1024 - 1_500_000))
-        info = DataInfo.load(tiny_run[0].run.model_dir)
-        size = info.image_size
-        model = build_model("resnet20", num_classes=info.num_classes, input_shape=(size, size, 3))
-        with pytest.raises(OSError, match=r"--export_base=.* MB free .*this export needs at least"):
-            exporting.export(model, info, disk / "base")
-        assert [p.name for p in (disk / "base").iterdir()] == [".lock"]  # no version, no temporary
-        # Were the estimate short, the disk fills mid-write: still no partial version.
-        monkeypatch.setattr(exporting, "ROOM_PER_WEIGHT_BYTE", 0)
-        monkeypatch.setattr(exporting, "ROOM_FOR_GRAPH", 0)
-        with pytest.raises(Exception) as full:
-            exporting.export(model, info, disk / "base")
-        assert files.disk_full(full.value), full.value
-        assert [p.name for p in (disk / "base").iterdir()] == [".lock"]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    base = disk_with_1_5_mb_free / "base"
+    info = DataInfo.load(tiny_run[0].run.model_dir)
+    size = info.image_size
+    model = build_model("resnet20", num_classes=info.num_classes, input_shape=(size, size, 3))
+    with pytest.raises(OSError, match=r"--export_base=.* MB free .*this export needs at least"):
+        exporting.export(model, info, base)
+    assert [p.name for p in base.iterdir()] == [".lock"]  # no version, no temporary
+    # Were the estimate short, the disk fills mid-write: still no partial version.
+    monkeypatch.setattr(exporting, "ROOM_PER_WEIGHT_BYTE", 0)
+    monkeypatch.setattr(exporting, "ROOM_FOR_GRAPH", 0)
+    with pytest.raises(Exception) as full:
+        exporting.export(model, info, base)
+    assert files.disk_full(full.value), full.value
+    assert [p.name for p in base.iterdir()] == [".lock"]
+
+
+@pytest.mark.slow
+def test_an_export_dir_without_room_for_the_export_is_refused_before_training(
+    tmp_path, disk_with_1_5_mb_free
+):
+    from conftest import tiny
+
+    export = disk_with_1_5_mb_free / "export"
+    cfg = tiny(tmp_path / "run", model="resnet20", train_steps=2, eval_test=False, export_dir=str(export))
+    refused = r"--export_dir=.* the export at the end needs at least .*Nothing was trained"
+    with pytest.raises(ConfigError, match=refused):
+        training.run(cfg, verbose=0)
+    assert not RunDir(cfg.run.model_dir).checkpoints.exists()  # nothing trained
+    assert [p.name for p in export.iterdir()] == [".lock"]
 
 
 @pytest.mark.slow

@@ -48,6 +48,11 @@ from keras_resnet.serving.signatures import (
 ROOM_PER_WEIGHT_BYTE, ROOM_FOR_GRAPH = 1.25, 1 << 20
 
 
+def room_needed(model: keras.Model) -> int:
+    """Bytes asked free before a version of `model` is written (`ROOM_PER_WEIGHT_BYTE`)."""
+    return int(ROOM_PER_WEIGHT_BYTE * sum(int(w.numpy().nbytes) for w in model.weights)) + ROOM_FOR_GRAPH
+
+
 def next_version(export_base: str | pathlib.Path) -> int:
     """The next free version under `export_base`: one above the highest existing, or 1."""
     base = pathlib.Path(export_base)
@@ -97,9 +102,7 @@ def export(
     # One exporter at a time per base: two would race for the same version number.
     with files.DirLock(base, purpose="export"):
         files.remove_stale_temporaries(base)  # versions half-written by killed exports
-        weights = sum(int(w.numpy().nbytes) for w in model.weights)
-        need = int(ROOM_PER_WEIGHT_BYTE * weights) + ROOM_FOR_GRAPH
-        files.check_room(base, need, "--export_base", "this export", f" ({weights / 1e6:.1f} MB of weights)")
+        files.check_room(base, room_needed(model), "--export_base", "this export")
         return _export_version(model, info, base, version, top_k, max_pixels, tta)
 
 

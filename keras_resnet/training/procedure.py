@@ -205,8 +205,13 @@ class Run:
 
     def restore(self) -> None:
         checkpointer = self.callbacks.checkpointer
-        if self.chief:  # room for a checkpoint and the model, before any step
-            check_space(self.cfg, _state_bytes(self.model, self.average))
+        if self.chief:  # room for a checkpoint, the model and its export, before any step
+            export_bytes = 0
+            if self.cfg.run.export_dir:  # TF Serving's code is only needed with an export
+                from keras_resnet.serving.exporting import room_needed
+
+                export_bytes = room_needed(self.model)
+            check_space(self.cfg, _state_bytes(self.model, self.average), export_bytes)
         with self.strategy.scope():  # restoring may build the optimizer's variables
             try:
                 checkpointer.restore(self.model)
