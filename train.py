@@ -85,10 +85,11 @@ def _check_command_flags() -> None:
 
 def _run(cfg: TrainConfig) -> None:
     """The one thing this command was asked to do, after its flags passed."""
-    from keras_resnet.rundir import RunDir, check_locations
+    from keras_resnet.rundir import RunDir
     from keras_resnet.training import budget, evaluation, procedure
+    from keras_resnet.training.steps import check_locations
 
-    if not (FLAGS.eval_only or FLAGS.tune):  # a search checks its own folders
+    if not (FLAGS.eval_only or FLAGS.tune):  # a search checks its own folders; --time_budget writes first
         check_locations(cfg)
     if FLAGS.eval_only:
         evaluation.evaluate_run(cfg.run.model_dir)

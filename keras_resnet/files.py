@@ -160,6 +160,8 @@ def check_writable(path: str | os.PathLike, flag: str) -> pathlib.Path:
                 os.fsync(f.fileno())
         finally:
             probe.unlink(missing_ok=True)
+    except NotWritable:
+        raise  # already the one line (a file where a directory goes)
     except OSError as err:
         raise NotWritable(
             f"{flag}={path} is not writable ({err.strerror or err}): choose a directory you can write to."
@@ -185,6 +187,19 @@ def no_space(where: str) -> str:
     )
 
 
+def check_room(
+    path: str | os.PathLike, need: int, flag: str, what: str, detail: str = "", fix: str = ""
+) -> None:
+    """Raises `NoRoom` when the device of `path` (an existing directory) has fewer than `need`
+    bytes free: one line with both numbers, `what` needs them (`detail`: of what), and the fix."""
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise NoRoom(
+            f"{flag}={path} has {free / 1e6:.1f} MB free on its device; {what} needs at least "
+            f"{need / 1e6:.1f} MB{detail}: free some space or choose another {flag}.{fix}"
+        )
+
+
 def refuse_foreign(directory: str | os.PathLike, flag: str, ours: Callable[[str], bool]) -> None:
     """Raises `ForeignFiles` when `directory` holds names `ours` does not claim, before anything is
     written there: nothing of the user's is overwritten or deleted. Hidden names (locks,
@@ -208,6 +223,10 @@ class ForeignFiles(ValueError):
 
 class NotWritable(OSError):
     """An output location that cannot be created or written."""
+
+
+class NoRoom(OSError):
+    """An output location whose device has too little room for what a command will write there."""
 
 
 class Locked(RuntimeError):

@@ -18,7 +18,8 @@ number of iterations. Every budget but `quick` runs on CIFAR-10 unless `--datase
 otherwise. Runs live under `<out>/<budget>/<run>` on CIFAR-10 and `<out>/<dataset>/<budget>/<run>`
 on another dataset (default `--out=runs/reproduction`); CSV files and figures go to `--results`
 (default `<out>/results`, `<out>/<dataset>/results`; pass `--results=results/reproduction` to
-update the checkout's), rewritten from the finished runs.
+update the checkout's), rewritten from the finished runs. Folders holding anything else, or lying
+inside one another, are refused before the first run (`experiments.locations`).
 """
 
 from __future__ import annotations
@@ -110,16 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.start_command()
     from keras_resnet.config import ConfigError
     from keras_resnet.console import duration
-    from keras_resnet.experiments import paper, plan
-    from keras_resnet.rundir import check_locations
+    from keras_resnet.experiments import locations, paper, plan
+    from keras_resnet.rundir import DamagedFile
     from keras_resnet.training.procedure import TrainingStopped
 
     try:
         cfgs = plan.plan(options)
-        if not dry_run:  # a bad results path is refused before hours of training, not after
-            files.check_writable(options.results_dir, "--results")
-            for cfg in cfgs:  # a run folder holding the user's files, before any run starts
-                check_locations(cfg)
+        if not dry_run:  # the user's files, clashes, a bad path: refused before hours of training
+            locations.check(options, cfgs)
     except (ConfigError, files.NotWritable) as err:
         print(f"reproduce: error: {err}", file=sys.stderr, flush=True)
         return ExitCode.ERROR
@@ -135,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     try:
         outputs = paper.RUNNERS[options.experiment](options)
-    except ConfigError as err:
+    except (ConfigError, DamagedFile) as err:  # a run's model.keras damaged: named, with the way out
         print(f"reproduce: error: {err}", file=sys.stderr, flush=True)
         return ExitCode.ERROR
     except TrainingStopped as err:

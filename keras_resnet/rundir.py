@@ -42,9 +42,10 @@ class RunDir:
     BUDGET = "budget.json"
     TRAIN_ERROR = "train_error.json"
     TUNING = "tuning"
+    TRIAL = "trial.json"  # keras-tuner's record of a search's trial, in the trial's run folder
     # Every name a run writes at the top of its folder: anything else there is the user's. Before
     # its config.json (written before any other record) only these may be there: the rest is not ours.
-    BEFORE_CONFIG = frozenset((BUDGET, LOGS, TUNING))
+    BEFORE_CONFIG = frozenset((BUDGET, LOGS, TUNING, TRIAL))
     OWN = frozenset(
         (CONFIG, FLAGS, DATA_INFO, DATA_CHANGES, SUMMARY, HISTORY, CURVES, MODEL, CHECKPOINTS, TRAIN_ERROR)
         + tuple(BEFORE_CONFIG)
@@ -279,9 +280,10 @@ def among_run_files(path: str | os.PathLike, model_dir: str | os.PathLike) -> bo
     )
 
 
-def check_locations(cfg: TrainConfig) -> None:
+def check_locations(cfg: TrainConfig, owned: Collection[str] = ()) -> None:
     """Refuses, before any work, a --model_dir or --export_dir holding files this project did not
-    write there, and an --export_dir that is --model_dir or one of its run files.
+    write there (but the names in `owned`, which the caller wrote there first: the checkpoints a
+    Hyperband trial continues), and an --export_dir that is --model_dir or one of its run files.
 
     Raises:
         ConfigError: one line naming the flag, a few of the files, and the fix.
@@ -310,23 +312,24 @@ def check_locations(cfg: TrainConfig) -> None:
                     f"--carry_dir={cfg.run.carry_dir} overlaps {flag}={where}: a carry is what survives "
                     "the run folder, so keep it apart (e.g. in the checkout's carry/)."
                 )
-    ours = RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG
+    ours = (RunDir.OWN if RunDir(model_dir).config.is_file() else RunDir.BEFORE_CONFIG) | set(owned)
 
     def run_file(name: str) -> bool:  # an earlier --export_dir beside the run is the run's too
         return name in ours or name in beside or _export_base(model_dir / name)
 
     try:
         files.refuse_foreign(model_dir, "--model_dir", run_file)
-        if export is not None:  # versions (digits) only
-            files.refuse_foreign(export, "--export_dir", str.isdigit)
+        if export is not None:
+            refuse_foreign_export(export, "--export_dir")
     except files.ForeignFiles as err:
         raise ConfigError(str(err)) from None
 
 
-def check_space(cfg: TrainConfig, state_bytes: int) -> None:
+def check_space(cfg: TrainConfig, state_bytes: int, export_bytes: int = 0) -> None:
     """Refuses, before training, a --model_dir whose device cannot hold what the run must write:
     a checkpoint of `state_bytes` beside the kept ones and the final model (two states for a new
-    run; a resumed one reuses its checkpoints' room). A disk filling later still ends in one line.
+    run; a resumed one reuses its checkpoints' room), and an --export_dir without `export_bytes`
+    free for the export at the end. A disk filling later still ends in one line.
 
     Raises:
         ConfigError: too little space, with how much is free and needed.
@@ -335,13 +338,26 @@ def check_space(cfg: TrainConfig, state_bytes: int) -> None:
     present = (
         sum(p.stat().st_size for p in run.checkpoints.glob("ckpt-*.h5")) if run.checkpoints.is_dir() else 0
     )
-    need, free = max(2 * state_bytes - present, state_bytes), shutil.disk_usage(run.path).free
-    if free < need:
-        raise ConfigError(
-            f"--model_dir={cfg.run.model_dir} has {free / 1e6:.1f} MB free on its device; this run needs at "
-            f"least {need / 1e6:.1f} MB (checkpoints of {state_bytes / 1e6:.1f} MB and the final model): "
-            "free some space or choose another --model_dir. Nothing was trained."
+    try:
+        files.check_room(
+            cfg.run.model_dir,
+            max(2 * state_bytes - present, state_bytes),
+            "--model_dir",
+            "this run",
+            f" (checkpoints of {state_bytes / 1e6:.1f} MB and the final model)",
+            " Nothing was trained.",
         )
+        if cfg.run.export_dir and export_bytes:
+            what, fix = "the export at the end", " Nothing was trained."
+            files.check_room(cfg.run.export_dir, export_bytes, "--export_dir", what, "", fix)
+    except files.NoRoom as err:
+        raise ConfigError(str(err)) from None
+
+
+def refuse_foreign_export(base: str | os.PathLike, flag: str) -> None:
+    """Refuses an export base holding anything but versions (TF Serving reads every numeric folder
+    as one): `files.ForeignFiles`, naming a few of the user's files."""
+    files.refuse_foreign(base, flag, str.isdigit)
 
 
 def _export_base(path: pathlib.Path) -> bool:

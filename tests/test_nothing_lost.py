@@ -224,6 +224,168 @@ def test_run_folders_written_by_the_project_pass_and_locations_may_not_overlap(t
         check_locations(cfg.replace(model_dir=str(tmp_path / "fresh")))
 
 
+def test_training_run_from_python_checks_its_folders_as_the_command_does(tmp_path):
+    from conftest import tiny
+
+    cfg = tiny(tmp_path / "run", train_steps=4, eval_test=False)
+    cases = {  # the folder holding the user's files -> the config and the flag named
+        "run": (cfg, "--model_dir"),
+        "export": (cfg.replace(export_dir=str(tmp_path / "export")), "--export_dir"),
+        "carry": (cfg.replace(carry_dir=str(tmp_path / "carry")), "--carry_dir"),
+    }
+    for folder, (config, flag) in cases.items():
+        kept = _mine(tmp_path / folder, "notes.txt")
+        with pytest.raises(ConfigError, match=rf"{flag}=.*{folder} holds files .*\(notes\.txt\)"):
+            training.run(config, verbose=0)
+        assert {p: p.read_bytes() for p in kept} == kept
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["notes.txt"]  # nothing added
+        assert not RunDir(cfg.run.model_dir).checkpoints.exists()  # nothing trained
+        shutil.rmtree(tmp_path / folder)
+
+
+def test_reproduce_refuses_out_results_and_carry_holding_the_users_files_or_inside_one_another(
+    tmp_path, capsys
+):
+    from keras_resnet import reproduce
+
+    out, results, carry = tmp_path / "out", tmp_path / "results", tmp_path / "carry"
+    args = ["table6", "--models=resnet8", "--budget=2", "--dataset=digits", f"--out={out}"]
+    args += [f"--results={results}", f"--carry={carry}"]
+    cases = {  # the user's file -> the flag named
+        out / "notes.txt": "--out",
+        out / "digits" / "2" / "notes.txt": "--out",  # beside the run folders
+        out / "digits" / "2" / "resnet8" / "notes.txt": "--model_dir",  # in the run's own
+        results / "plan.xlsx": "--results",
+        carry / "notes.txt": "--carry",
+        carry / "digits" / "2" / "resnet8" / "notes.txt": "--carry_dir",  # in the run's carry
+    }
+    for mine, flag in cases.items():
+        kept = _mine(mine.parent, mine.name)
+        before = sorted(tmp_path.rglob("*"))
+        assert reproduce.main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag}=" in err[0] and f"did not write ({mine.name})" in err[0], err
+        assert {p: p.read_bytes() for p in kept} == kept and sorted(tmp_path.rglob("*")) == before
+        shutil.rmtree(next(p for p in (out, results, carry) if mine.is_relative_to(p)))
+    # The project's own layout passes: another budget's and dataset's folders, earlier results.
+    (out / "cifar10-like" / "64k" / "resnet20").mkdir(parents=True)
+    (out / "16000" / "plain20").mkdir(parents=True)
+    (results / "table6-64k.csv").parent.mkdir(parents=True)
+    (results / "table6-64k.csv").write_text("model\n")
+    from keras_resnet.experiments import locations, plan
+
+    options_ = reproduce.parse(args)[0]
+    locations.check(options_, plan.plan(options_))
+    for clash in (  # folders inside one another
+        [f"--results={out / 'digits' / '2' / 'resnet8' / 'results'}"],
+        [f"--results={out}"],
+        [f"--carry={out / 'carry'}"],
+        [f"--carry={results / 'carry'}"],
+    ):
+        assert reproduce.main([*args, *clash]) == 1
+        assert "lie inside one another" in capsys.readouterr().err
+    assert not (out / "digits" / "2" / "resnet8").exists()  # nothing trained
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert reproduce.main([*args[:4], f"--out={blocker}"]) == 1  # named as --out, not its results
+    want = f"reproduce: error: --out={blocker} is a file, not a directory: pass a directory."
+    assert capsys.readouterr().err.strip() == want
+
+
+def test_an_export_base_holding_the_users_files_is_refused_and_versions_are_only_added(tiny_run, tmp_path):
+    from keras_resnet import files
+    from keras_resnet.serving import exporting
+
+    cfg, _ = tiny_run
+    base = tmp_path / "models"
+    kept = _mine(base, "README.md", "models.config")
+    mine = r"--export_base=.* did not write \(README\.md, models\.config\)"
+    with pytest.raises(files.ForeignFiles, match=mine):
+        exporting.export_run(cfg.run.model_dir, base)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert sorted(p.name for p in base.iterdir()) == ["README.md", "models.config"]  # nothing added
+    for path in kept:
+        path.unlink()
+    (base / "1").mkdir()
+    (base / "1" / "saved_model.pb").write_bytes(b"version 1, served now")
+    assert exporting.export_run(cfg.run.model_dir, base) == base / "2"  # a new version beside it
+    assert (base / "1" / "saved_model.pb").read_bytes() == b"version 1, served now"
+
+
+@pytest.fixture
+def disk_with_1_5_mb_free(tmp_path):
+    """A 4 MB tmpfs (as root; skipped elsewhere) with 1.5 MB free: room for the 1 MB writability
+    probe, not for ResNet-20's 1.56 MB export version (2.4 MB asked); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("needs a small tmpfs: mount -t tmpfs as root")
+    (disk / "filler").write_bytes(bytes(4 * 1024 * 1024 - 1_500_000))
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_an_export_base_without_room_for_the_version_is_refused_before_writing(
+    tiny_run, disk_with_1_5_mb_free, monkeypatch
+):
+    from keras_resnet import build_model, files
+    from keras_resnet.data.info import DataInfo
+    from keras_resnet.serving import exporting
+
+    base = disk_with_1_5_mb_free / "base"
+    info = DataInfo.load(tiny_run[0].run.model_dir)
+    size = info.image_size
+    model = build_model("resnet20", num_classes=info.num_classes, input_shape=(size, size, 3))
+    with pytest.raises(OSError, match=r"--export_base=.* MB free .*this export needs at least"):
+        exporting.export(model, info, base)
+    assert [p.name for p in base.iterdir()] == [".lock"]  # no version, no temporary
+    # Were the estimate short, the disk fills mid-write: still no partial version.
+    monkeypatch.setattr(exporting, "ROOM_PER_WEIGHT_BYTE", 0)
+    monkeypatch.setattr(exporting, "ROOM_FOR_GRAPH", 0)
+    with pytest.raises(Exception) as full:
+        exporting.export(model, info, base)
+    assert files.disk_full(full.value), full.value
+    assert [p.name for p in base.iterdir()] == [".lock"]
+
+
+@pytest.mark.slow
+def test_an_export_dir_without_room_for_the_export_is_refused_before_training(
+    tmp_path, disk_with_1_5_mb_free
+):
+    from conftest import tiny
+
+    export = disk_with_1_5_mb_free / "export"
+    cfg = tiny(tmp_path / "run", model="resnet20", train_steps=2, eval_test=False, export_dir=str(export))
+    refused = r"--export_dir=.* the export at the end needs at least .*Nothing was trained"
+    with pytest.raises(ConfigError, match=refused):
+        training.run(cfg, verbose=0)
+    assert not RunDir(cfg.run.model_dir).checkpoints.exists()  # nothing trained
+    assert [p.name for p in export.iterdir()] == [".lock"]
+
+
+@pytest.mark.slow
+def test_a_damaged_trial_model_is_named_by_the_search_and_the_way_out_it_gives_rebuilds_it(tmp_path):
+    from conftest import tiny
+
+    from keras_resnet import tuning
+
+    cfg = tiny(tmp_path / "run", train_steps=2, checkpoint_steps=2, distribution="one_device")
+    tune_dir = tmp_path / "tuning"
+    first = tuning.search(cfg, max_trials=1, tune_dir=tune_dir)
+    (model,) = tune_dir.glob("*/trial_*/model.keras")
+    best = first.model_path.read_bytes()
+    _damage(model, "half")
+    with pytest.raises(ConfigError, match=rf"best trial's {model} is damaged .*train\.py --flagfile="):
+        tuning.search(cfg, max_trials=1, tune_dir=tune_dir)
+    assert first.model_path.read_bytes() == best  # the winner's copy is not replaced by the damaged one
+    trial = RunDir(model.parent)
+    training.run(trial.read_config(), verbose=0)  # the way out the line gives: the trial's own flags
+    assert trial.model_damage() is None
+    assert tuning.search(cfg, max_trials=1, tune_dir=tune_dir).best_trial == first.best_trial
+
+
 # ------------------------------------------------------------------------- 4. outputs checked before work
 
 
@@ -363,3 +525,33 @@ def test_a_disk_without_room_for_the_runs_checkpoints_is_refused_before_any_step
         assert not (disk / "run" / "checkpoints").exists()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_during_reproduce_are_one_line_and_the_same_command_finishes(tmp_path):
+    import signal
+    import time
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    args = ["-m", "keras_resnet.reproduce", "table6", "--models=resnet8", "--budget=6", "--dataset=digits"]
+    args += [f"--out={out}", f"--results={results}"]  # a checkpoint at every step of the 6
+    run = RunDir(out / "digits" / "6" / "resnet8")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        launched = time.time()
+        proc = _spawn(*args)
+
+        def under_way(launched=launched) -> bool:  # a checkpoint this process wrote
+            return any(p.stat().st_mtime > launched for p in run.checkpoints.glob("ckpt-*.json"))
+
+        _until(under_way, proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 130 and len(lines) == 1, (signum, err[-2000:])  # train.py's status
+        assert lines[0].startswith("reproduce: interrupted at step ") and "same command again" in lines[0]
+        assert not list(tmp_path.rglob(".tmp-*")) and not run.summary.exists()  # nothing half-written
+        assert not results.exists() or not any(results.iterdir())
+    done = _command(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming at step" in done.stdout
+    assert run.read_summary().steps == 6 and (results / "table6-6.csv").is_file()

@@ -23,7 +23,7 @@ def train_error(cfg: TrainConfig) -> float:
         return float(json.loads(run.train_error.read_text())["train_error"])
     ds = data.load(cfg.data.dataset, data_dir=cfg.data.data_dir or None, eval_batch_size=1000, verbose=False)
     with precision_policy(cfg.run.precision):
-        model = keras.saving.load_model(run.model, safe_mode=True)
+        model = run.load_model()
         result = model.evaluate(ds.train_evaluation(), verbose=0, return_dict=True)
     files.write_json(run.train_error, {"train_error": float(result["error"])})
     return float(result["error"])

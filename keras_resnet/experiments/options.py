@@ -32,6 +32,15 @@ MACS_PER_SECOND = 450 * 3 * 40.6e6
 # What a run costs beside its steps: start-up (data, build, tracing) and saving, in seconds, and
 # the images each evaluation reads (a test view costs a third of a training image).
 RUN_OVERHEAD_S = 30.0
+# What each experiment writes in --results ({budget}: the budget's name), and the folder of the
+# results under --out: the only names of theirs `locations` lets a folder hold.
+RESULT_FILES = {
+    "degradation": ("degradation.csv", "degradation.png"),
+    "responses": ("responses.csv", "responses.png"),
+    "shortcuts": ("shortcuts.csv", "shortcuts.md"),
+    "table6": ("table6-{budget}.csv",),
+}
+RESULTS_FOLDER = "results"
 SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "digits": (1_438, 359)}
 
 
@@ -55,7 +64,7 @@ class Options:
         return next((k for k, v in BUDGETS.items() if v == self.budget), str(self.budget))
 
     @property
-    def _dataset_dir(self) -> pathlib.Path:
+    def dataset_dir(self) -> pathlib.Path:
         """No folder for CIFAR-10 (its runs keep the layout every earlier run resumes in), else the
         dataset's name as a folder name."""
         return pathlib.Path("" if self.dataset == PAPER_DATASET else re.sub(r"[^\w.-]+", "_", self.dataset))
@@ -63,7 +72,7 @@ class Options:
     @property
     def runs_dir(self) -> pathlib.Path:
         """The experiment's runs: `<out>/<budget>` on CIFAR-10, `<out>/<dataset>/<budget>` on another."""
-        return self.out / self._dataset_dir / self.budget_name
+        return self.out / self.dataset_dir / self.budget_name
 
     @property
     def earlier_runs_dirs(self) -> tuple[pathlib.Path, ...]:
@@ -75,4 +84,8 @@ class Options:
 
     @property
     def results_dir(self) -> pathlib.Path:
-        return self.results or self.out / self._dataset_dir / "results"
+        return self.results or self.out / self.dataset_dir / RESULTS_FOLDER
+
+    def result_file(self, index: int = 0) -> pathlib.Path:
+        """The experiment's `index`-th file in --results (`RESULT_FILES`)."""
+        return self.results_dir / RESULT_FILES[self.experiment][index].format(budget=self.budget_name)

@@ -15,8 +15,6 @@ import csv
 import logging
 import pathlib
 
-import keras
-
 from keras_resnet import data, files
 from keras_resnet.experiments import figures
 from keras_resnet.experiments.measure import response_stds, train_error
@@ -60,11 +58,8 @@ def degradation(options: Options) -> dict[str, pathlib.Path]:
         )
         with open(run.history) as f:
             curves[cfg.model.name] = list(csv.DictReader(f))
-    results = options.results_dir
-    out = {"csv": figures.write_csv(results / "degradation.csv", rows)}
-    out["png"] = figures.plot_degradation(
-        curves, results / "degradation.png", options.budget, options.dataset
-    )
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
+    out["png"] = figures.plot_degradation(curves, options.result_file(1), options.budget, options.dataset)
     log.info(figures.table(rows))
     return out
 
@@ -79,7 +74,7 @@ def responses(options: Options) -> dict[str, pathlib.Path]:
             cfg.data.dataset, data_dir=cfg.data.data_dir or None, eval_batch_size=500, verbose=False
         )
         with precision_policy(cfg.run.precision):
-            model = keras.saving.load_model(run.model, safe_mode=True)
+            model = run.load_model()
             stds = response_stds(model, ds.test)
         rows += [
             {
@@ -91,9 +86,8 @@ def responses(options: Options) -> dict[str, pathlib.Path]:
             }
             for i, (n, s) in enumerate(stds.items())
         ]
-    results = options.results_dir
-    out = {"csv": figures.write_csv(results / "responses.csv", rows)}
-    out["png"] = figures.plot_responses(rows, results / "responses.png", options.dataset)
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
+    out["png"] = figures.plot_responses(rows, options.result_file(1), options.dataset)
     return out
 
 
@@ -120,10 +114,9 @@ def shortcuts(options: Options) -> dict[str, pathlib.Path]:
                         **_provenance(summary),
                     }
                 )
-    results = options.results_dir
-    out = {"csv": figures.write_csv(results / "shortcuts.csv", rows)}
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
     summary_md = figures.shortcut_summary(rows)
-    out["md"] = files.write_text(results / "shortcuts.md", summary_md)
+    out["md"] = files.write_text(options.result_file(1), summary_md)
     log.info(summary_md)
     return out
 
@@ -149,7 +142,7 @@ def table6(options: Options) -> dict[str, pathlib.Path]:
         }
         for cfg, _, summary in _finished(cfgs)
     ]
-    out = {"csv": figures.write_csv(options.results_dir / f"table6-{options.budget_name}.csv", rows)}
+    out = {"csv": figures.write_csv(options.result_file(0), rows)}
     log.info(figures.table(rows))
     return out
 

@@ -180,6 +180,17 @@ def restore(
     return carry
 
 
+def refuse_foreign(carry_dir: str | pathlib.Path) -> None:
+    """Refuses a --carry_dir holding anything but carries (`step-N`, a finished run's `final-N`).
+
+    Raises:
+        files.ForeignFiles: one line naming a few of the user's files.
+    """
+    files.refuse_foreign(
+        carry_dir, "--carry_dir", lambda name: bool(_STEP_DIR.match(name) or _FINAL_DIR.match(name))
+    )
+
+
 class Carrier(keras.callbacks.Callback):
     """Carries the run after each checkpoint; runs after the `Checkpointer`."""
 

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -32,7 +32,7 @@ from keras_resnet.console import duration, percent
 from keras_resnet.interrupts import ExitCode
 from keras_resnet.models import whitening
 from keras_resnet.rundir import RunDir, Summary, check_space, claimed
-from keras_resnet.training import carry, datarecord, distribution, finetune, optimization
+from keras_resnet.training import carry, datarecord, distribution, finetune, optimization, steps
 from keras_resnet.training.callbacks import WeightAverage, make_callbacks
 from keras_resnet.training.checkpoints import Checkpointer
 from keras_resnet.training.evaluation import evaluate_model, export_model
@@ -61,6 +61,7 @@ def run(
     score_test: bool = True,
     until_step: int = 0,
     started: float | None = None,
+    owned: Collection[str] = (),
 ) -> Summary | Paused:
     """Trains (or resumes) the run `cfg` describes; returns the summary also written to summary.json.
 
@@ -77,13 +78,15 @@ def run(
         started: when the command began (time.time(); default now). Calls with the same
             `started` are one command: the later ones continue its segments (no resume), and
             the summary's times count from it.
+        owned: names the caller wrote in model_dir before the run (a search's trial record).
 
     Raises:
         ConfigError: bad flags, an unusable output location, a --model_dir in use or holding a
-            different run, missing data (nothing was trained).
+            different run or files the project did not write, missing data (nothing was trained).
         TrainingStopped: interrupted (checkpoint written) or diverged (last good checkpoint kept).
     """
     cfg.check()
+    steps.check_locations(cfg, owned)  # the command's checks, whoever starts the run
     if summary := finished_run(cfg):
         return summary
     start = started or time.time()
@@ -206,8 +209,13 @@ class Run:
         """The newest checkpoint's state in the model and callbacks; returns its step (0: none)."""
         cfg, ctx = self.ctx.cfg, self.ctx
         checkpointer = built.callbacks.checkpointer
-        if ctx.chief:  # room for a checkpoint and the model, before any step
-            check_space(cfg, _state_bytes(built.model, built.average))
+        if ctx.chief:  # room for a checkpoint, the model and its export, before any step
+            export_bytes = 0
+            if cfg.run.export_dir:  # TF Serving's code is only needed with an export
+                from keras_resnet.serving.exporting import room_needed
+
+                export_bytes = room_needed(built.model)
+            check_space(cfg, _state_bytes(built.model, built.average), export_bytes)
         with ctx.strategy.scope():  # restoring may build the optimizer's variables
             try:
                 checkpointer.restore(built.model)

@@ -14,7 +14,7 @@ from collections.abc import Collection
 import keras
 import tensorflow as tf
 
-from keras_resnet import data, models
+from keras_resnet import data, files, models, rundir
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.console import percent
 from keras_resnet.rundir import RunDir, Summary, check_model_dir, refuse_config_changes
@@ -69,6 +69,22 @@ def resumes_at(model_dir: str | os.PathLike) -> int:
     """The step a run in `model_dir` resumes from: its newest checkpoint's (0 if it has none)."""
     newest = Checkpointer(RunDir(model_dir).checkpoints, verbose=False).candidates()
     return int(newest[0]["step"]) if newest else 0
+
+
+def check_locations(cfg: TrainConfig, owned: Collection[str] = ()) -> None:
+    """Every folder a run writes, before any work, whoever starts it: `rundir.check_locations`
+    (--model_dir, --export_dir, their clashes; `owned`: names the caller wrote in --model_dir)
+    and a --carry_dir holding carries only.
+
+    Raises:
+        ConfigError: one line naming the flag, a few of the files, and the fix.
+    """
+    rundir.check_locations(cfg, owned)
+    if cfg.run.carry_dir:
+        try:
+            carry.refuse_foreign(cfg.run.carry_dir)
+        except files.ForeignFiles as err:
+            raise ConfigError(str(err)) from None
 
 
 def finished_run(cfg: TrainConfig, again: bool = False) -> Summary | None:

@@ -33,7 +33,7 @@ import keras
 from keras_resnet import files, models, workarounds
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.interrupts import ExitCode
-from keras_resnet.rundir import RunDir
+from keras_resnet.rundir import DamagedFile, RunDir, refuse_foreign_export
 from keras_resnet.training import distribution, evaluation, optimization, procedure, steps
 from keras_resnet.training.precision import precision_policy
 from keras_resnet.training.signals import STOP
@@ -190,7 +190,7 @@ def _claimed(cfg: TrainConfig, tune_dir: pathlib.Path, role: str | None) -> file
     try:
         files.refuse_foreign(tune_dir, "--tune_dir", SEARCH_NAMES.__contains__)
         if cfg.run.export_dir:
-            files.refuse_foreign(cfg.run.export_dir, "--export_dir", str.isdigit)
+            refuse_foreign_export(cfg.run.export_dir, "--export_dir")
         files.check_writable(tune_dir, "--tune_dir")
         if cfg.run.export_dir and role in (None, cluster.CHIEF):
             files.check_writable(cfg.run.export_dir, "--export_dir")
@@ -338,6 +338,10 @@ def _best_trial(kt, tune_dir: pathlib.Path):
 def _copy_winner(trial: RunDir, best_cfg: TrainConfig, info, directory: pathlib.Path) -> RunDir:
     """`best/`: a run folder of the winner's final model (its weight average when averaging), its
     data info and its settings (its --tta among them), so exporting it serves what was scored."""
+    try:
+        trial.check_model()  # a damaged model is named, not copied
+    except DamagedFile as err:
+        raise ConfigError(f"the best trial's {err}") from None
     best = RunDir(directory)
     best.path.mkdir(parents=True, exist_ok=True)
     with files.replacing(best.model) as tmp:
@@ -350,7 +354,7 @@ def _copy_winner(trial: RunDir, best_cfg: TrainConfig, info, directory: pathlib.
 def _score(best: RunDir, best_cfg: TrainConfig, test, strategy) -> dict[str, float]:
     """The winner's test metrics, through training's own evaluation."""
     with strategy.scope(), precision_policy(best_cfg.run.precision):
-        model = keras.saving.load_model(best.model, safe_mode=True)
+        model = best.load_model()
         evaluated = models.with_test_time_augmentation(model, best_cfg.run.tta)
         if evaluated is not model:
             optimization.compile_for_evaluation(evaluated, best_cfg.optim)

@@ -11,7 +11,6 @@ import pathlib
 import shutil
 from typing import Any
 
-import keras
 import keras_tuner
 
 from keras_resnet import files, workarounds
@@ -116,7 +115,9 @@ class Tuner(keras_tuner.Tuner):
             with files.staging_dir(checkpoints) as tmp:
                 shutil.copytree(RunDir(self.get_trial_dir(parent)).checkpoints, tmp, dirs_exist_ok=True)
         try:
-            summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False)
+            # Hyperband copied in the checkpoints it continues, before the trial's config.json.
+            owned = {RunDir.CHECKPOINTS}
+            summary = procedure.run(cfg, callbacks=list(callbacks), score_test=False, owned=owned)
         except procedure.TrainingStopped as err:
             if err.exit_code == ExitCode.DIVERGED:  # diverged: this configuration fails, the search goes on
                 # The run's advice (lower the rate, run again) is for a run of one's own, not a trial.
@@ -138,7 +139,7 @@ class Tuner(keras_tuner.Tuner):
         pass  # each trial's run saves its own model.keras
 
     def load_model(self, trial):
-        return keras.saving.load_model(RunDir(self.get_trial_dir(trial.trial_id)).model, safe_mode=True)
+        return RunDir(self.get_trial_dir(trial.trial_id)).load_model()  # damaged: named, with the way out
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
