@@ -162,8 +162,8 @@ class Run:
         datasets = load_data(cfg, ctx.strategy, start_step=start_step)
         data_change = datarecord.check(cfg, datasets.info, start_step)
         total_steps, chunk, _ = run_length(cfg, datasets.steps_per_epoch)
-        _check_schedule(cfg, total_steps, ctx.chief)
-        _check_tta(cfg, datasets)
+        steps.check_schedule(cfg, total_steps, ctx.chief)
+        steps.check_tta(cfg, datasets)
         return Loaded(start_step, datasets, data_change, total_steps, chunk)
 
     def build(self, loaded: Loaded) -> Built:
@@ -397,28 +397,6 @@ def _state_bytes(model: keras.Model, average: WeightAverage | None) -> int:
         + nbytes(model.trainable_variables)
         + (nbytes(average.average.variables) if average else 0)
     )
-
-
-def _check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:
-    """Says so when --lr_milestones lie beyond the run (a preset's 32k/48k with --train_steps=200):
-    those decays never happen."""
-    late = [m for m in cfg.optim.lr_milestones if m >= total_steps]
-    if late and cfg.optim.lr_schedule == "step" and chief:
-        log.info(
-            f"note: --lr_milestones {','.join(map(str, late))} lie at or beyond this run's last step "
-            f"({total_steps:,}): the learning rate does not drop there. Give milestones inside the run, "
-            "or --lr_milestones= (empty) to decay at 50% and 75% of it."
-        )
-
-
-def _check_tta(cfg: TrainConfig, datasets) -> None:
-    """A test-time mirror is refused for a net that never saw a mirrored image (mirrored digits
-    are other shapes: --tta=flip raised the digits' test error from 13.7% to 22.8%)."""
-    if cfg.run.tta != "none" and not datasets.mirrored:
-        raise ConfigError(
-            f"--tta={cfg.run.tta} averages over mirrored test images, but this run trains without flips "
-            f"(--flip=none, or {datasets.info.name}'s default): use --tta=none, or train with flips."
-        )
 
 
 @contextlib.contextmanager

@@ -130,3 +130,25 @@ def restore_carry(cfg: TrainConfig, ignore: Collection[str] = ()) -> None:
         raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
     if restored is not None:
         log.info(f"restored step {restored.step:,} from {restored.path} into {run.path}")
+
+
+def check_schedule(cfg: TrainConfig, total_steps: int, chief: bool) -> None:
+    """Says so when --lr_milestones lie beyond the run (a preset's 32k/48k with --train_steps=200):
+    those decays never happen."""
+    late = [m for m in cfg.optim.lr_milestones if m >= total_steps]
+    if late and cfg.optim.lr_schedule == "step" and chief:
+        log.info(
+            f"note: --lr_milestones {','.join(map(str, late))} lie at or beyond this run's last step "
+            f"({total_steps:,}): the learning rate does not drop there. Give milestones inside the run, "
+            "or --lr_milestones= (empty) to decay at 50% and 75% of it."
+        )
+
+
+def check_tta(cfg: TrainConfig, datasets) -> None:
+    """A test-time mirror is refused for a net that never saw a mirrored image (mirrored digits
+    are other shapes: --tta=flip raised the digits' test error from 13.7% to 22.8%)."""
+    if cfg.run.tta != "none" and not datasets.mirrored:
+        raise ConfigError(
+            f"--tta={cfg.run.tta} averages over mirrored test images, but this run trains without flips "
+            f"(--flip=none, or {datasets.info.name}'s default): use --tta=none, or train with flips."
+        )

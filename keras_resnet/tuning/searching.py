@@ -10,8 +10,8 @@ model sees the test set.
 - `search/`: keras-tuner's project (one `trial_<id>/` per trial, with its TensorBoard logs);
 - `results.csv`, `results.md`, `results.png`: one row / bar per trial;
 - `best.flags`: the best configuration, for `train.py --flagfile`;
-- `best/model.keras` + `best/data_info.json`, the best trial's weights (a normal run layout, so
-  `serving.export_run` takes it), and its TF Serving export under `export/` (or --export_dir).
+- `best/`: the best trial's model and data info (a run folder `serving.export_run` takes), and its
+  TF Serving export under `export/` (or --export_dir).
 
 Running the same command again continues an interrupted search: completed trials are kept, the
 trial that was running resumes from its last checkpoint.
