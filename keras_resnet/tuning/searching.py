@@ -13,8 +13,7 @@ model sees the test set.
 - `best/`: the best trial's model and data info (a run folder `serving.export_run` takes), and its
   TF Serving export under `export/` (or --export_dir).
 
-Running the same command again continues an interrupted search: completed trials are kept, the
-trial that was running resumes from its last checkpoint.
+The same command again continues an interrupted search: the trial that was running resumes.
 """
 
 from __future__ import annotations
