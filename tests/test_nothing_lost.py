@@ -241,6 +241,14 @@ def test_training_run_from_python_checks_its_folders_as_the_command_does(tmp_pat
         assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["notes.txt"]  # nothing added
         assert not RunDir(cfg.run.model_dir).checkpoints.exists()  # nothing trained
         shutil.rmtree(tmp_path / folder)
+    # A --time_budget run from Python too, before its budget.json or carry is written.
+    from keras_resnet.training import budget
+
+    kept = _mine(tmp_path / "run", "history.csv")
+    with pytest.raises(ConfigError, match=r"--model_dir=.*run holds files .*\(history\.csv\)"):
+        budget.run(cfg.replace(carry_dir=str(tmp_path / "carry")), 30, started=0.0)
+    assert {p: p.read_bytes() for p in kept} == kept and not (tmp_path / "carry").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["history.csv"]
 
 
 def test_reproduce_refuses_out_results_and_carry_holding_the_users_files_or_inside_one_another(

@@ -231,6 +231,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
         procedure.TrainingStopped: as `procedure.run`.
     """
     _check(cfg, minutes)
+    steps.check_locations(cfg)  # before budget.json or a carry is written: whoever starts the run
     if cfg.run.carry_dir:  # a carried run brings its plan (budget.json): restored before it is read
         with claimed(cfg, writes=True):
             steps.restore_carry(cfg, ignore=PLANNED)

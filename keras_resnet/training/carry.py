@@ -51,6 +51,11 @@ class Carry:
     path: pathlib.Path
     step: int
 
+    @property
+    def finished(self) -> bool:
+        """A finished run's carry (`final-N/`: its model and records, no checkpoint)."""
+        return bool(_FINAL_DIR.match(self.path.name))
+
 
 def newest(carry_dir: str | pathlib.Path, pattern: re.Pattern = _STEP_DIR) -> Carry | None:
     """The newest complete carry in `carry_dir` (None if there is none)."""

@@ -87,7 +87,8 @@ def run(
     """
     cfg.check()
     steps.check_locations(cfg, owned)  # the command's checks, whoever starts the run
-    if summary := finished_run(cfg):
+    # A carried run that finished is answered under the lock, where its chief writes the final carry.
+    if not cfg.run.carry_dir and (summary := finished_run(cfg)):
         return summary
     start = started or time.time()
     strategy = distribution.strategy_for(cfg)
@@ -97,6 +98,8 @@ def run(
             restore_carry(cfg)
         # Re-checked under the lock: another run may have finished it meanwhile.
         if summary := finished_run(cfg, again=True):
+            if chief and cfg.run.carry_dir:  # a run that died between its summary and its final carry
+                carry.finish(RunDir(cfg.run.model_dir), cfg.run.carry_dir)
             return summary
         context = RunContext.make(
             cfg,

@@ -104,8 +104,6 @@ def finished_run(cfg: TrainConfig, again: bool = False) -> Summary | None:
         if not again:
             log.info(f"{run.model} is damaged ({damage}): rebuilding it from the newest checkpoint.")
         return None
-    if cfg.run.carry_dir:  # a run that died between its summary and its final carry
-        carry.finish(run, cfg.run.carry_dir)
     log.info(
         f"{cfg.run.model_dir} holds a finished run of this configuration (test error "
         f"{percent(summary.test_error)}); nothing to do."
@@ -119,13 +117,20 @@ def restore_carry(cfg: TrainConfig, ignore: Collection[str] = ()) -> None:
     run = RunDir(cfg.run.model_dir)
     if run.finished():
         return
+    reached = carry.reached(cfg.run.carry_dir)
+
+    def check(saved: TrainConfig) -> None:
+        changed = {k for k, v in saved.training_fields().items() if cfg.training_fields().get(k) != v}
+        if reached is not None and reached.finished and changed - set(ignore):
+            raise ConfigError(
+                f"--carry_dir={cfg.run.carry_dir} holds the finished run ({reached.step:,} steps, no "
+                f"checkpoint) of another configuration ({', '.join(sorted(changed))}): extend it where its "
+                "run folder is, or give a new --carry_dir."
+            )
+        refuse_config_changes(saved, cfg, ignore)
+
     try:
-        restored = carry.restore(
-            run,
-            cfg.run.carry_dir,
-            local_step=resumes_at(run.path),
-            check=lambda saved: refuse_config_changes(saved, cfg, ignore),
-        )
+        restored = carry.restore(run, cfg.run.carry_dir, local_step=resumes_at(run.path), check=check)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"--carry_dir={cfg.run.carry_dir}: {err}") from None
     if restored is not None:
