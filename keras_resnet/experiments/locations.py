@@ -20,7 +20,8 @@ from keras_resnet.experiments.options import BUDGETS, RESULT_FILES, RESULTS_FOLD
 from keras_resnet.training.steps import check_locations as check_run
 
 # The checkout's own results folder holds the project's other records beside the experiments'.
-CHECKOUT_RESULTS = pathlib.Path(__file__).resolve().parents[2] / "results"
+# (keras_resnet/files.py's parents[1] is the checkout: the package's own top module, not beside it.)
+CHECKOUT_RESULTS = pathlib.Path(files.__file__).resolve().parents[1] / "results"
 
 
 def check(options: Options, cfgs: Sequence[TrainConfig]) -> None:
