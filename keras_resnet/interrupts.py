@@ -55,6 +55,18 @@ def _raise(signum, frame) -> None:
     raise Interrupted(signum)
 
 
+def _interrupted(err: BaseException | None) -> Interrupted | None:
+    """The `Interrupted` that `err` is, or that it was raised from: a signal landing inside
+    TensorFlow's tracing comes back wrapped in TensorFlow's own error (seen in export.py)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Interrupted):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class Ending:
     """What `ending_the_command` saw: the exit code of the signal that ended the block (0: none)."""
 
@@ -73,9 +85,14 @@ def ending_the_command(command: str, redo: str = "run the same command again") -
     previous = {s: signal.signal(s, _raise) for s in SIGNALS}
     try:
         yield ending
-    except Interrupted as err:
-        print(f"{command}: {err.name}: stopped; nothing half-written is left: {redo}.", file=sys.stderr)
-        ending.exit_code = err.exit_code
+    except BaseException as err:
+        interrupted = _interrupted(err)
+        if interrupted is None:
+            raise
+        print(
+            f"{command}: {interrupted.name}: stopped; nothing half-written is left: {redo}.", file=sys.stderr
+        )
+        ending.exit_code = interrupted.exit_code
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

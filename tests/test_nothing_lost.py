@@ -442,6 +442,26 @@ def test_an_export_dir_in_use_is_refused_before_work_and_an_export_failing_at_th
 # ----------------------------------------------------------------------------- 5. interrupts outside training
 
 
+def test_a_signal_wrapped_in_another_error_still_ends_in_one_line(capsys):
+    """A signal landing inside TensorFlow's tracing can come back as TensorFlow's own error, raised
+    from it (export.py once printed that traceback): still the signal's line and exit code."""
+    import signal
+
+    from keras_resnet import interrupts
+
+    with interrupts.ending_the_command("export.py") as ending:
+        try:
+            raise interrupts.Interrupted(signal.SIGTERM)
+        except interrupts.Interrupted as err:
+            raise TypeError("could not build the function") from err
+    assert ending.exit_code == 143
+    assert capsys.readouterr().err.splitlines() == [
+        "export.py: SIGTERM: stopped; nothing half-written is left: run the same command again."
+    ]
+    with pytest.raises(TypeError), interrupts.ending_the_command("export.py"):
+        raise TypeError("no signal: the error itself")
+
+
 def _spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
