@@ -338,18 +338,24 @@ def check_space(cfg: TrainConfig, state_bytes: int, export_bytes: int = 0) -> No
     present = (
         sum(p.stat().st_size for p in run.checkpoints.glob("ckpt-*.h5")) if run.checkpoints.is_dir() else 0
     )
+    need = max(2 * state_bytes - present, state_bytes)
     try:
         files.check_room(
             cfg.run.model_dir,
-            max(2 * state_bytes - present, state_bytes),
+            need,
             "--model_dir",
             "this run",
             f" (checkpoints of {state_bytes / 1e6:.1f} MB and the final model)",
             " Nothing was trained.",
         )
         if cfg.run.export_dir and export_bytes:
+            # On the run's own device the export comes after the run's checkpoints: room for both.
+            shared = os.stat(cfg.run.export_dir).st_dev == os.stat(cfg.run.model_dir).st_dev
             what, fix = "the export at the end", " Nothing was trained."
-            files.check_room(cfg.run.export_dir, export_bytes, "--export_dir", what, "", fix)
+            detail = " beside this run's checkpoints, on the same device" if shared else ""
+            files.check_room(
+                cfg.run.export_dir, export_bytes + shared * need, "--export_dir", what, detail, fix
+            )
     except files.NoRoom as err:
         raise ConfigError(str(err)) from None
 

@@ -374,6 +374,21 @@ def test_an_export_dir_without_room_for_the_export_is_refused_before_training(
 
 
 @pytest.mark.slow
+def test_a_run_and_its_export_on_one_device_need_room_for_both(tmp_path, disk_with_1_5_mb_free):
+    from conftest import tiny
+
+    # ResNet-8: its checkpoints (about 1.2 MB asked) fit in 1.5 MB, and so does its export (about
+    # 1.4 MB), but not both on the one device.
+    run, export = disk_with_1_5_mb_free / "run", disk_with_1_5_mb_free / "export"
+    cfg = tiny(run, train_steps=2, eval_test=False, export_dir=str(export))
+    with pytest.raises(
+        ConfigError, match=r"--export_dir=.*beside this run's checkpoints.*Nothing was trained"
+    ):
+        training.run(cfg, verbose=0)
+    assert not RunDir(run).checkpoints.exists()  # nothing trained
+
+
+@pytest.mark.slow
 def test_a_damaged_trial_model_is_named_by_the_search_and_the_way_out_it_gives_rebuilds_it(tmp_path):
     from conftest import tiny
 
