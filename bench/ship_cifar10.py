@@ -29,7 +29,7 @@ runtime.start_command()  # first: TensorFlow starts with oneDNN on, and quietly
 import numpy as np  # noqa: E402
 
 from keras_resnet import build_model, data, files  # noqa: E402
-from keras_resnet.config import TrainConfig  # noqa: E402
+from keras_resnet.config import TrainConfig, flag_line  # noqa: E402
 from keras_resnet.data.info import DataInfo  # noqa: E402
 from keras_resnet.models import pretrained  # noqa: E402
 from keras_resnet.rundir import RunDir  # noqa: E402
@@ -103,13 +103,7 @@ def _recipe(config: TrainConfig) -> str:
     """The run's training flags that differ from the defaults, as train.py takes them."""
     default = TrainConfig().training_fields()
     changed = {k: v for k, v in config.training_fields().items() if v != default.get(k) and k != "data_dir"}
-
-    def flag(name: str, value) -> str:
-        if isinstance(value, bool):
-            return f"--{'' if value else 'no'}{name}"
-        return f"--{name}={','.join(map(str, value)) if isinstance(value, list) else value}"
-
-    return " ".join(["train.py", *(flag(k, v) for k, v in changed.items())])
+    return " ".join(["train.py", *(flag_line(k, v) for k, v in changed.items())])
 
 
 def main(argv: list[str] | None = None) -> int:

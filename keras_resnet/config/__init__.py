@@ -164,16 +164,7 @@ class TrainConfig:
     def to_flags(self, outputs: bool = True) -> str:
         """The configuration as an absl flag file (`train.py --flagfile=...`); without `outputs`, a
         recipe: no --model_dir or --export_dir (the user says where it writes)."""
-        lines = []
-        for flag, value in self.flags().items():
-            if not outputs and flag in OUTPUT_FLAGS:
-                continue
-            if isinstance(value, bool):
-                lines.append(f"--{'' if value else 'no'}{flag}")
-            elif isinstance(value, tuple):
-                lines.append(f"--{flag}={','.join(map(str, value))}")
-            else:
-                lines.append(f"--{flag}={value}")
+        lines = [flag_line(f, v) for f, v in self.flags().items() if outputs or f not in OUTPUT_FLAGS]
         return "\n".join(lines) + "\n"
 
     def training_fields(self) -> dict[str, Any]:
@@ -204,6 +195,15 @@ class TrainConfig:
                 "--freeze_bn_scale with --zero_init_residual keeps each block's last BN scale at 0 (every "
                 "residual branch off for good): give one of them."
             )
+
+
+def flag_line(flag: str, value: Any) -> str:
+    """One flag as train.py takes it: `--flag=value`, `--flag` / `--noflag`, lists joined by commas."""
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no'}{flag}"
+    if isinstance(value, (tuple, list)):
+        return f"--{flag}={','.join(map(str, value))}"
+    return f"--{flag}={value}"
 
 
 def run_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
