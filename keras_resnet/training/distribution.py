@@ -91,10 +91,7 @@ def make_strategy(distribution: str = "auto") -> tf.distribute.Strategy:
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    )
+    return num_workers(strategy) > 1
 
 
 def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
@@ -106,7 +103,13 @@ def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
-    return strategy.extended._num_workers if is_multi_worker(strategy) else 1
+    """The chief and worker tasks of the strategy's cluster (1 outside a cluster), as TF counts them,
+    from the public cluster spec (the strategy's own count is private)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    resolver = strategy.cluster_resolver
+    jobs = resolver.cluster_spec().as_dict() if resolver else {}
+    return max(1, sum(len(jobs.get(job, ())) for job in ("chief", "worker")))
 
 
 def worker_index(strategy: tf.distribute.Strategy) -> int:
