@@ -4,6 +4,7 @@ embedded digits (measured on its own first steps, re-planned, resumed)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 
@@ -24,17 +25,19 @@ FAST = dict(
     tta="flip",
     model_dir="unused",
 )
-# 1,000 img/s at 24 px, 700 at 32 px, 0.5 s a checkpoint, 10 s a restart; 195 steps of 256 an epoch.
-MEASURED = dict(
+# 1,000 img/s at 24 px, 700 at 32 px, 0.5 s a checkpoint, 10 s a restart; 195 steps of 256 an epoch;
+# measured at the first pause (step 40), the full size's speed estimated.
+AT_40 = budget.Measured(
     low_res_images_per_sec=1000.0,
     full_images_per_sec=700.0,
+    full_size_measured=False,
     checkpoint_s=0.5,
     restart_s=10.0,
     train_examples=50_000,
     test_examples=10_000,
     precision="float32",
+    at_step=40,
 )
-AT_40 = {**MEASURED, "at_step": 40, "full_size_measured": False}  # the first pause
 
 
 def test_the_first_plan_is_the_most_epochs_that_fit_in_the_flags_proportions():
@@ -44,16 +47,16 @@ def test_the_first_plan_is_the_most_epochs_that_fit_in_the_flags_proportions():
     #   = 20 + 688.64 + 927.09 + 13 + 14.29 = 1663.0 s; 28 epochs (14 + 14): 1734.8 s.
     cfg = TrainConfig.of(**FAST)
     fields = budget.first_plan(cfg, 1700.0, AT_40)
-    assert fields == {
-        "epochs": 27,
-        "train_steps": 0,
-        "low_res_epochs": 14,  # half, rounded up
-        "lr_warmup_steps": 790,  # 15% of the steps, as 878 of 5,850
-        "eval_test_every": 27,  # the test set once, at the end
-        "precision": "float32",
-    }
-    planned = cfg.replace(**fields)
-    assert budget.seconds_left(planned, MEASURED, from_step=40, restarts=2) == pytest.approx(1663.0, abs=0.1)
+    assert fields == budget.Plan(
+        epochs=27,
+        train_steps=0,
+        low_res_epochs=14,  # half, rounded up
+        lr_warmup_steps=790,  # 15% of the steps, as 878 of 5,850
+        eval_test_every=27,  # the test set once, at the end
+        precision="float32",
+    )
+    planned = cfg.replace(**fields.flags())
+    assert budget.seconds_left(planned, AT_40, from_step=40, restarts=2) == pytest.approx(1663.0, abs=0.1)
     with pytest.raises(ConfigError, match="--time_budget: 1.0 minutes are left, and 1 epoch"):
         budget.first_plan(cfg, 60.0, AT_40)
 
@@ -64,11 +67,11 @@ def test_the_last_plan_is_the_most_steps_that_fit_keeping_low_resolution_and_war
     assert budget.second_pause(cfg, first, AT_40) == 2925
     # One epoch at 32 px done (step 14 x 195 + 195 = 2,925); 600 s left, one restart: 10 + 14.29 +
     # x x 256 / 700 + 0.5 x (ceil(x / 195) - 1) <= 600 holds for x = 1,563 more steps (599.9 s), not 1,564.
-    at_2925 = {**MEASURED, "at_step": 2925, "full_size_measured": True}
+    at_2925 = dataclasses.replace(AT_40, at_step=2925, full_size_measured=True)
     last = budget.last_plan(cfg, first, 600.0, at_2925)
-    assert last == {**first, "epochs": 0, "train_steps": 4488, "eval_test_every": 4488}
+    assert last == dataclasses.replace(first, epochs=0, train_steps=4488, eval_test_every=4488)
     # A budget already spent ends the run where it is.
-    assert budget.last_plan(cfg, first, 0.0, at_2925)["train_steps"] == 2925
+    assert budget.last_plan(cfg, first, 0.0, at_2925).train_steps == 2925
 
 
 def test_the_timeline_times_steady_steps_and_checkpoints(monkeypatch):
@@ -132,7 +135,7 @@ def test_a_budget_run_measures_its_own_steps_replans_and_a_rerun_continues(tmp_p
     def fixed(*args):
         real.append(measure(*args))
         slow = dict(low_res_images_per_sec=0.4, full_images_per_sec=0.2, checkpoint_s=0.0, restart_s=0.0)
-        return {**real[-1], **slow}
+        return dataclasses.replace(real[-1], **slow)
 
     measure = budget._measured
     monkeypatch.setattr(budget, "_measured", fixed)
@@ -159,8 +162,8 @@ def test_a_budget_run_measures_its_own_steps_replans_and_a_rerun_continues(tmp_p
     saved = json.loads((model_dir / "budget.json").read_text())
     plan = saved["plan"]
     # Both pauses measured this machine: 16 px steps from step 40, full-size ones after the switch.
-    assert [(m["at_step"], m["full_size_measured"]) for m in real] == [(80, False), (124, True)]
-    assert all(m["low_res_images_per_sec"] > 4 and m["full_images_per_sec"] > 2 for m in real)
+    assert [(m.at_step, m.full_size_measured) for m in real] == [(80, False), (124, True)]
+    assert all(m.low_res_images_per_sec > 4 and m.full_images_per_sec > 2 for m in real)
     assert "resuming at step 40" in out and "3 epochs (1 at 16 px)" in out
     assert "re-planned after the first epoch at full size" in out and saved["stage"] == "final"
     # The last plan: to the step, its low-resolution epochs and warmup the first's (12 of 132 steps).

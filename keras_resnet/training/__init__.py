@@ -6,6 +6,7 @@
 - `optimization`: loss, error metric, learning-rate schedule, SGD from a run's `OptimConfig`.
 - `distribution`, `precision`, `signals`: tf.distribute, float32/bfloat16, Ctrl-C and SIGTERM.
 - `budget`: `--time_budget`, the run's length fitted to this machine's measured speed.
+- `budgetrecord`: the budget's plan and measurements, and `budget.json` that holds them.
 """
 
 from keras_resnet import _lazy

@@ -16,9 +16,10 @@ own checkpoints, restarts and the final evaluation are in the prediction.
 Re-planning moves the warmup and the decay of the steps still to come: 40 steps into a warmup of
 ~1,600 the learning rate changes by less than 0.01; halfway, a length 5% longer raises it by ~2%.
 
-Each plan is written to `<model_dir>/budget.json` before the run goes on. Running the same
-command again continues the newest plan there (the time an interruption cost is not known, so it
-is not re-planned), or measures again if it was interrupted while measuring.
+Each plan is written to `<model_dir>/budget.json` (`budgetrecord`: the plan, what it was planned
+from) before the run goes on. Running the same command again continues the newest plan there (the
+time an interruption cost is not known, so it is not re-planned), or measures again if it was
+interrupted while measuring.
 
 How close the runs end to their budget, and at what accuracy, on which CPU: results/README.md
 (the time-budget table, with each run's command); the measurements behind the constants below are
@@ -27,11 +28,10 @@ in the commit messages that set them.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import time
-from typing import Any
 
 import keras
 
@@ -39,6 +39,7 @@ from keras_resnet import files, models
 from keras_resnet.config import ConfigError, TrainConfig, run_length
 from keras_resnet.rundir import RunDir, Summary, claimed, refuse_config_changes
 from keras_resnet.training import distribution, procedure, steps
+from keras_resnet.training.budgetrecord import FINAL, MEASURING, PLANNED, PLANNED_STAGE, Measured, Plan, Saved
 from keras_resnet.training.optimization import global_step
 from keras_resnet.training.precision import resolve_precision
 
@@ -57,8 +58,6 @@ EVAL_SPEEDUP = 2.0
 # A checkpoint's own cost before one was timed (the first plan), in seconds; a held-out split's
 # evaluation comes on top.
 CHECKPOINT_S = 2.0
-PLANNED = ("epochs", "train_steps", "low_res_epochs", "lr_warmup_steps", "eval_test_every", "precision")
-MEASURING, PLANNED_STAGE, FINAL = "measuring", "planned", "final"
 
 
 class Timeline(keras.callbacks.Callback):
@@ -101,15 +100,15 @@ class Timeline(keras.callbacks.Callback):
         return max(0.0, sum(costs) / len(costs)) if costs else None
 
 
-def _steps_per_epoch(cfg: TrainConfig, measured: dict[str, Any]) -> int:
-    return measured["train_examples"] // cfg.data.batch_size
+def _steps_per_epoch(cfg: TrainConfig, measured: Measured) -> int:
+    return measured.train_examples // cfg.data.batch_size
 
 
 def _low_res_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.data.low_res_epochs * steps_per_epoch if cfg.data.low_res_size else 0
 
 
-def seconds_left(cfg: TrainConfig, measured: dict[str, Any], *, from_step: int, restarts: int) -> float:
+def seconds_left(cfg: TrainConfig, measured: Measured, *, from_step: int, restarts: int) -> float:
     """The predicted wall seconds of the run `cfg` from `from_step` to its end, with `restarts`
     starts still to come (each also stands for an end: the last checkpoint or saving)."""
     steps_per_epoch = _steps_per_epoch(cfg, measured)
@@ -118,12 +117,12 @@ def seconds_left(cfg: TrainConfig, measured: dict[str, Any], *, from_step: int, 
     low = max(0, low_end - from_step)
     full = max(0, total - max(from_step, low_end))
     checkpoints = max(0, math.ceil((total - from_step) / chunk) - 1)
-    test = len(models.TTA_VIEWS[cfg.run.tta]) * measured["test_examples"] * cfg.run.eval_test
-    full_speed = measured["full_images_per_sec"]
+    test = len(models.TTA_VIEWS[cfg.run.tta]) * measured.test_examples * cfg.run.eval_test
+    full_speed = measured.full_images_per_sec
     return (
-        restarts * measured["restart_s"]
-        + cfg.data.batch_size * (low / measured["low_res_images_per_sec"] + full / full_speed)
-        + checkpoints * measured["checkpoint_s"]
+        restarts * measured.restart_s
+        + cfg.data.batch_size * (low / measured.low_res_images_per_sec + full / full_speed)
+        + checkpoints * measured.checkpoint_s
         + test / (EVAL_SPEEDUP * full_speed)
     )
 
@@ -136,58 +135,59 @@ def epochs_at_low_res(cfg: TrainConfig, epochs: int, steps_per_epoch: int) -> in
     return min(epochs, math.ceil(epochs * cfg.data.low_res_epochs / flagged_epochs - 1e-9))
 
 
-def epochs_plan(cfg: TrainConfig, epochs: int, steps_per_epoch: int, precision: str) -> dict[str, Any]:
-    """The planned fields of `cfg` cut to `epochs` in the flags' proportions."""
+def epochs_plan(cfg: TrainConfig, epochs: int, steps_per_epoch: int, precision: str) -> Plan:
+    """`cfg` cut to `epochs` in the flags' proportions."""
     flagged_steps = run_length(cfg, steps_per_epoch)[0]
     steps = epochs * steps_per_epoch
-    return {
-        "epochs": epochs,
-        "train_steps": 0,
-        "low_res_epochs": epochs_at_low_res(cfg, epochs, steps_per_epoch),
-        "lr_warmup_steps": round(cfg.optim.lr_warmup_steps * steps / flagged_steps),
-        "eval_test_every": _checkpoints(cfg, steps, steps_per_epoch),  # the test set once, at the end
-        "precision": precision,
-    }
+    return Plan(
+        epochs=epochs,
+        train_steps=0,
+        low_res_epochs=epochs_at_low_res(cfg, epochs, steps_per_epoch),
+        lr_warmup_steps=round(cfg.optim.lr_warmup_steps * steps / flagged_steps),
+        eval_test_every=_checkpoints(cfg, steps, steps_per_epoch),  # the test set once, at the end
+        precision=precision,
+    )
 
 
-def steps_plan(planned: dict[str, Any], steps: int) -> dict[str, Any]:
+def steps_plan(planned: Plan, steps: int) -> Plan:
     """`planned` ending after exactly `steps` (its low-resolution epochs and warmup kept); the test
     set evaluated at the end only (there are at most `steps` checkpoints)."""
-    return {**planned, "epochs": 0, "train_steps": steps, "eval_test_every": max(1, steps)}
+    return dataclasses.replace(planned, epochs=0, train_steps=steps, eval_test_every=max(1, steps))
 
 
 def _checkpoints(cfg: TrainConfig, steps: int, steps_per_epoch: int) -> int:
     return math.ceil(steps / (cfg.run.checkpoint_steps or steps_per_epoch))
 
 
-def second_pause(cfg: TrainConfig, plan: dict[str, Any], measured: dict[str, Any]) -> int:
+def second_pause(cfg: TrainConfig, plan: Plan, measured: Measured) -> int:
     """Where a run planned from low-resolution steps alone pauses again: after its first epoch at
     full size (0: it does not, as it measured the full size already or ends before)."""
-    if not cfg.data.low_res_size or measured["full_size_measured"]:
+    if not cfg.data.low_res_size or measured.full_size_measured:
         return 0
-    planned, steps_per_epoch = cfg.replace(**plan), _steps_per_epoch(cfg, measured)
-    second = max(_low_res_steps(planned, steps_per_epoch), measured["at_step"]) + steps_per_epoch
+    planned, steps_per_epoch = cfg.replace(**plan.flags()), _steps_per_epoch(cfg, measured)
+    second = max(_low_res_steps(planned, steps_per_epoch), measured.at_step) + steps_per_epoch
     return second if second < run_length(planned, steps_per_epoch)[0] else 0
 
 
-def first_plan(cfg: TrainConfig, seconds: float, measured: dict[str, Any]) -> dict[str, Any]:
+def first_plan(cfg: TrainConfig, seconds: float, measured: Measured) -> Plan:
     """The most whole epochs of `cfg` predicted to take at most `seconds` from the step measured.
 
     Raises:
         ConfigError: not even the epoch under way fits.
     """
-    steps_per_epoch, from_step = _steps_per_epoch(cfg, measured), measured["at_step"]
+    steps_per_epoch, from_step = _steps_per_epoch(cfg, measured), measured.at_step
     if steps_per_epoch < 1:
         raise ConfigError(
             f"--batch_size={cfg.data.batch_size} is larger than the "
-            f"{measured['train_examples']} training images."
+            f"{measured.train_examples} training images."
         )
     least = max(1, math.ceil((from_step + 1) / steps_per_epoch))
 
     def fits(epochs: int) -> bool:
-        plan = epochs_plan(cfg, epochs, steps_per_epoch, measured["precision"])
+        plan = epochs_plan(cfg, epochs, steps_per_epoch, measured.precision)
         restarts = 1 + bool(second_pause(cfg, plan, measured))
-        return seconds_left(cfg.replace(**plan), measured, from_step=from_step, restarts=restarts) <= seconds
+        planned = cfg.replace(**plan.flags())
+        return seconds_left(planned, measured, from_step=from_step, restarts=restarts) <= seconds
 
     if not fits(least):
         raise ConfigError(
@@ -196,18 +196,16 @@ def first_plan(cfg: TrainConfig, seconds: float, measured: dict[str, Any]) -> di
     epochs = least
     while fits(epochs + 1):
         epochs += 1
-    return epochs_plan(cfg, epochs, steps_per_epoch, measured["precision"])
+    return epochs_plan(cfg, epochs, steps_per_epoch, measured.precision)
 
 
-def last_plan(
-    cfg: TrainConfig, plan: dict[str, Any], seconds: float, measured: dict[str, Any]
-) -> dict[str, Any]:
+def last_plan(cfg: TrainConfig, plan: Plan, seconds: float, measured: Measured) -> Plan:
     """`plan` ending at the most steps predicted to take at most `seconds` from the step measured
     (that step itself when none fits: the run then ends at once)."""
-    from_step = measured["at_step"]
+    from_step = measured.at_step
 
     def fits(steps: int) -> bool:
-        done = cfg.replace(**steps_plan(plan, steps))
+        done = cfg.replace(**steps_plan(plan, steps).flags())
         return seconds_left(done, measured, from_step=from_step, restarts=1) <= seconds
 
     low, high = from_step, from_step + 1
@@ -236,20 +234,23 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
         with claimed(cfg, writes=True):
             steps.restore_carry(cfg, ignore=PLANNED)
     saved = _saved(cfg, minutes)
-    if saved and saved["stage"] != MEASURING:
+    if saved is not None and saved.stage != MEASURING:
         log.info(
             f"--time_budget: continuing the plan in {RunDir(cfg.run.model_dir).budget}: "
-            f"{_describe(cfg, saved['plan'], saved['measured'])}"
+            f"{_describe(cfg, saved.plan, saved.measured)}"
         )
-        return _segment(cfg, saved["plan"], started=started)[0]
+        return _segment(cfg, saved.plan, started=started)[0]
 
     def left() -> float:
         return minutes * 60 * (1 - MARGIN) - (time.time() - started)
 
     # The first steps, at the flags' own length (the first plan replaces it), measured.
-    plan = {**{k: cfg.flags()[k] for k in PLANNED}, "precision": resolve_precision(cfg.run.precision)}
-    plan["eval_test_every"] = 10**9  # no test set before the end
-    _save(cfg, minutes, MEASURING, plan, {})
+    plan = dataclasses.replace(
+        Plan.of(cfg.flags()),
+        precision=resolve_precision(cfg.run.precision),
+        eval_test_every=10**9,  # no test set before the end
+    )
+    _save(cfg, minutes, MEASURING, plan, None)
     log.info(f"--time_budget={minutes:g}: measuring this machine's speed on the run's first steps")
     until = steps.resumes_at(cfg.run.model_dir) + MEASURE_STEPS
     paused, timeline, wall = _segment(cfg, plan, until, started=started)
@@ -261,9 +262,9 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     except ConfigError as err:
         steps_per_epoch = _steps_per_epoch(cfg, measured)
         one = epochs_plan(
-            cfg, math.ceil((paused.step + 1) / steps_per_epoch), steps_per_epoch, plan["precision"]
+            cfg, math.ceil((paused.step + 1) / steps_per_epoch), steps_per_epoch, plan.precision
         )
-        need = seconds_left(cfg.replace(**one), measured, from_step=paused.step, restarts=1)
+        need = seconds_left(cfg.replace(**one.flags()), measured, from_step=paused.step, restarts=1)
         least = math.ceil((time.time() - started + need) / 60 / (1 - MARGIN))
         _save(cfg, minutes, MEASURING, plan, measured)  # what was measured, for whoever asks why
         raise ConfigError(f"{err} Give at least --time_budget={least}, or --epochs.") from None
@@ -276,14 +277,14 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
     paused, timeline, wall = _segment(cfg, plan, second, started=started)
     if isinstance(paused, Summary):
         return paused
-    measured = {**_measured(cfg, plan, paused, timeline, wall), "restart_s": measured["restart_s"]}
+    measured = dataclasses.replace(_measured(cfg, plan, paused, timeline, wall), restart_s=measured.restart_s)
     plan = last_plan(cfg, plan, left(), measured)
     _announce(cfg, minutes, FINAL, plan, measured, started)
     return _segment(cfg, plan, started=started)[0]
 
 
 def _segment(
-    cfg: TrainConfig, plan: dict[str, Any], until: int = 0, *, started: float
+    cfg: TrainConfig, plan: Plan, until: int = 0, *, started: float
 ) -> tuple[Summary | procedure.Paused, Timeline, float]:
     """`procedure.run` of `cfg` with `plan`, paused at `until` (0: to the end), with its timeline and
     wall seconds. A new plan is recorded as the run's configuration first (`_saved` has refused
@@ -291,7 +292,7 @@ def _segment(
     began at `started` (a re-plan is no resume)."""
     timeline = Timeline()
     began = time.perf_counter()
-    planned = cfg.replace(**plan)
+    planned = cfg.replace(**plan.flags())
     run_dir = RunDir(cfg.run.model_dir)
     if run_dir.config.exists() and not run_dir.finished():
         files.write_json(run_dir.config, planned.to_json())
@@ -300,10 +301,12 @@ def _segment(
     return result, timeline, time.perf_counter() - began
 
 
-def _measured(cfg, plan, paused: procedure.Paused, timeline: Timeline, wall: float) -> dict[str, Any]:
+def _measured(
+    cfg: TrainConfig, plan: Plan, paused: procedure.Paused, timeline: Timeline, wall: float
+) -> Measured:
     """What a paused segment measured: images/s at each size (the full size's from the low one's
     where it ran no full-size step), a checkpoint's and a restart's cost."""
-    planned = cfg.replace(**plan)
+    planned = cfg.replace(**plan.flags())
     steps_per_epoch = paused.train_examples // cfg.data.batch_size
     low_steps = _low_res_steps(planned, steps_per_epoch)
     low_s = timeline.step_seconds(low_steps, low_res=True)
@@ -319,19 +322,19 @@ def _measured(cfg, plan, paused: procedure.Paused, timeline: Timeline, wall: flo
         checkpoint_s = CHECKPOINT_S + views * full_s_or_prior / cfg.data.batch_size / EVAL_SPEEDUP
     steps = [timeline.first + i + 1 for i in range(len(timeline.ends))]
     trained = sum(low_s if s <= low_steps else full_s_or_prior for s in steps)
-    return {
-        "low_res_images_per_sec": cfg.data.batch_size / low_s,
-        "full_images_per_sec": cfg.data.batch_size / full_s_or_prior,
-        "full_size_measured": full_s is not None,
-        "checkpoint_s": checkpoint_s,
+    return Measured(
+        low_res_images_per_sec=cfg.data.batch_size / low_s,
+        full_images_per_sec=cfg.data.batch_size / full_s_or_prior,
+        full_size_measured=full_s is not None,
+        checkpoint_s=checkpoint_s,
         # The rest of the segment: starting, tracing, the checkpoint it paused with (and a first
         # evaluation's tracing): what each restart costs again.
-        "restart_s": max(0.0, wall - trained - inner * checkpoint_s),
-        "train_examples": paused.train_examples,
-        "test_examples": paused.test_examples,
-        "precision": plan["precision"],
-        "at_step": paused.step,
-    }
+        restart_s=max(0.0, wall - trained - inner * checkpoint_s),
+        train_examples=paused.train_examples,
+        test_examples=paused.test_examples,
+        precision=plan.precision,
+        at_step=paused.step,
+    )
 
 
 def _check(cfg: TrainConfig, minutes: float) -> None:
@@ -349,7 +352,7 @@ def _check(cfg: TrainConfig, minutes: float) -> None:
         )
 
 
-def _saved(cfg: TrainConfig, minutes: float) -> dict[str, Any] | None:
+def _saved(cfg: TrainConfig, minutes: float) -> Saved | None:
     """--model_dir's budget.json if it holds a plan of this run for `minutes` (None: a new run).
 
     Raises:
@@ -366,16 +369,14 @@ def _saved(cfg: TrainConfig, minutes: float) -> dict[str, Any] | None:
             )
         return None
     try:
-        saved = json.loads(run_dir.budget.read_text())
-        saved = {**saved, "stage": saved.get("stage", FINAL), "plan": {k: saved["plan"][k] for k in PLANNED}}
-        saved.setdefault("measured", {})
-    except (ValueError, KeyError, TypeError, AttributeError):
+        saved = Saved.read(run_dir.budget)
+    except ValueError:
         raise ConfigError(
             f"--model_dir: {run_dir.budget} is not a plan this version wrote; use a new --model_dir."
         ) from None
-    if saved.get("minutes") != minutes and saved["stage"] != MEASURING:  # measuring: nothing planned
+    if saved.minutes != minutes and saved.stage != MEASURING:  # measuring: nothing planned
         raise ConfigError(
-            f"--model_dir={cfg.run.model_dir} holds a run planned for --time_budget={saved.get('minutes')}: "
+            f"--model_dir={cfg.run.model_dir} holds a run planned for --time_budget={saved.minutes}: "
             "give that budget to continue it, or use a new --model_dir."
         )
     if saved_config is not None:
@@ -383,32 +384,40 @@ def _saved(cfg: TrainConfig, minutes: float) -> dict[str, Any] | None:
     return saved
 
 
-def _save(cfg, minutes: float, stage: str, plan: dict[str, Any], measured: dict[str, Any], **more) -> None:
+def _save(
+    cfg: TrainConfig,
+    minutes: float,
+    stage: str,
+    plan: Plan,
+    measured: Measured | None,
+    predicted_end_s: float | None = None,
+) -> None:
     path = RunDir(cfg.run.model_dir).budget
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--model_dir={cfg.run.model_dir}: cannot create it ({err.strerror}).") from None
-    files.write_json(path, {"minutes": minutes, "stage": stage, "plan": plan, "measured": measured, **more})
+    Saved(minutes, stage, plan, measured, predicted_end_s).write(path)
 
 
-def _announce(cfg, minutes: float, stage: str, plan, measured, started: float) -> None:
+def _announce(
+    cfg: TrainConfig, minutes: float, stage: str, plan: Plan, measured: Measured, started: float
+) -> None:
     """Saves the plan (before the run goes on: a rerun continues it) and says it in one line."""
-    from_step = measured["at_step"]
     restarts = 2 if stage == PLANNED_STAGE else 1
     predicted = (
         time.time()
         - started
-        + seconds_left(cfg.replace(**plan), measured, from_step=from_step, restarts=restarts)
+        + seconds_left(cfg.replace(**plan.flags()), measured, from_step=measured.at_step, restarts=restarts)
     )
     _save(cfg, minutes, stage, plan, measured, predicted_end_s=round(predicted, 1))
     low = (
-        f"{measured['low_res_images_per_sec']:.0f} img/s at {cfg.data.low_res_size} px, "
-        if (cfg.data.low_res_size and not measured["full_size_measured"])
+        f"{measured.low_res_images_per_sec:.0f} img/s at {cfg.data.low_res_size} px, "
+        if (cfg.data.low_res_size and not measured.full_size_measured)
         else ""
     )
-    full = f"{measured['full_images_per_sec']:.0f} img/s at full size" + (
-        "" if measured["full_size_measured"] else f" estimated (x{PRIOR_FULL_OVER_LOW})"
+    full = f"{measured.full_images_per_sec:.0f} img/s at full size" + (
+        "" if measured.full_size_measured else f" estimated (x{PRIOR_FULL_OVER_LOW})"
     )
     then = (
         "re-planned after the first epoch at full size"
@@ -418,13 +427,13 @@ def _announce(cfg, minutes: float, stage: str, plan, measured, started: float) -
     log.info(f"--time_budget={minutes:g}: {low}{full}; {_describe(cfg, plan, measured)}; {then}")
 
 
-def _describe(cfg: TrainConfig, plan: dict[str, Any], measured: dict[str, Any]) -> str:
-    low = f"{plan['low_res_epochs']} at {cfg.data.low_res_size} px" if cfg.data.low_res_size else ""
-    if plan["train_steps"]:
-        epochs = f", {plan['train_steps'] / _steps_per_epoch(cfg, measured):.1f} epochs" if measured else ""
-        length = f"{plan['train_steps']:,} steps ({low}{epochs})".replace("(, ", "(").replace(" ()", "")
+def _describe(cfg: TrainConfig, plan: Plan, measured: Measured | None) -> str:
+    low = f"{plan.low_res_epochs} at {cfg.data.low_res_size} px" if cfg.data.low_res_size else ""
+    if plan.train_steps:
+        epochs = f", {plan.train_steps / _steps_per_epoch(cfg, measured):.1f} epochs" if measured else ""
+        length = f"{plan.train_steps:,} steps ({low}{epochs})".replace("(, ", "(").replace(" ()", "")
     else:
-        length = f"{plan['epochs']} epochs" + (f" ({low})" if low else "")
-    warmup = f", warmup {plan['lr_warmup_steps']:,} steps" if plan["lr_warmup_steps"] else ""
+        length = f"{plan.epochs} epochs" + (f" ({low})" if low else "")
+    warmup = f", warmup {plan.lr_warmup_steps:,} steps" if plan.lr_warmup_steps else ""
     test = ", the test set evaluated at the end" if cfg.run.eval_test else ""
     return f"{length}{warmup}{test}"
