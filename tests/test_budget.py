@@ -9,10 +9,11 @@ import json
 import time
 
 import pytest
-from conftest import TINY
+from conftest import REPO, TINY
 
 from keras_resnet.config import ConfigError, TrainConfig
 from keras_resnet.training import budget
+from keras_resnet.training.budgetrecord import Saved
 
 # The fast preset's own flags (configs/cifar10_resnet20_fast.cfg) that the plan scales.
 FAST = dict(
@@ -189,3 +190,108 @@ def test_a_budget_run_measures_its_own_steps_replans_and_a_rerun_continues(tmp_p
     (model_dir / "budget.json").unlink()
     with pytest.raises(ConfigError, match="that --time_budget did not plan"):
         budget.run(cfg, minutes, started=time.time())
+
+
+# budget.json as the code wrote it before its records were dataclasses (issue 47), literally: a
+# final plan (the digits: 1,438 training images, 44 steps of 32 an epoch) and one written before
+# the run measured its own steps (no stage; the probes' speeds; issue 32), both to be continued.
+FINAL_FILE = {
+    "minutes": 5.0,
+    "stage": "final",
+    "plan": {
+        "epochs": 0,
+        "train_steps": 30,
+        "low_res_epochs": 0,
+        "lr_warmup_steps": 3,
+        "eval_test_every": 30,
+        "precision": "float32",
+    },
+    "measured": {
+        "low_res_images_per_sec": 812.4,
+        "full_images_per_sec": 812.4,
+        "full_size_measured": True,
+        "checkpoint_s": 0.21,
+        "restart_s": 9.7,
+        "train_examples": 1438,
+        "test_examples": 359,
+        "precision": "float32",
+        "at_step": 20,
+    },
+    "predicted_end_s": 41.2,
+}
+PROBES_FILE = {
+    "minutes": 5.0,
+    "plan": {**FINAL_FILE["plan"], "epochs": 1, "train_steps": 0, "eval_test_every": 1},
+    "measured": {
+        "low_res_images_per_sec": 812.4,
+        "full_images_per_sec": 812.4,
+        "checkpoint_s": 0.21,
+        "run_overhead_s": 9.7,
+        "train_examples": 1438,
+        "test_examples": 359,
+        "precision": "float32",
+    },
+    "seconds_left_at_plan": 280.1,
+    "predicted_end_s": 51.3,
+}
+
+
+def test_the_plans_in_results_read_as_records_and_write_back_byte_for_byte(tmp_path):
+    # results/time_to_accuracy/<run>_plan.json: the budget.json of each run there, as the code of its
+    # day wrote it (zen3_*: the run measured its own steps; the rest: the probes' layout, issue 32).
+    paths = sorted((REPO / "results" / "time_to_accuracy").glob("*_plan.json"))
+    assert len(paths) >= 9
+    for path in paths:
+        written, saved = json.loads(path.read_text()), Saved.read(path)
+        assert (saved.minutes, saved.stage) == (written["minutes"], written.get("stage", "final"))
+        assert saved.plan.flags() == written["plan"] and saved.predicted_end_s == written["predicted_end_s"]
+        assert (saved.measured is not None) == ("at_step" in written["measured"]), path.name
+        if saved.measured is not None:  # the current layout: written back, the same bytes
+            saved.write(tmp_path / path.name)
+            assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+    assert sum((tmp_path / p.name).exists() for p in paths) >= 2  # zen3_30, zen3_60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "written, said, steps",
+    [
+        (FINAL_FILE, "30 steps (0.7 epochs), warmup 3 steps", 30),
+        (PROBES_FILE, "1 epochs, warmup 3", 44),
+    ],
+)
+def test_a_budget_json_of_the_earlier_layout_continues(written, said, steps, tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "budget.json").write_text(json.dumps(written, indent=1) + "\n")
+    kept = (model_dir / "budget.json").read_bytes()
+    cfg = TrainConfig.of(**TINY, model_dir=str(model_dir), epochs=10, lr_warmup_steps=40)
+    summary = budget.run(cfg, 5.0, started=time.time())
+    assert f"continuing the plan in {model_dir / 'budget.json'}: {said}" in capsys.readouterr().out
+    assert summary.steps == summary.total_steps == steps
+    recorded = json.loads((model_dir / "config.json").read_text())
+    assert {k: recorded[k] for k in written["plan"]} == written["plan"]  # the plan, as saved
+    assert (model_dir / "budget.json").read_bytes() == kept  # continued, not re-planned
+
+
+@pytest.mark.slow
+def test_a_budget_json_written_while_measuring_measures_again_and_keeps_its_layout(tmp_path, monkeypatch):
+    # Interrupted while measuring (for another budget: nothing was planned), as the code wrote it.
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    measuring = {**FINAL_FILE, "stage": "measuring", "minutes": 7.0, "measured": {}}
+    del measuring["predicted_end_s"]
+    measuring["plan"] = {**measuring["plan"], "epochs": 10, "train_steps": 0, "eval_test_every": 10**9}
+    (model_dir / "budget.json").write_text(json.dumps(measuring, indent=1) + "\n")
+    monkeypatch.setattr(budget, "MEASURE_STEPS", 20)
+    monkeypatch.setattr(budget, "WARMUP_STEPS", 5)
+    cfg = TrainConfig.of(**TINY, model_dir=str(model_dir), epochs=10, lr_warmup_steps=0)
+    with pytest.raises(ConfigError, match=r"Give at least --time_budget=\d+, or --epochs\."):
+        budget.run(cfg, 0.01, started=time.time())
+    saved = json.loads((model_dir / "budget.json").read_text())
+    # Measured again from its first step, and written back in the same layout, key for key.
+    assert list(saved) == ["minutes", "stage", "plan", "measured"] and saved["stage"] == "measuring"
+    assert saved["minutes"] == 0.01 and list(saved["plan"]) == list(measuring["plan"])
+    assert list(saved["measured"]) == list(FINAL_FILE["measured"])
+    assert saved["measured"]["at_step"] == 20 and saved["measured"]["train_examples"] == 1438
+    assert saved["measured"]["full_size_measured"] is True  # no --low_res_size: one size
