@@ -285,6 +285,17 @@ def test_the_eta_counts_the_full_size_steps_still_to_come():
     assert bar.eta() == "40s"
 
 
+def test_the_eta_forgets_a_pause_after_a_few_chunks():
+    # 10 steps in 10 s, a 15-minute stop (Ctrl-Z, a sleeping machine), then chunks of 10 steps in
+    # 10 s each up to step 70: the 30 steps left take 30 s, not the whole process's 1000 s / 70 each.
+    bar = progress.Progress(100, 32)
+    now = time.perf_counter()
+    bar.began, bar.step = now - 1000, 70
+    after = [(now - 50 + 10 * i, 20 + 10 * i) for i in range(6)]  # chunk ends, the last one now
+    bar.marks.extend([(now - 1000, 0), (now - 990, 10), *after])
+    assert bar.eta() == "30s"
+
+
 def test_bn_momentum_is_every_batch_norms_and_its_moving_statistics_follow_it():
     default = build_model("resnet8")  # build_model's default is the config's: the paper's 0.9
     moments = {la.momentum for la in default.layers if isinstance(la, keras.layers.BatchNormalization)}

@@ -7,6 +7,7 @@ Every chunk ends with a permanent line that says how long its evaluation took.
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 
@@ -14,6 +15,10 @@ import keras
 
 from keras_resnet.console import duration
 from keras_resnet.training.optimization import global_step
+
+# The ETA's window: the last chunks (their evaluations and checkpoints included), so that a pause
+# (Ctrl-Z, SIGSTOP, a sleeping machine) or a change of load fades from it within a few chunks.
+ETA_CHUNKS = 5
 
 
 class Progress(keras.callbacks.Callback):
@@ -23,7 +28,8 @@ class Progress(keras.callbacks.Callback):
     else `intra_epoch` prints a plain line every `every_s`. The ETA
     comes from this process's wall time per step, evaluations included; `cheap_steps` (n, c) says
     that the run's first n steps cost c of a later one (low-resolution epochs), so that the ETA
-    of a run in those steps counts the dearer ones to come.
+    of a run in those steps counts the dearer ones to come. The ETA's rate is the last ETA_CHUNKS
+    chunks' (this process's start while there are fewer).
     """
 
     def __init__(
@@ -47,6 +53,8 @@ class Progress(keras.callbacks.Callback):
         self.earlier_train_time = 0.0  # the same, of the invocations this run resumed from
         self.earlier_images_per_sec = 0.0  # the speed they measured (a run resumed at its end trains none)
         self.steady_steps, self.steady_time = 0, 0.0  # excluding the first steps (tracing)
+        # (perf_counter, global step) at this process's start and its last chunk ends: the ETA's window
+        self.marks: collections.deque[tuple[float, int]] = collections.deque(maxlen=ETA_CHUNKS + 1)
         # The run's wall time over every command that trained it: `command_started` is when this
         # command began (time.time(); the procedure sets it). --time_budget runs a command in
         # segments, each restoring the last one's checkpoint: that is no resume, so a restored
@@ -98,6 +106,7 @@ class Progress(keras.callbacks.Callback):
         if self.command_step is None:
             self.command_step = self.step
         self.began = self.last_print = time.perf_counter()
+        self.marks.append((self.began, self.step))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_steps, self.epoch_time = 0, 0.0
@@ -142,10 +151,11 @@ class Progress(keras.callbacks.Callback):
         return f"step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%)"
 
     def eta(self) -> str:
-        done = self.step - self.start_step
-        if not done:
+        since, first = self.marks[0] if self.marks else (self.began, self.start_step)
+        done = self._cost(first, self.step)
+        if done <= 0:
             return "?"
-        per_step = (time.perf_counter() - self.began) / self._cost(self.start_step, self.step)
+        per_step = (time.perf_counter() - since) / done
         return duration(self._cost(self.step, self.total) * per_step)
 
     def _cost(self, first: int, end: int) -> float:
@@ -163,6 +173,7 @@ class Progress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        self.marks.append((time.perf_counter(), self.step))
         logs["step"] = self.step
         logs["images_per_sec"] = (
             self.epoch_steps * self.batch_size / self.epoch_time if self.epoch_time else 0.0
