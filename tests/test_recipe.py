@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
+import types
 import warnings
 
 import keras
@@ -275,24 +275,56 @@ def test_a_run_with_low_resolution_epochs_saves_and_exports_the_full_size_model(
     np.testing.assert_allclose(got, saved(x, training=False).numpy(), atol=1e-5)
 
 
-def test_the_eta_counts_the_full_size_steps_still_to_come():
+class _Clock:
+    """perf_counter for a Progress driven by hand: seconds pass only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _driven(monkeypatch, total: int, **kwargs) -> tuple[progress.Progress, _Clock]:
+    """A quiet Progress at step 0 of a run of `total` steps, on a clock of its own."""
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    bar = progress.Progress(total, 32, quiet=True, **kwargs)
+    bar.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=np.int64(0))))
+    bar.on_train_begin()
+    return bar, clock
+
+
+def _chunk(bar: progress.Progress, clock: _Clock, steps: int, seconds_each: float) -> None:
+    bar.on_epoch_begin(0)
+    for _ in range(steps):
+        bar.on_train_batch_begin(0)
+        clock.now += seconds_each
+        bar.on_train_batch_end(0, {})
+    bar.on_epoch_end(0, {})
+
+
+def test_the_eta_counts_the_full_size_steps_still_to_come(monkeypatch):
     # 10 of 20 steps done in 40 s, the first 10 at a quarter of a full step's cost: 10 full steps
     # of 16 s remain, not 10 of 4 s.
-    bar = progress.Progress(20, 32, cheap_steps=(10, 0.25))
-    bar.began, bar.step = time.perf_counter() - 40, 10
+    bar, clock = _driven(monkeypatch, 20, cheap_steps=(10, 0.25))
+    _chunk(bar, clock, 10, 4.0)
     assert bar.eta() == "2m40s"
     bar.cheap_steps = (0, 1.0)
     assert bar.eta() == "40s"
 
 
-def test_the_eta_forgets_a_pause_after_a_few_chunks():
-    # 10 steps in 10 s, a 15-minute stop (Ctrl-Z, a sleeping machine), then chunks of 10 steps in
-    # 10 s each up to step 70: the 30 steps left take 30 s, not the whole process's 1000 s / 70 each.
-    bar = progress.Progress(100, 32)
-    now = time.perf_counter()
-    bar.began, bar.step = now - 1000, 70
-    after = [(now - 50 + 10 * i, 20 + 10 * i) for i in range(6)]  # chunk ends, the last one now
-    bar.marks.extend([(now - 1000, 0), (now - 990, 10), *after])
+def test_the_eta_forgets_a_pause_after_a_few_chunks(monkeypatch):
+    # Chunks of 10 steps of 1 s, and a 15-minute stop (Ctrl-Z, a sleeping machine) after the
+    # first: the pause counts until ETA_CHUNKS chunks have passed since, then the 30 steps left
+    # take 30 s (the whole process's rate: 970 s / 70 steps each, 6m56s).
+    bar, clock = _driven(monkeypatch, 100)
+    _chunk(bar, clock, 10, 1.0)
+    clock.now += 900
+    for _ in range(progress.ETA_CHUNKS):
+        _chunk(bar, clock, 10, 1.0)
+    assert bar.eta() == "12m40s"  # 950 s over the 50 steps since the first chunk, 40 to go
+    _chunk(bar, clock, 10, 1.0)
     assert bar.eta() == "30s"
 
 

@@ -103,13 +103,9 @@ def task(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
 
 
 def num_workers(strategy: tf.distribute.Strategy) -> int:
-    """The chief and worker tasks of the strategy's cluster (1 outside a cluster), as TF counts them,
-    from the public cluster spec (the strategy's own count is private)."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return 1
-    resolver = strategy.cluster_resolver
-    jobs = resolver.cluster_spec().as_dict() if resolver else {}
-    return max(1, sum(len(jobs.get(job, ())) for job in ("chief", "worker")))
+    """The workers of the strategy's collective group (1 outside a cluster): TF makes its replicas
+    the workers' local devices times their number (public attributes; the count itself is private)."""
+    return strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
 
 
 def worker_index(strategy: tf.distribute.Strategy) -> int:

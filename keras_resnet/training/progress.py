@@ -25,11 +25,11 @@ class Progress(keras.callbacks.Callback):
     """Whole-run progress: global step, errors, training images/s and the ETA of the whole run.
 
     Prints one line per chunk; `live` (a terminal) redraws a status line in place between them,
-    else `intra_epoch` prints a plain line every `every_s`. The ETA
-    comes from this process's wall time per step, evaluations included; `cheap_steps` (n, c) says
-    that the run's first n steps cost c of a later one (low-resolution epochs), so that the ETA
-    of a run in those steps counts the dearer ones to come. The ETA's rate is the last ETA_CHUNKS
-    chunks' (this process's start while there are fewer).
+    else `intra_epoch` prints a plain line every `every_s`. The ETA comes from the wall time per
+    step over the last ETA_CHUNKS chunks (since this process began while there are fewer),
+    evaluations included; `cheap_steps` (n, c) says that the run's first n steps cost c of a later
+    one (low-resolution epochs), so that the ETA of a run in those steps counts the dearer ones to
+    come.
     """
 
     def __init__(
