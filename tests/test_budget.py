@@ -56,7 +56,7 @@ def test_the_first_plan_is_the_most_epochs_that_fit_in_the_flags_proportions():
         eval_test_every=27,  # the test set once, at the end
         precision="float32",
     )
-    planned = cfg.replace(**fields.flags())
+    planned = fields.applied_to(cfg)
     assert budget.seconds_left(planned, AT_40, from_step=40, restarts=2) == pytest.approx(1663.0, abs=0.1)
     with pytest.raises(ConfigError, match="--time_budget: 1.0 minutes are left, and 1 epoch"):
         budget.first_plan(cfg, 60.0, AT_40)

@@ -164,7 +164,7 @@ def second_pause(cfg: TrainConfig, plan: Plan, measured: Measured) -> int:
     full size (0: it does not, as it measured the full size already or ends before)."""
     if not cfg.data.low_res_size or measured.full_size_measured:
         return 0
-    planned, steps_per_epoch = cfg.replace(**plan.flags()), _steps_per_epoch(cfg, measured)
+    planned, steps_per_epoch = plan.applied_to(cfg), _steps_per_epoch(cfg, measured)
     second = max(_low_res_steps(planned, steps_per_epoch), measured.at_step) + steps_per_epoch
     return second if second < run_length(planned, steps_per_epoch)[0] else 0
 
@@ -186,7 +186,7 @@ def first_plan(cfg: TrainConfig, seconds: float, measured: Measured) -> Plan:
     def fits(epochs: int) -> bool:
         plan = epochs_plan(cfg, epochs, steps_per_epoch, measured.precision)
         restarts = 1 + bool(second_pause(cfg, plan, measured))
-        planned = cfg.replace(**plan.flags())
+        planned = plan.applied_to(cfg)
         return seconds_left(planned, measured, from_step=from_step, restarts=restarts) <= seconds
 
     if not fits(least):
@@ -205,7 +205,7 @@ def last_plan(cfg: TrainConfig, plan: Plan, seconds: float, measured: Measured) 
     from_step = measured.at_step
 
     def fits(steps: int) -> bool:
-        done = cfg.replace(**steps_plan(plan, steps).flags())
+        done = steps_plan(plan, steps).applied_to(cfg)
         return seconds_left(done, measured, from_step=from_step, restarts=1) <= seconds
 
     low, high = from_step, from_step + 1
@@ -264,7 +264,7 @@ def run(cfg: TrainConfig, minutes: float, *, started: float) -> Summary:
         one = epochs_plan(
             cfg, math.ceil((paused.step + 1) / steps_per_epoch), steps_per_epoch, plan.precision
         )
-        need = seconds_left(cfg.replace(**one.flags()), measured, from_step=paused.step, restarts=1)
+        need = seconds_left(one.applied_to(cfg), measured, from_step=paused.step, restarts=1)
         least = math.ceil((time.time() - started + need) / 60 / (1 - MARGIN))
         _save(cfg, minutes, MEASURING, plan, measured)  # what was measured, for whoever asks why
         raise ConfigError(f"{err} Give at least --time_budget={least}, or --epochs.") from None
@@ -292,7 +292,7 @@ def _segment(
     began at `started` (a re-plan is no resume)."""
     timeline = Timeline()
     began = time.perf_counter()
-    planned = cfg.replace(**plan.flags())
+    planned = plan.applied_to(cfg)
     run_dir = RunDir(cfg.run.model_dir)
     if run_dir.config.exists() and not run_dir.finished():
         files.write_json(run_dir.config, planned.to_json())
@@ -306,7 +306,7 @@ def _measured(
 ) -> Measured:
     """What a paused segment measured: images/s at each size (the full size's from the low one's
     where it ran no full-size step), a checkpoint's and a restart's cost."""
-    planned = cfg.replace(**plan.flags())
+    planned = plan.applied_to(cfg)
     steps_per_epoch = paused.train_examples // cfg.data.batch_size
     low_steps = _low_res_steps(planned, steps_per_epoch)
     low_s = timeline.step_seconds(low_steps, low_res=True)
@@ -408,7 +408,7 @@ def _announce(
     predicted = (
         time.time()
         - started
-        + seconds_left(cfg.replace(**plan.flags()), measured, from_step=measured.at_step, restarts=restarts)
+        + seconds_left(plan.applied_to(cfg), measured, from_step=measured.at_step, restarts=restarts)
     )
     _save(cfg, minutes, stage, plan, measured, predicted_end_s=round(predicted, 1))
     low = (

@@ -19,6 +19,7 @@ import pathlib
 from typing import Any
 
 from keras_resnet import files
+from keras_resnet.config import TrainConfig
 
 MEASURING, PLANNED_STAGE, FINAL = "measuring", "planned", "final"
 
@@ -40,8 +41,12 @@ class Plan:
         return cls(**{name: flags[name] for name in PLANNED})
 
     def flags(self) -> dict[str, Any]:
-        """The plan as flag values: `cfg.replace(**plan.flags())` is the planned run."""
+        """The plan as flag values (budget.json's "plan")."""
         return dataclasses.asdict(self)
+
+    def applied_to(self, cfg: TrainConfig) -> TrainConfig:
+        """The planned run: `cfg` with the plan's flags."""
+        return cfg.replace(**self.flags())
 
 
 # The flags a plan changes: a re-plan or a carry may differ from the saved configuration in these.
