@@ -151,7 +151,7 @@ class Progress(keras.callbacks.Callback):
         return f"step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%)"
 
     def eta(self) -> str:
-        since, first = self.marks[0] if self.marks else (self.began, self.start_step)
+        since, first = self.marks[0]  # on_train_begin put the first mark
         done = self._cost(first, self.step)
         if done <= 0:
             return "?"
